@@ -1,0 +1,1 @@
+"""Assembly: group ended spans into the traces that analysis reads."""

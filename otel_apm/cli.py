@@ -1,0 +1,52 @@
+"""``otel-apm`` commands."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+
+from otel_apm.config import APMConfig, ConfigError
+
+
+def demo(args: argparse.Namespace) -> int:
+    from otel_apm.demo.run import run_demo  # Flask and friends load only for this command
+
+    return run_demo(args.db, args.otlp_endpoint)
+
+
+def show_config(_: argparse.Namespace) -> int:
+    """Print every setting with its variable, current value and meaning."""
+    for variable, value, doc in APMConfig.from_env().describe():
+        print(f"{variable:<32} {value:<14} {doc}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="otel-apm", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("demo", help="run a Flask + SQLAlchemy app on SQLite and report its problems")
+    p.add_argument(
+        "--db",
+        default=os.path.join(tempfile.gettempdir(), "otel-apm-demo.sqlite"),
+        help="SQLite file for the demo data (created and filled on first use)",
+    )
+    p.add_argument(
+        "--otlp-endpoint",
+        help="also export spans, finding events and metrics over OTLP/gRPC, e.g. http://localhost:4317",
+    )
+    p.set_defaults(run=demo)
+    p = commands.add_parser("config", help="print the settings and their environment variables")
+    p.set_defaults(run=show_config)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args))
+    except ConfigError as exc:
+        print(f"otel-apm: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,14 @@
+"""Analysis: detectors turn a Trace into Findings."""
+
+from otel_apm.detectors.base import Detector, Finding
+from otel_apm.detectors.n_plus_one import NPlusOneQueryDetector
+from otel_apm.detectors.slow_query import SlowQueryDetector
+from otel_apm.detectors.slow_request import SlowRequestDetector
+
+DEFAULT_DETECTORS: tuple[type[Detector], ...] = (
+    NPlusOneQueryDetector,
+    SlowQueryDetector,
+    SlowRequestDetector,
+)
+
+__all__ = ["DEFAULT_DETECTORS", "Detector", "Finding"]

@@ -1,0 +1,141 @@
+"""The Finding every detector reports, and the Detector interface they share.
+
+Detectors follow Sentry's performance detectors: one class per problem, fed one span at a time
+in a single pass over the trace (``visit_span``), answering at the end (``on_complete``).  State
+lives in the detector instance, which lives for one trace; thresholds come from the config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+from otel_apm.config import APMConfig
+from otel_apm.model import SpanView, Trace
+
+Severity = Literal["warning", "critical"]
+EvidenceValue = str | int | float | bool | tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One performance problem in one trace, with what proves it and what to do about it.
+
+    ``fingerprint`` names the problem, not the occurrence: the same N+1 in another request, or
+    in another process, hashes the same, so stores and reporters can group and deduplicate.
+    ``statement`` is always the normalized shape: literal values never leave the analyzer.
+    """
+
+    type: str
+    title: str
+    severity: Severity
+    fingerprint: str
+    service: str
+    endpoint: str
+    trace_id: int
+    span_ids: tuple[int, ...]
+    count: int
+    total_duration_ms: float
+    max_duration_ms: float
+    recommendation: str
+    services: tuple[str, ...] = ()
+    statement: str | None = None
+    evidence: dict[str, EvidenceValue] = field(default_factory=dict)
+
+    @property
+    def severity_rank(self) -> int:
+        return 2 if self.severity == "critical" else 1
+
+
+def make_fingerprint(*parts: str) -> str:
+    """A hash that is the same in every process (unlike ``hash()``, which is salted per run)."""
+    return hashlib.blake2b("\x1f".join(parts).encode("utf-8", "replace"), digest_size=8).hexdigest()
+
+
+def severity_for(measure: float, threshold: float, critical_factor: float) -> Severity:
+    return "critical" if measure >= threshold * critical_factor else "warning"
+
+
+def union_ms(spans: Iterable[SpanView]) -> float:
+    """Wall time covered by the spans: overlapping work counts once, as a user waits for it once."""
+    total = 0
+    cur_start = cur_end = -1
+    for s in sorted(spans, key=lambda s: s.start_ns):
+        if s.start_ns > cur_end:
+            total += cur_end - cur_start
+            cur_start, cur_end = s.start_ns, s.end_ns
+        elif s.end_ns > cur_end:
+            cur_end = s.end_ns
+    total += cur_end - cur_start
+    return total / 1e6
+
+
+class Detector(ABC):
+    """One kind of problem.  A fresh instance sees one trace.
+
+    ``categories`` lists the span categories ``visit_span`` wants; the analyzer dispatches only
+    those, so a detector that needs no spans (it reads the root) costs nothing per span.
+    """
+
+    type: ClassVar[str]
+    categories: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, config: APMConfig, trace: Trace) -> None:
+        self.config = config
+        self.trace = trace
+
+    @classmethod
+    def enabled(cls, config: APMConfig) -> bool:
+        return True
+
+    def visit_span(self, span: SpanView) -> None:  # noqa: B027 - optional hook
+        """Called for each span whose category is in ``categories``, in arrival order."""
+
+    @abstractmethod
+    def on_complete(self) -> list[Finding]:
+        """The findings for this trace, once every span was visited."""
+
+    def finding(
+        self,
+        *,
+        title: str,
+        severity: Severity,
+        fingerprint: str,
+        spans: list[SpanView],
+        total_duration_ms: float,
+        recommendation: str,
+        statement: str | None = None,
+        evidence: dict[str, EvidenceValue] | None = None,
+    ) -> Finding:
+        """A Finding with the trace-level fields filled the same way for every detector."""
+        trace = self.trace
+        return Finding(
+            type=self.type,
+            title=title,
+            severity=severity,
+            fingerprint=fingerprint,
+            service=self.service,
+            endpoint=trace.endpoint,
+            trace_id=trace.trace_id,
+            span_ids=tuple(s.span_id for s in spans),
+            count=len(spans),
+            total_duration_ms=round(total_duration_ms, 3),
+            max_duration_ms=round(max(s.duration_ms for s in spans), 3),
+            recommendation=recommendation,
+            services=tuple(trace.services),
+            statement=statement,
+            evidence=evidence or {},
+        )
+
+    @property
+    def service(self) -> str:
+        """The configured name wins; else the root's service (the one that served the request)."""
+        if self.config.service_name:
+            return self.config.service_name
+        root = self.trace.root
+        if root is not None and root.service:
+            return root.service
+        return next((s.service for s in self.trace.spans if s.service), "unknown_service")

@@ -1,0 +1,101 @@
+"""Slow query: a DB span at or over APM_SLOW_QUERY_THRESHOLD_MS."""
+
+from __future__ import annotations
+
+import re
+
+from otel_apm.config import APMConfig
+from otel_apm.detectors.base import Detector, Finding, make_fingerprint, severity_for
+from otel_apm.detectors.dbshape import db_shape
+from otel_apm.model import DB, SpanView, Trace
+from otel_apm.sql import SqlShape
+
+# Read from the raw text only to choose advice; the raw text itself is never reported.
+_LEADING_WILDCARD = re.compile(r"\blike\s+(?:n|e)?'%", re.IGNORECASE)
+
+
+class SlowQueryDetector(Detector):
+    """One finding per statement shape that ran slow in the trace, with every slow execution."""
+
+    type = "slow_query"
+    categories = frozenset({DB})
+
+    def __init__(self, config: APMConfig, trace: Trace) -> None:
+        super().__init__(config, trace)
+        self._threshold_ns = self.config.slow_query_threshold_ms * 1e6
+        self._slow: list[SpanView] = []
+
+    def visit_span(self, span: SpanView) -> None:
+        if span.end_ns - span.start_ns >= self._threshold_ns:
+            self._slow.append(span)
+
+    def on_complete(self) -> list[Finding]:
+        groups: dict[str, tuple[SqlShape, list[SpanView]]] = {}
+        for span in self._slow:
+            shape = db_shape(span)
+            groups.setdefault(shape.fingerprint, (shape, []))[1].append(span)
+        threshold = self.config.slow_query_threshold_ms
+        findings = []
+        for shape, spans in groups.values():
+            worst = max(spans, key=lambda s: s.end_ns - s.start_ns)
+            what = (
+                f"{shape.operation or 'query'} on {', '.join(shape.tables)}"
+                if shape.tables
+                else (shape.operation or "query")
+            )
+            findings.append(
+                self.finding(
+                    title=f"Slow {what}: {worst.duration_ms:.0f} ms (threshold {threshold:g} ms)",
+                    severity=severity_for(worst.duration_ms, threshold, self.config.critical_factor),
+                    fingerprint=make_fingerprint(self.type, self.service, shape.fingerprint),
+                    spans=spans,
+                    total_duration_ms=sum(s.duration_ms for s in spans),
+                    recommendation=recommend(shape, worst),
+                    statement=shape.normalized,
+                    evidence={
+                        "threshold_ms": threshold,
+                        "db.system": worst.db_system or "",
+                        "db.operation": shape.operation,
+                        "db.tables": shape.tables,
+                        "statement.fingerprint": shape.fingerprint,
+                    },
+                )
+            )
+        return findings
+
+
+def recommend(shape: SqlShape, worst: SpanView) -> str:
+    """The seed's advice, read from the statement's shape, most specific first."""
+    norm = shape.normalized
+    tables = ", ".join(shape.tables) or "the table"
+    ms = worst.duration_ms
+    if worst.statement and _LEADING_WILDCARD.search(worst.statement):
+        return (
+            "A LIKE pattern with a leading % cannot use a B-tree index: use a trigram or "
+            f"full-text index on {tables}, or anchor the pattern at the start."
+        )
+    if (
+        shape.operation in {"SELECT", "UPDATE", "DELETE"}
+        and " where " not in f" {norm} "
+        and (" limit " not in f" {norm} ")
+    ):
+        return (
+            f"The {shape.operation} has no WHERE and no LIMIT, so it reads all of {tables}: "
+            "filter it, page it with LIMIT, or aggregate in the database."
+        )
+    if norm.startswith("select *") or " select * " in f" {norm} ":
+        return f"Name only the columns needed instead of SELECT * on {tables}; wide rows cost I/O."
+    if " order by " in f" {norm} ":
+        return (
+            f"Took {ms:.0f} ms with ORDER BY: an index on {tables} matching the WHERE and "
+            "ORDER BY columns lets the database skip the sort (check with EXPLAIN ANALYZE)."
+        )
+    if " join " in f" {norm} ":
+        return (
+            f"Took {ms:.0f} ms across a JOIN: index the join columns of {tables} and check the "
+            "plan with EXPLAIN ANALYZE for sequential scans."
+        )
+    return (
+        f"Took {ms:.0f} ms: run EXPLAIN ANALYZE on it and add an index on {tables} matching "
+        "its WHERE columns, or cache the result if it rarely changes."
+    )

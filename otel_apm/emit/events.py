@@ -1,0 +1,45 @@
+"""Findings as OTel events: log records with an event name, in the trace's context.
+
+Any OTLP backend stores them beside the trace and can jump from the event to the span.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from opentelemetry._logs import LoggerProvider, SeverityNumber, get_logger
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
+
+from otel_apm.detectors.base import Finding
+from otel_apm.emit.attributes import EVENT_NAME, finding_attributes
+from otel_apm.model import Trace
+from otel_apm.version import __version__
+
+_SEVERITY = {"warning": SeverityNumber.WARN, "critical": SeverityNumber.ERROR}
+
+
+class EventEmitter:
+    """Emits through the global LoggerProvider unless given one; the API's proxy logger picks up
+    a provider installed after this emitter was built, so start-up order does not matter."""
+
+    def __init__(self, logger_provider: LoggerProvider | None = None) -> None:
+        self._logger = get_logger("otel_apm", __version__, logger_provider=logger_provider)
+
+    def emit(self, trace: Trace, findings: Sequence[Finding]) -> None:
+        end_ns = trace.root.end_ns if trace.root is not None else None
+        for finding in findings:
+            span_context = SpanContext(
+                finding.trace_id,
+                finding.span_ids[0],
+                is_remote=False,
+                trace_flags=TraceFlags(TraceFlags.SAMPLED),
+            )
+            self._logger.emit(
+                timestamp=end_ns,
+                context=set_span_in_context(NonRecordingSpan(span_context)),
+                severity_number=_SEVERITY[finding.severity],
+                severity_text=finding.severity.upper(),
+                body=finding.title,
+                attributes=finding_attributes(finding),
+                event_name=EVENT_NAME,
+            )

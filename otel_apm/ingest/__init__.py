@@ -1,0 +1,1 @@
+"""Intake: turn spans as they arrive (SDK ReadableSpan, OTLP protobuf) into SpanView."""

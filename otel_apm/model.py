@@ -1,0 +1,156 @@
+"""The one span model analysis reads, filled from SDK spans and from OTLP protobuf alike.
+
+A SpanView holds only what detectors use, so a trace waiting for its root costs a few hundred
+bytes per span rather than the SDK span with all its attributes and events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+# Categories: what kind of work a span is, decided once at intake from its attributes.
+DB = "db"
+DB_CONNECTION = "db.connection"  # a pool checkout / connect span: DB time, but not a query
+CACHE = "cache"
+HTTP_SERVER = "http.server"
+HTTP_CLIENT = "http.client"
+MESSAGING = "messaging"
+RPC = "rpc"
+INTERNAL = "internal"
+
+# SpanKind values, as in the OTel API and (plus one) in OTLP.
+KIND_INTERNAL, KIND_SERVER, KIND_CLIENT, KIND_PRODUCER, KIND_CONSUMER = range(5)
+
+
+class SpanView:
+    """An ended span, reduced to what analysis needs.  Times are nanoseconds since the epoch."""
+
+    __slots__ = (
+        "category",
+        "db_operation",
+        "db_system",
+        "db_table",
+        "end_ns",
+        "error",
+        "http_method",
+        "http_route",
+        "http_status",
+        "kind",
+        "name",
+        "parent_id",
+        "server_address",
+        "service",
+        "span_id",
+        "start_ns",
+        "statement",
+        "trace_id",
+        "url",
+    )
+
+    def __init__(
+        self,
+        trace_id: int,
+        span_id: int,
+        parent_id: int,
+        name: str,
+        kind: int,
+        start_ns: int,
+        end_ns: int,
+        error: bool,
+        service: str,
+        category: str = INTERNAL,
+    ) -> None:
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.parent_id = parent_id  # 0: no parent, or the parent is in another process
+        self.name = name
+        self.kind = kind
+        self.start_ns = start_ns
+        self.end_ns = end_ns
+        self.error = error
+        self.service = service
+        self.category = category
+        self.db_system: str | None = None
+        self.statement: str | None = None
+        self.db_operation: str | None = None
+        self.db_table: str | None = None
+        self.http_method: str | None = None
+        self.url: str | None = None
+        self.http_route: str | None = None
+        self.http_status: int | None = None
+        self.server_address: str | None = None
+
+    @property
+    def duration_ms(self) -> float:
+        return (self.end_ns - self.start_ns) / 1e6
+
+    def __repr__(self) -> str:
+        return f"SpanView({self.name!r}, {self.category}, {self.span_id:016x}, {self.duration_ms:.3f}ms)"
+
+
+class Trace:
+    """The spans of one local trace (in-process) or one whole trace (collector), with its root.
+
+    ``complete`` is False when the trace was analyzed before its root ended (memory bound hit,
+    shutdown) or lost spans past ``max_spans_per_trace``; detectors that need the root skip it.
+    """
+
+    __slots__ = ("_breakdown", "_children", "complete", "root", "spans", "trace_id")
+
+    def __init__(
+        self, trace_id: int, spans: list[SpanView], root: SpanView | None, complete: bool = True
+    ) -> None:
+        self.trace_id = trace_id
+        self.spans = spans
+        self.root = root
+        self.complete = complete
+        self._children: dict[int, list[SpanView]] | None = None
+        self._breakdown: dict[str, tuple[int, float]] | None = None
+
+    def children(self, span_id: int) -> list[SpanView]:
+        """Children in start order; the index is built on first use, as few detectors need it."""
+        if self._children is None:
+            index: dict[int, list[SpanView]] = {}
+            for s in sorted(self.spans, key=_start):
+                index.setdefault(s.parent_id, []).append(s)
+            self._children = index
+        return self._children.get(span_id, [])
+
+    def breakdown(self) -> dict[str, tuple[int, float]]:
+        """(span count, summed milliseconds) per category below the root, computed once.
+
+        Summed, not unioned: "DB time" is the database's work, as every APM product reports it.
+        """
+        if self._breakdown is None:
+            out: dict[str, tuple[int, float]] = {}
+            root = self.root
+            for s in self.spans:
+                if s is not root:
+                    count, spent = out.get(s.category, (0, 0.0))
+                    out[s.category] = (count + 1, spent + (s.end_ns - s.start_ns) / 1e6)
+            self._breakdown = out
+        return self._breakdown
+
+    @property
+    def endpoint(self) -> str:
+        """What a user calls the transaction: "GET /users/{id}" for HTTP, else the root's name."""
+        root = self.root
+        if root is None:
+            return "unknown"
+        if root.http_route:
+            return f"{root.http_method} {root.http_route}" if root.http_method else root.http_route
+        return root.name
+
+    @property
+    def services(self) -> list[str]:
+        return sorted({s.service for s in self.spans if s.service})
+
+    def __iter__(self) -> Iterator[SpanView]:
+        return iter(self.spans)
+
+    def __len__(self) -> int:
+        return len(self.spans)
+
+
+def _start(span: SpanView) -> int:
+    return span.start_ns

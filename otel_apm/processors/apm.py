@@ -1,0 +1,302 @@
+"""APMSpanProcessor: analysis in the application's process, in front of the export processor.
+
+    provider.add_span_processor(APMSpanProcessor(BatchSpanProcessor(OTLPSpanExporter())))
+
+Pass-through mode (default): every span goes on to the wrapped processor as it ends, unchanged,
+except the local root, which goes on after analysis carrying the findings as span events.
+Tail mode: a local trace's spans are held until its root ends, then exported whole when the
+trace has a finding, an error or overflowed our bounds, and otherwise with probability
+``sample_rate``.  Either way every trace is analyzed.
+
+Nothing raised inside analysis or emission reaches the application: it is caught, logged once
+per kind and counted (``stats()`` and the ``otel_apm.processor.*`` metrics).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import threading
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from opentelemetry._logs import LoggerProvider
+from opentelemetry.context import Context
+from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, get_meter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+
+from otel_apm.analyze import Analyzer
+from otel_apm.assemble.local import LocalAssembler, LocalTrace
+from otel_apm.config import APMConfig
+from otel_apm.detectors.base import Finding
+from otel_apm.emit import Emitter
+from otel_apm.emit.console import ConsoleReporter
+from otel_apm.emit.events import EventEmitter
+from otel_apm.emit.metrics import MetricsEmitter
+from otel_apm.emit.span_events import with_finding_events
+from otel_apm.ingest.sdk import span_view
+from otel_apm.model import Trace
+from otel_apm.semconv import SERVICE_NAME
+from otel_apm.version import __version__
+
+_log = logging.getLogger(__name__)
+
+_NONE: tuple[ReadableSpan, ...] = ()
+
+
+class APMSpanProcessor(SpanProcessor):
+    """Wraps the export processor (or none, to analyze only).
+
+    ``config`` defaults to :meth:`APMConfig.from_env`; keyword settings override it, e.g.
+    ``APMSpanProcessor(BatchSpanProcessor(exporter), slow_query_threshold_ms=50)``.
+    Emitters default to OTel events and metrics (through the global providers unless given)
+    and, when enabled, the console reporter.
+    """
+
+    def __init__(
+        self,
+        span_processor: SpanProcessor | None = None,
+        config: APMConfig | None = None,
+        *,
+        emitters: Sequence[Emitter] | None = None,
+        logger_provider: LoggerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+        **settings: Any,
+    ) -> None:
+        if config is None:
+            config = APMConfig.from_env(**settings)
+        elif settings:
+            config = dataclasses.replace(config, **settings)
+        self.config = config
+        self._next = span_processor
+        self._analyzer = Analyzer(config)
+        self._tail = config.export_mode == "tail"
+        self._assembler: LocalAssembler[ReadableSpan] = LocalAssembler(
+            config.max_traces_in_flight, config.max_spans_per_trace, hold=self._tail
+        )
+        if emitters is None:
+            emitters = [EventEmitter(logger_provider), MetricsEmitter(meter_provider)]
+            if config.console_enabled:
+                emitters.append(ConsoleReporter(config.console_interval_s))
+        self._emitters = tuple(emitters)
+        self._resource: Resource | None = None
+        self._service = config.service_name or "unknown_service"
+        self._counts = dict.fromkeys(
+            (
+                "traces_analyzed",
+                "traces_evicted",
+                "spans_analyzed",
+                "spans_late",
+                "spans_untracked",
+                "spans_truncated",
+                "spans_sampled_out",
+                "findings",
+                "errors_intake",
+                "errors_analysis",
+                "errors_emit",
+            ),
+            0,
+        )
+        self._logged: set[tuple[str, str]] = set()
+        self._shutdown = False
+        self._lock = threading.Lock()
+        if config.sample_rate < 1 and not self._tail:
+            _log.warning(
+                "otel-apm: APM_SAMPLE_RATE=%s applies in tail mode only (APM_EXPORT_MODE=tail); "
+                "every span is exported",
+                config.sample_rate,
+            )
+        self._register_own_metrics(meter_provider)
+
+    # -- SpanProcessor -------------------------------------------------------------------------
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        if self._next is not None:
+            self._next.on_start(span, parent_context=parent_context)
+        if not self.config.enabled:
+            return
+        try:
+            ctx = span.context
+            parent = span.parent
+            evicted = self._assembler.start(
+                ctx.trace_id, ctx.span_id, None if parent is None or parent.is_remote else parent.span_id
+            )
+            if evicted is not None:
+                self._count("traces_evicted")
+                self._forward(self._finish(evicted, None, None))
+        except Exception as exc:
+            self._failed("intake", exc)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if not self.config.enabled:
+            self._forward((span,))
+            return
+        try:
+            out = self._intake(span)
+        except Exception as exc:
+            self._failed("intake", exc)
+            out = (span,)
+        self._forward(out)
+
+    def shutdown(self) -> None:
+        """Analyze what is still open (as it is), hand on what was held, then shut the next down."""
+        if self._shutdown:
+            return
+        self._shutdown = True
+        for lt in self._assembler.drain():
+            self._count("traces_evicted")
+            self._forward(self._finish(lt, None, None))
+        if self._next is not None:
+            self._next.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._next.force_flush(timeout_millis) if self._next is not None else True
+
+    # -- public introspection ------------------------------------------------------------------
+
+    def stats(self) -> dict[str, int]:
+        """Counters of this processor's own work, for tests, the CLI and its metrics."""
+        return {**self._counts, "traces_in_flight": len(self._assembler)}
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _intake(self, span: ReadableSpan) -> Sequence[ReadableSpan]:
+        sid = span.context.span_id
+        lt = self._assembler.owner(sid)
+        if lt is None:
+            self._count("spans_untracked")
+            return (span,)
+        resource = span.resource
+        if resource is not self._resource:
+            self._resource = resource
+            self._service = self.config.service_name or str(
+                resource.attributes.get(SERVICE_NAME) or "unknown_service"
+            )
+        view = span_view(span, self._service)
+        if sid != lt.root_id:
+            outcome = self._assembler.add(lt, view, span)
+            if outcome == "held":
+                return _NONE
+            if outcome != "added":
+                return self._late_or_truncated(outcome, lt, span)
+            return (span,)
+        if not self._assembler.close(lt):
+            return self._late_or_truncated("late", lt, span)
+        lt.views.append(view)
+        return self._finish(lt, view, span)
+
+    def _late_or_truncated(
+        self, outcome: str, lt: LocalTrace[ReadableSpan], span: ReadableSpan
+    ) -> Sequence[ReadableSpan]:
+        self._count("spans_" + outcome)
+        if outcome == "late" and not lt.keep:
+            self._count("spans_sampled_out")
+            return _NONE
+        return (span,)
+
+    def _finish(
+        self, lt: LocalTrace[ReadableSpan], root_view: Any, root: ReadableSpan | None
+    ) -> Sequence[ReadableSpan]:
+        """Analyze a closed local trace and return the spans to export, root last."""
+        trace = Trace(lt.trace_id, lt.views, root_view, complete=root is not None and not lt.truncated)
+        findings = self._analyze(trace)
+        if root is not None and findings and self.config.span_events_enabled:
+            try:
+                root = with_finding_events(root, findings)
+            except Exception as exc:
+                self._failed("emit", exc)
+        out: list[ReadableSpan] = [] if lt.held is None else lt.held
+        lt.held = None
+        if root is not None:
+            out.append(root)
+        if not self._tail or root is None:
+            return out
+        keep = (
+            bool(findings)
+            or lt.truncated > 0
+            or any(v.error for v in lt.views)
+            or random.random() < self.config.sample_rate
+        )
+        lt.keep = keep
+        if keep:
+            return out
+        self._count("spans_sampled_out", len(out))
+        return _NONE
+
+    def _analyze(self, trace: Trace) -> list[Finding]:
+        try:
+            findings = self._analyzer.analyze(trace)
+        except Exception as exc:
+            self._failed("analysis", exc)
+            return []
+        self._count("traces_analyzed")
+        self._count("spans_analyzed", len(trace.spans))
+        self._count("findings", len(findings))
+        for emitter in self._emitters:
+            try:
+                emitter.emit(trace, findings)
+            except Exception as exc:
+                self._failed("emit", exc)
+        return findings
+
+    def _forward(self, spans: Iterable[ReadableSpan]) -> None:
+        if self._next is not None:
+            for s in spans:
+                self._next.on_end(s)
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[key] += n
+
+    def _failed(self, stage: str, exc: Exception) -> None:
+        """Count every failure; log each kind once so a bug cannot flood the application's logs."""
+        self._count("errors_" + stage)
+        kind = (stage, type(exc).__name__)
+        if kind not in self._logged:
+            self._logged.add(kind)
+            _log.warning(
+                "otel-apm: %s failed (%r); the application is unaffected and further "
+                "failures of this kind are only counted",
+                stage,
+                exc,
+                exc_info=exc,
+            )
+
+    def _register_own_metrics(self, meter_provider: MeterProvider | None) -> None:
+        meter = get_meter("otel_apm.processor", __version__, meter_provider=meter_provider)
+
+        def counts(prefix: str, attr: str) -> Any:
+            def callback(_: CallbackOptions) -> Iterable[Observation]:
+                stats = self.stats()
+                return [
+                    Observation(v, {attr: k[len(prefix) :]}) for k, v in stats.items() if k.startswith(prefix)
+                ]
+
+            return callback
+
+        meter.create_observable_counter(
+            "otel_apm.processor.spans",
+            [counts("spans_", "outcome")],
+            unit="{span}",
+            description="Spans seen by the APM processor",
+        )
+        meter.create_observable_counter(
+            "otel_apm.processor.traces",
+            [counts("traces_", "outcome")],
+            unit="{trace}",
+            description="Local traces closed",
+        )
+        meter.create_observable_counter(
+            "otel_apm.processor.errors",
+            [counts("errors_", "stage")],
+            unit="{error}",
+            description="Failures contained",
+        )
+        meter.create_observable_up_down_counter(
+            "otel_apm.processor.traces_in_flight",
+            [lambda _: [Observation(len(self._assembler))]],
+            unit="{trace}",
+            description="Local traces waiting for their root to end",
+        )

@@ -1,0 +1,341 @@
+"""Shared fixtures: a real OTel SDK pipeline around the APM processor, real servers, real instrumentations.
+
+Nothing here sets an OTel global (tracer, logger or meter provider): every pipeline is built per
+test and handed explicitly to the processor and to the instrumentations, so tests cannot leak
+state into each other through the API's globals.
+
+Server-backed fixtures go through :func:`require_server`: when the server cannot be reached the
+test is skipped with the reason, except under ``CI=true``, where a missing server is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import pytest
+from opentelemetry.context import Context
+from opentelemetry.sdk._logs import LoggerProvider, ReadableLogRecord
+from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricsData
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import Tracer
+
+from otel_apm import APMConfig, APMSpanProcessor
+from otel_apm.emit.attributes import EVENT_NAME
+
+T = TypeVar("T")
+
+SERVICE_NAME = "test-svc"
+POSTGRES_ADDRESS = "127.0.0.1:5432"
+POSTGRES_DATABASE = "test"
+POSTGRES_USERS = ("postgres", "root")
+CONNECT_TIMEOUT_S = 2
+
+
+# -- servers -------------------------------------------------------------------------------------
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI") == "true"
+
+
+def require_server(name: str, probe: Callable[[], T], *, address: str = "") -> T:
+    """``probe()``'s result, or skip the test (fail it under ``CI=true``) when it raises.
+
+    ``probe`` connects to the server and returns what the test needs (a URL, a client); any
+    exception it raises means "not reachable", and its message becomes part of the reason.
+    """
+    try:
+        return probe()
+    except Exception as exc:
+        where = f" at {address}" if address else ""
+        reason = f"{name} not reachable{where}: {type(exc).__name__}: {exc}".strip()
+        if in_ci():
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+
+
+def _probe_postgres() -> str:
+    """The SQLAlchemy URL of the first user (postgres, then root) that can connect."""
+    import psycopg2
+
+    host, port = POSTGRES_ADDRESS.split(":")
+    errors = []
+    for user in POSTGRES_USERS:
+        try:
+            conn = psycopg2.connect(
+                host=host,
+                port=int(port),
+                user=user,
+                dbname=POSTGRES_DATABASE,
+                connect_timeout=CONNECT_TIMEOUT_S,
+            )
+        except psycopg2.Error as exc:
+            errors.append(f"user {user}: {' '.join(str(exc).split())}")
+            continue
+        conn.close()
+        return f"postgresql+psycopg2://{user}@{POSTGRES_ADDRESS}/{POSTGRES_DATABASE}"
+    raise ConnectionError("; ".join(errors))
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """``postgresql+psycopg2://<user>@127.0.0.1:5432/test``; skips (fails in CI) when unreachable."""
+    return require_server("PostgreSQL", _probe_postgres, address=POSTGRES_ADDRESS)
+
+
+@pytest.fixture(scope="session")
+def require_postgres(postgres_url: str) -> str:
+    """The name the brief uses; the same as ``postgres_url``."""
+    return postgres_url
+
+
+# -- the OTel pipeline ---------------------------------------------------------------------------
+
+
+class EndCounter(SpanProcessor):
+    """Counts the spans the SDK ended, independently of the APM processor and the exporter."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.started = 0
+        self.ended = 0
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        with self._lock:
+            self.started += 1
+
+    def on_end(self, span: ReadableSpan) -> None:
+        with self._lock:
+            self.ended += 1
+
+
+@dataclass
+class OTel:
+    """One real SDK pipeline: tracer provider -> APMSpanProcessor -> SimpleSpanProcessor -> memory.
+
+    Findings leave as log records (``events()``) and metrics (``metrics()``), exactly as they
+    would towards an OTLP exporter.
+    """
+
+    tracer_provider: TracerProvider
+    tracer: Tracer
+    processor: APMSpanProcessor
+    span_exporter: InMemorySpanExporter
+    logger_provider: LoggerProvider
+    log_exporter: InMemoryLogRecordExporter
+    meter_provider: MeterProvider
+    metric_reader: InMemoryMetricReader
+    counter: EndCounter
+    _closed: bool = field(default=False, repr=False)
+
+    def spans(self) -> tuple[ReadableSpan, ...]:
+        """Every span exported so far (finished spans, as the exporter got them)."""
+        return self.span_exporter.get_finished_spans()
+
+    def log_records(self) -> tuple[ReadableLogRecord, ...]:
+        return self.log_exporter.get_finished_logs()
+
+    def events(self, finding_type: str | None = None) -> list[ReadableLogRecord]:
+        """Exported log records that are findings, optionally of one type."""
+        out = []
+        for record in self.log_records():
+            lr = record.log_record
+            if lr.event_name != EVENT_NAME:
+                continue
+            if (
+                finding_type is not None
+                and (lr.attributes or {}).get("otel_apm.finding.type") != finding_type
+            ):
+                continue
+            out.append(record)
+        return out
+
+    def metrics(self) -> MetricsData | None:
+        """A collection from the in-memory reader (cumulative since the pipeline was built)."""
+        return self.metric_reader.get_metrics_data()
+
+    def data_points(self, name: str) -> list[Any]:
+        """The data points of the metric called ``name``, over every scope."""
+        data = self.metrics()
+        points: list[Any] = []
+        if data is None:
+            return points
+        for rm in data.resource_metrics:
+            for sm in rm.scope_metrics:
+                for metric in sm.metrics:
+                    if metric.name == name:
+                        points.extend(metric.data.data_points)
+        return points
+
+    def wait_for(self, condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+        """Wait for work on other threads (a server's request thread) to reach the exporter.
+
+        Not a timing assertion: it only bounds how long a test waits before failing.
+        """
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"condition not met within {timeout_s} s")
+            time.sleep(0.01)
+
+    def shutdown(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.tracer_provider.shutdown()
+        self.logger_provider.shutdown()
+        self.meter_provider.shutdown()
+
+
+def build_otel(**settings: Any) -> OTel:
+    """A fresh pipeline; ``settings`` are APMConfig fields (console output is off unless asked).
+
+    The config starts from APMConfig's defaults, not the environment, so an ``APM_*`` variable
+    in the shell running the tests cannot change their outcome.
+    """
+    resource = Resource.create({"service.name": SERVICE_NAME})
+    span_exporter = InMemorySpanExporter()
+    log_exporter = InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]
+    logger_provider = LoggerProvider(resource=resource)
+    logger_provider.add_log_record_processor(SimpleLogRecordProcessor(log_exporter))
+    metric_reader = InMemoryMetricReader()
+    meter_provider = MeterProvider(metric_readers=[metric_reader], resource=resource)
+    settings.setdefault("console_enabled", False)
+    processor = APMSpanProcessor(
+        SimpleSpanProcessor(span_exporter),
+        APMConfig(),
+        logger_provider=logger_provider,
+        meter_provider=meter_provider,
+        **settings,
+    )
+    counter = EndCounter()
+    tracer_provider = TracerProvider(resource=resource)
+    tracer_provider.add_span_processor(counter)
+    tracer_provider.add_span_processor(processor)
+    return OTel(
+        tracer_provider=tracer_provider,
+        tracer=tracer_provider.get_tracer("tests"),
+        processor=processor,
+        span_exporter=span_exporter,
+        logger_provider=logger_provider,
+        log_exporter=log_exporter,
+        meter_provider=meter_provider,
+        metric_reader=metric_reader,
+        counter=counter,
+    )
+
+
+@pytest.fixture
+def make_otel() -> Iterator[Callable[..., OTel]]:
+    """Factory: ``make_otel(slow_request_threshold_ms=50)``; every pipeline is shut down after."""
+    built: list[OTel] = []
+
+    def make(**settings: Any) -> OTel:
+        otel = build_otel(**settings)
+        built.append(otel)
+        return otel
+
+    yield make
+    for otel in built:
+        otel.shutdown()
+
+
+@pytest.fixture
+def otel(make_otel: Callable[..., OTel]) -> OTel:
+    """A pipeline with the default APM settings (console off)."""
+    return make_otel()
+
+
+# -- instrumentations ----------------------------------------------------------------------------
+# The instrumentors are process-wide singletons; each fixture undoes what it did at teardown.
+
+
+@pytest.fixture
+def instrument_sqlalchemy() -> Iterator[Callable[[Sequence[Any], TracerProvider], None]]:
+    """``instrument_sqlalchemy([engine, ...], tracer_provider)``: trace those engines' queries.
+
+    Call it once per test (the instrumentor is a singleton), after the schema and seed data are in
+    place, so that only the code under test makes DB spans.
+    """
+    from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+
+    instrumentor = SQLAlchemyInstrumentor()
+    used = False
+
+    def instrument(engines: Sequence[Any], tracer_provider: TracerProvider) -> None:
+        nonlocal used
+        assert not used, "instrument_sqlalchemy is called once per test"
+        assert not instrumentor.is_instrumented_by_opentelemetry, "SQLAlchemy left instrumented"
+        used = True
+        instrumentor.instrument(engines=list(engines), tracer_provider=tracer_provider)
+
+    yield instrument
+    if used:
+        instrumentor.uninstrument()
+
+
+@pytest.fixture
+def instrument_requests() -> Iterator[Callable[[TracerProvider], None]]:
+    """``instrument_requests(tracer_provider)``: client spans for ``requests``, undone after."""
+    from opentelemetry.instrumentation.requests import RequestsInstrumentor
+
+    instrumentor = RequestsInstrumentor()
+    used = False
+
+    def instrument(tracer_provider: TracerProvider) -> None:
+        nonlocal used
+        assert not used, "instrument_requests is called once per test"
+        assert not instrumentor.is_instrumented_by_opentelemetry, "requests left instrumented"
+        used = True
+        instrumentor.instrument(tracer_provider=tracer_provider)
+
+    yield instrument
+    if used:
+        instrumentor.uninstrument()
+
+
+@pytest.fixture
+def serve_wsgi() -> Iterator[Callable[[Any], str]]:
+    """``serve_wsgi(app)`` -> ``"http://127.0.0.1:<port>"``: a real werkzeug server in a thread."""
+    from werkzeug.serving import BaseWSGIServer, make_server
+
+    servers: list[tuple[BaseWSGIServer, threading.Thread]] = []
+
+    def serve(app: Any) -> str:
+        server = make_server("127.0.0.1", 0, app, threaded=False)
+        thread = threading.Thread(target=server.serve_forever, name="wsgi-test-server", daemon=True)
+        thread.start()
+        servers.append((server, thread))
+        return f"http://127.0.0.1:{server.server_port}"
+
+    yield serve
+    for server, thread in servers:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def instrument_flask() -> Iterator[Callable[[Any, TracerProvider], None]]:
+    """``instrument_flask(app, tracer_provider)``: server spans for that app only, undone after."""
+    from opentelemetry.instrumentation.flask import FlaskInstrumentor
+
+    apps: list[Any] = []
+
+    def instrument(app: Any, tracer_provider: TracerProvider) -> None:
+        FlaskInstrumentor.instrument_app(app, tracer_provider=tracer_provider)  # type: ignore[no-untyped-call]
+        apps.append(app)
+
+    yield instrument
+    for app in apps:
+        FlaskInstrumentor.uninstrument_app(app)  # type: ignore[no-untyped-call]
