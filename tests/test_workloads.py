@@ -445,7 +445,7 @@ def test_every_span_is_exported_once(make_otel: Callable[..., OTel], start_app: 
     assert stats["traces_analyzed"] == 2 * len(calls)  # a client and a server local root each
     assert stats["spans_analyzed"] == len(spans)
     assert {k: v for k, v in stats.items() if k.startswith("errors_")} == dict.fromkeys(
-        ("errors_intake", "errors_analysis", "errors_emit"), 0
+        ("errors_intake", "errors_analysis", "errors_emit", "errors_detector"), 0
     )
 
 

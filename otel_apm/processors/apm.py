@@ -30,7 +30,8 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from otel_apm.analyze import Analyzer
 from otel_apm.assemble.local import LocalAssembler, LocalTrace
 from otel_apm.config import APMConfig
-from otel_apm.detectors.base import Finding
+from otel_apm.detectors import DEFAULT_DETECTORS
+from otel_apm.detectors.base import Detector, Finding
 from otel_apm.emit import Emitter
 from otel_apm.emit.console import ConsoleReporter
 from otel_apm.emit.events import EventEmitter
@@ -52,7 +53,8 @@ class APMSpanProcessor(SpanProcessor):
     ``config`` defaults to :meth:`APMConfig.from_env`; keyword settings override it, e.g.
     ``APMSpanProcessor(BatchSpanProcessor(exporter), slow_query_threshold_ms=50)``.
     Emitters default to OTel events and metrics (through the global providers unless given)
-    and, when enabled, the console reporter.
+    and, when enabled, the console reporter; ``detectors`` to the built-in ones (a custom
+    Detector subclass can be added).
     """
 
     def __init__(
@@ -61,6 +63,7 @@ class APMSpanProcessor(SpanProcessor):
         config: APMConfig | None = None,
         *,
         emitters: Sequence[Emitter] | None = None,
+        detectors: Sequence[type[Detector]] = DEFAULT_DETECTORS,
         logger_provider: LoggerProvider | None = None,
         meter_provider: MeterProvider | None = None,
         **settings: Any,
@@ -71,7 +74,7 @@ class APMSpanProcessor(SpanProcessor):
             config = dataclasses.replace(config, **settings)
         self.config = config
         self._next = span_processor
-        self._analyzer = Analyzer(config)
+        self._analyzer = Analyzer(config, detectors)
         self._tail = config.export_mode == "tail"
         self._assembler: LocalAssembler[ReadableSpan] = LocalAssembler(
             config.max_traces_in_flight, config.max_spans_per_trace, hold=self._tail
@@ -158,7 +161,11 @@ class APMSpanProcessor(SpanProcessor):
 
     def stats(self) -> dict[str, int]:
         """Counters of this processor's own work, for tests, the CLI and its metrics."""
-        return {**self._counts, "traces_in_flight": len(self._assembler)}
+        return {
+            **self._counts,
+            "errors_detector": self._analyzer.errors,
+            "traces_in_flight": len(self._assembler),
+        }
 
     # -- internals -----------------------------------------------------------------------------
 

@@ -1,0 +1,323 @@
+"""APMSpanProcessor's contract, through the real SDK: what is exported when, bounds, tail keep,
+late spans, containment of failures, threads and asyncio, lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable, Sequence
+
+import pytest
+from conftest import OTel
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+
+from otel_apm.detectors.base import Detector, Finding
+from otel_apm.emit.attributes import EVENT_NAME
+from otel_apm.model import Trace
+
+BOOKS = "SELECT books.id, books.title FROM books WHERE books.author_id = %(param_1)s"
+AUTHORS = "SELECT authors.id, authors.name FROM authors"
+
+
+def db_span(otel: OTel, statement: str) -> None:
+    attrs = {"db.system": "postgresql", "db.statement": statement}
+    with otel.tracer.start_as_current_span("SELECT", kind=SpanKind.CLIENT, attributes=attrs):
+        pass
+
+
+def request(otel: OTel, route: str = "/authors", n: int = 6, error: bool = False) -> int:
+    """One server transaction running an N+1 of ``n`` (none when n < threshold); its trace id."""
+    attrs = {"http.request.method": "GET", "http.route": route}
+    with otel.tracer.start_as_current_span(f"GET {route}", kind=SpanKind.SERVER, attributes=attrs) as root:
+        db_span(otel, AUTHORS)
+        for _ in range(n):
+            db_span(otel, BOOKS)
+        if error:
+            root.set_status(Status(StatusCode.ERROR))
+        return root.get_span_context().trace_id
+
+
+def roots(otel: OTel) -> list[ReadableSpan]:
+    return [s for s in otel.spans() if s.parent is None]
+
+
+def test_children_are_exported_at_once_and_the_root_last_with_its_findings(otel: OTel) -> None:
+    with otel.tracer.start_as_current_span("GET /authors", kind=SpanKind.SERVER) as root:
+        for _ in range(5):
+            db_span(otel, BOOKS)
+        assert len(otel.spans()) == 5  # exported while the root is still open
+    exported_root = otel.spans()[-1]
+    assert exported_root.context == root.get_span_context()
+    assert exported_root.context.trace_flags.sampled
+    events = [e for e in exported_root.events if e.name == EVENT_NAME]
+    assert [e.attributes["otel_apm.finding.type"] for e in events] == ["n_plus_one_query"]
+    assert events[0].attributes["otel_apm.finding.count"] == 5
+
+
+def test_a_span_ending_after_its_root_is_exported_and_counted(otel: OTel) -> None:
+    root = otel.tracer.start_span("job", kind=SpanKind.SERVER)
+    child = otel.tracer.start_span("late work", context=trace.set_span_in_context(root))
+    root.end()
+    child.end()
+    assert {s.name for s in otel.spans()} == {"job", "late work"}
+    assert otel.processor.stats()["spans_late"] == 1
+
+
+def test_a_remote_parent_makes_a_local_root(otel: OTel) -> None:
+    remote = SpanContext(0xABC, 0xDEF, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+    ctx = trace.set_span_in_context(NonRecordingSpan(remote))
+    with otel.tracer.start_as_current_span("GET /authors", context=ctx, kind=SpanKind.SERVER):
+        for _ in range(5):
+            db_span(otel, BOOKS)
+    (finding,) = otel.events("n_plus_one_query")
+    assert finding.log_record.trace_id == 0xABC
+    assert otel.processor.stats()["traces_analyzed"] == 1
+
+
+def test_past_max_traces_the_oldest_is_analyzed_as_it_is(make_otel: Callable[..., OTel]) -> None:
+    otel = make_otel(max_traces_in_flight=2)
+    open_roots = []
+    for _ in range(3):
+        root = otel.tracer.start_span("GET /x", kind=SpanKind.SERVER)
+        open_roots.append(root)
+        with trace.use_span(root, end_on_exit=False):
+            for _ in range(5):
+                db_span(otel, BOOKS)
+    stats = otel.processor.stats()
+    assert (stats["traces_evicted"], stats["traces_in_flight"]) == (1, 2)
+    (finding,) = otel.events("n_plus_one_query")  # the evicted trace, analyzed without its root
+    assert finding.log_record.attributes["otel_apm.finding.endpoint"] == "unknown"
+    for root in open_roots:
+        root.end()
+    assert len(otel.spans()) == otel.counter.ended == 18  # nothing lost, the late root included
+    assert otel.processor.stats()["spans_late"] == 1
+
+
+def test_past_max_spans_later_spans_are_exported_not_analyzed(make_otel: Callable[..., OTel]) -> None:
+    otel = make_otel(max_spans_per_trace=4)
+    request(otel, n=8)
+    stats = otel.processor.stats()
+    assert stats["spans_truncated"] == 5  # 1 + 8 children, 4 kept
+    assert len(otel.spans()) == 10
+
+
+def test_tail_mode_keeps_whole_traces_with_findings_or_errors(make_otel: Callable[..., OTel]) -> None:
+    otel = make_otel(export_mode="tail", sample_rate=0.0)
+    with_finding = request(otel, n=6)
+    plain = request(otel, n=1)
+    failed = request(otel, n=1, error=True)
+    exported = {s.context.trace_id for s in otel.spans()}
+    assert exported == {with_finding, failed}
+    assert len([s for s in otel.spans() if s.context.trace_id == with_finding]) == 8  # whole trace
+    assert otel.processor.stats()["spans_sampled_out"] == 3
+    assert plain not in exported
+    assert len(otel.events()) == 1  # analysis saw every trace; only the export was sampled
+
+
+def test_tail_mode_sample_rate_one_keeps_everything(make_otel: Callable[..., OTel]) -> None:
+    otel = make_otel(export_mode="tail", sample_rate=1.0)
+    for _ in range(5):
+        request(otel, n=1)
+    assert len(otel.spans()) == 5 * 3
+    assert otel.processor.stats()["spans_sampled_out"] == 0
+
+
+def test_tail_mode_holds_spans_until_the_root_ends(make_otel: Callable[..., OTel]) -> None:
+    otel = make_otel(export_mode="tail", sample_rate=1.0)
+    with otel.tracer.start_as_current_span("GET /a", kind=SpanKind.SERVER):
+        db_span(otel, AUTHORS)
+        assert otel.spans() == ()
+    assert len(otel.spans()) == 2
+
+
+def test_tail_mode_drops_late_spans_of_a_dropped_trace(make_otel: Callable[..., OTel]) -> None:
+    otel = make_otel(export_mode="tail", sample_rate=0.0)
+    root = otel.tracer.start_span("job", kind=SpanKind.SERVER)
+    child = otel.tracer.start_span("late", context=trace.set_span_in_context(root))
+    root.end()
+    child.end()
+    assert otel.spans() == ()
+    stats = otel.processor.stats()
+    assert (stats["spans_late"], stats["spans_sampled_out"]) == (1, 2)
+
+
+class Exploding(Detector):
+    type = "exploding"
+    categories = frozenset({"db"})
+
+    def visit_span(self, span: object) -> None:
+        raise RuntimeError("detector bug")
+
+    def on_complete(self) -> list[Finding]:
+        return []
+
+
+class FailingEmitter:
+    def emit(self, trace: Trace, findings: Sequence[Finding]) -> None:
+        raise ValueError("emitter bug")
+
+
+def test_failures_in_analysis_never_reach_the_app(
+    make_otel: Callable[..., OTel], caplog: pytest.LogCaptureFixture
+) -> None:
+    from otel_apm.detectors import DEFAULT_DETECTORS
+
+    otel = make_otel(detectors=(*DEFAULT_DETECTORS, Exploding))
+    with caplog.at_level(logging.WARNING, logger="otel_apm"):
+        for _ in range(3):
+            request(otel, n=6)
+    assert len(otel.events("n_plus_one_query")) == 3  # the other detectors still ran
+    assert otel.processor.stats()["errors_detector"] == 3
+    assert sum("exploding failed" in r.getMessage() for r in caplog.records) == 1  # once per kind
+    assert len(otel.spans()) == 3 * 8
+
+
+def test_a_failing_emitter_is_contained(make_otel: Callable[..., OTel]) -> None:
+    from otel_apm import APMSpanProcessor
+
+    otel = make_otel()
+    processor = APMSpanProcessor(None, otel.processor.config, emitters=[FailingEmitter()])
+    otel.tracer_provider.add_span_processor(processor)
+    request(otel, n=6)
+    assert processor.stats()["errors_emit"] == 1
+    assert len(otel.spans()) == 8
+
+
+def test_odd_attributes_and_huge_sql_are_analyzed_without_error(otel: OTel) -> None:
+    odd: list[dict[str, object]] = [
+        {"db.system": "postgresql", "db.statement": ["not", "a", "string"]},
+        {"db.system": "postgresql", "db.statement": "SELECT '" + "x" * 2_000_000},
+        {"db.system": "postgresql", "db.statement": "\x00\xff garbage ((("},
+        {"http.method": "GET", "http.status_code": "abc"},
+        {"http.request.method": 7, "http.response.status_code": 3.5},
+        {"db.system": True},
+    ]
+    with otel.tracer.start_as_current_span("root", kind=SpanKind.SERVER):
+        for attrs in odd:
+            with otel.tracer.start_as_current_span("odd", kind=SpanKind.CLIENT, attributes=attrs):  # type: ignore[arg-type]
+                pass
+    stats = otel.processor.stats()
+    assert stats["traces_analyzed"] == 1
+    assert {k: v for k, v in stats.items() if k.startswith("errors")} == {
+        "errors_intake": 0,
+        "errors_analysis": 0,
+        "errors_emit": 0,
+        "errors_detector": 0,
+    }
+    assert len(otel.spans()) == 7
+
+
+def test_threads_each_get_their_own_trace(otel: OTel) -> None:
+    def work() -> None:
+        for _ in range(25):
+            request(otel, n=5)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    findings = otel.events("n_plus_one_query")
+    assert len(findings) == 200
+    assert {f.log_record.attributes["otel_apm.finding.count"] for f in findings} == {5}
+    assert len(otel.spans()) == otel.counter.ended == 200 * 7
+    stats = otel.processor.stats()
+    assert (stats["spans_late"], stats["spans_untracked"], stats["traces_in_flight"]) == (0, 0, 0)
+
+
+def test_asyncio_tasks_each_get_their_own_trace(otel: OTel) -> None:
+    async def handler(i: int) -> None:
+        with otel.tracer.start_as_current_span(f"GET /t{i}", kind=SpanKind.SERVER):
+            for _ in range(5 + i):
+                with otel.tracer.start_as_current_span(
+                    "SELECT", kind=SpanKind.CLIENT, attributes={"db.system": "sqlite", "db.statement": BOOKS}
+                ):
+                    await asyncio.sleep(0)
+
+    async def main() -> None:
+        await asyncio.gather(*(handler(i) for i in range(4)))
+
+    asyncio.run(main())
+    counts = sorted(
+        f.log_record.attributes["otel_apm.finding.count"] for f in otel.events("n_plus_one_query")
+    )
+    assert counts == [5, 6, 7, 8]
+
+
+class Recorder(SpanProcessor):
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        self.calls.append("start")
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self.calls.append("end:" + span.name)
+
+    def shutdown(self) -> None:
+        self.calls.append("shutdown")
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        self.calls.append(f"flush:{timeout_millis}")
+        return True
+
+
+def test_lifecycle_propagates_and_shutdown_analyzes_open_traces(otel: OTel) -> None:
+    from otel_apm import APMSpanProcessor
+
+    recorder = Recorder()
+    processor = APMSpanProcessor(recorder, otel.processor.config, emitters=[])
+    otel.tracer_provider.add_span_processor(processor)
+    root = otel.tracer.start_span("open", kind=SpanKind.SERVER)
+    assert processor.force_flush(1234) is True
+    processor.shutdown()
+    processor.shutdown()  # idempotent
+    assert recorder.calls == ["start", "flush:1234", "shutdown"]
+    assert processor.stats()["traces_evicted"] == 1
+    root.end()
+
+
+def test_disabled_is_pure_pass_through(make_otel: Callable[..., OTel]) -> None:
+    otel = make_otel(enabled=False)
+    request(otel, n=10)
+    assert len(otel.spans()) == 12
+    assert otel.events() == []
+    assert otel.processor.stats()["traces_analyzed"] == 0
+
+
+def test_console_prints_a_fingerprint_once_per_interval(
+    make_otel: Callable[..., OTel], capsys: pytest.CaptureFixture[str]
+) -> None:
+    otel = make_otel(console_enabled=True, console_interval_s=3600)
+    for _ in range(3):
+        request(otel, n=6)
+    request(otel, route="/other", n=6)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[otel-apm]")]
+    assert len(lines) == 2
+    assert "n_plus_one_query" in lines[0] and "'GET /authors'" in lines[0]
+    assert "'GET /other'" in lines[1]
+    assert "12.3" not in lines[0]  # sanity: the line carries the shape, not values
+
+
+def test_console_interval_zero_prints_every_occurrence(
+    make_otel: Callable[..., OTel], capsys: pytest.CaptureFixture[str]
+) -> None:
+    otel = make_otel(console_enabled=True, console_interval_s=0)
+    for _ in range(3):
+        request(otel, n=6)
+    assert capsys.readouterr().err.count("[otel-apm] WARNING n_plus_one_query") == 3
+
+
+def test_finding_severity_becomes_critical_past_the_factor(make_otel: Callable[..., OTel]) -> None:
+    otel = make_otel(critical_factor=2)
+    request(otel, n=9)
+    request(otel, route="/big", n=10)
+    severities = {
+        f.log_record.attributes["otel_apm.finding.endpoint"]: f.log_record.severity_text
+        for f in otel.events()
+    }
+    assert severities == {"GET /authors": "WARNING", "GET /big": "CRITICAL"}
