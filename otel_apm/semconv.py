@@ -37,34 +37,50 @@ def _first(attrs: Mapping[str, Any], keys: tuple[str, ...]) -> Any:
 
 
 def fill_attributes(view: model.SpanView, attrs: Mapping[str, Any]) -> None:
-    """Set category and the semantic-convention fields; shared by every intake path."""
-    db_system = _first(attrs, DB_SYSTEM)
+    """Set category and the semantic-convention fields; shared by every intake path.
+
+    Runs for every span on the application's thread: the common keys are looked up inline, as a
+    call per key costs more than the lookup itself.
+    """
+    get = attrs.get
+    db_system = get("db.system.name")
+    if db_system is None:
+        db_system = get("db.system")
     if db_system is not None:
-        view.db_system = str(db_system)
-        statement = _first(attrs, DB_STATEMENT)
+        view.db_system = system = str(db_system)
+        statement = get("db.query.text")
+        if statement is None:
+            statement = get("db.statement")
         view.statement = statement if isinstance(statement, str) else None
-        view.db_operation = _str_or_none(_first(attrs, DB_OPERATION))
-        if view.db_system in CACHE_SYSTEMS:
+        operation = get("db.operation.name")
+        if operation is None:
+            operation = get("db.operation")
+        view.db_operation = None if operation is None else str(operation)
+        if system in CACHE_SYSTEMS:
             view.category = model.CACHE
-        elif view.statement is None and view.db_operation is None and view.name == "connect":
+        elif statement is None and operation is None and view.name == "connect":
             view.category = model.DB_CONNECTION  # SQLAlchemy's Engine.connect span
         else:
             view.category = model.DB
         view.db_table = _str_or_none(_first(attrs, DB_TABLE))
         view.server_address = _str_or_none(_first(attrs, SERVER_ADDRESS))
         return
-    method = _first(attrs, HTTP_METHOD)
+    method = get("http.request.method")
+    if method is None:
+        method = get("http.method")
     if method is not None:
         view.http_method = str(method)
-        status = _first(attrs, HTTP_STATUS)
-        view.http_status = status if isinstance(status, int) else _int_or_none(status)
+        status = get("http.response.status_code")
+        if status is None:
+            status = get("http.status_code")
+        view.http_status = status if type(status) is int else _int_or_none(status)
         if view.kind == model.KIND_CLIENT:
             view.category = model.HTTP_CLIENT
             view.url = _str_or_none(_first(attrs, HTTP_URL))
             view.server_address = _str_or_none(_first(attrs, SERVER_ADDRESS))
         else:
             view.category = model.HTTP_SERVER
-            view.http_route = _str_or_none(_first(attrs, HTTP_ROUTE))
+            view.http_route = _str_or_none(get("http.route"))
         return
     if _first(attrs, MESSAGING_SYSTEM) is not None:
         view.category = model.MESSAGING
@@ -77,7 +93,9 @@ def _str_or_none(value: Any) -> str | None:
 
 
 def _int_or_none(value: Any) -> int | None:
+    if value is None or isinstance(value, bool):
+        return None
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None

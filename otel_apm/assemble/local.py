@@ -1,114 +1,177 @@
-"""In-process assembly: spans grouped under their local root, as the SDK starts and ends them.
+"""In-process assembly: spans grouped under their local root, as the SDK ends them.
 
 A local root is a span with no parent or a remote one: the server span of a request, a job's
-top span.  A span learns its local trace at start from its parent (always started earlier in
-this process), so at end it is one dict pop away from its group, and a span that ends after
-its root is recognised as late rather than opening a trace that would never end.
+top span.  Only local roots are registered, when they start; every other span is filed by its
+trace id when it ends, and only appended: the slim views analysis reads are built in batches,
+when the root ends or every ``COMPACT_EVERY`` spans, which costs half of building them one span
+at a time (measured) and bounds what a long trace holds.
+
+Should several local roots of one trace be open in this process at once (a service calling
+itself), the ending root takes the spans whose parent chain leads to it and leaves the others.
+A span that ends when no local root of its trace is open ended after its root (or started
+before this processor was installed): it is late.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Generic, TypeVar
+from collections.abc import Callable
+from typing import Generic, Literal, TypeVar
 
 from otel_apm.model import SpanView
 
-S = TypeVar("S")  # the SDK span type, held only in tail mode
+S = TypeVar("S")  # the SDK's ended span
+
+Outcome = Literal["added", "held", "truncated", "late"]
+
+# Spans filed before they are turned into views: small enough that a long trace holds little
+# more than its views, large enough that a typical request is read in one batch at its end.
+COMPACT_EVERY = 64
 
 
 class LocalTrace(Generic[S]):
-    """The spans of one local trace so far.  ``held`` is None unless the export is deferred."""
+    """One trace's spans so far: ``spans`` not yet read (and, in tail mode, every held span;
+    ``read`` of them are already in ``views``)."""
 
-    __slots__ = ("closed", "held", "keep", "root_id", "trace_id", "truncated", "views")
+    __slots__ = ("closed", "read", "roots", "spans", "trace_id", "truncated", "views")
 
-    def __init__(self, trace_id: int, root_id: int, hold: bool) -> None:
+    def __init__(self, trace_id: int) -> None:
         self.trace_id = trace_id
-        self.root_id = root_id
+        self.roots: set[int] = set()
+        self.spans: list[S] = []
+        self.read = 0
         self.views: list[SpanView] = []
-        self.held: list[S] | None = [] if hold else None
-        self.closed = False
         self.truncated = 0
-        self.keep = True  # tail mode: the export decision, read by spans that arrive late
+        self.closed = False
 
 
 class LocalAssembler(Generic[S]):
-    """Bounded: at most ``max_traces`` open local traces and ``max_spans`` views each.
+    """Bounded: at most ``max_traces`` traces with open local roots, ``max_spans`` spans each.
 
-    ``_owner`` maps started-but-not-ended span ids to their local trace.  It is bounded too
-    (spans that never end must not leak memory): past its cap the oldest entries go, and their
-    spans, should they end, pass through unanalyzed as "untracked".
+    ``read_spans`` turns ended spans into views; ``hold`` keeps the spans themselves until the
+    root ends (tail mode), where otherwise they are exported as they end.
     """
 
-    def __init__(self, max_traces: int, max_spans: int, hold: bool) -> None:
+    def __init__(
+        self, max_traces: int, max_spans: int, hold: bool, read_spans: Callable[[list[S]], list[SpanView]]
+    ) -> None:
         self.max_traces = max_traces
         self.max_spans = max_spans
         self.hold = hold
+        self._read_spans = read_spans
         self._open: dict[int, LocalTrace[S]] = {}
-        self._owner: dict[int, LocalTrace[S]] = {}
-        self._max_owned = max(65536, max_traces * 64)
         self._lock = threading.Lock()
 
-    def start(self, trace_id: int, span_id: int, parent_id: int | None) -> LocalTrace[S] | None:
-        """Register a started span (``parent_id`` None for a local root).
+    def open_root(self, trace_id: int, span_id: int) -> LocalTrace[S] | None:
+        """Register a starting local root.  Returns a trace evicted to stay within bounds: the
+        caller analyzes it as it is (``finish``), and its roots, when they end, are late."""
+        with self._lock:
+            lt = self._open.get(trace_id)
+            if lt is None:
+                lt = self._open[trace_id] = LocalTrace(trace_id)
+                lt.roots.add(span_id)
+                if len(self._open) > self.max_traces:
+                    evicted = self._open.pop(next(iter(self._open)))
+                    evicted.closed = True
+                    return evicted
+            else:
+                lt.roots.add(span_id)
+        return None
 
-        Returns a trace evicted to stay within bounds: the caller analyzes it as it is.
+    def add(self, trace_id: int, span: S) -> Outcome:
+        """File an ended span that is not a local root.
+
+        Pass-through takes no lock: the append is atomic, and a span racing its root's end on
+        another thread is at worst exported unanalyzed.  Tail mode holds the span, so it locks:
+        a held span must never land in a trace already finished.
         """
-        owner = self._owner
-        if parent_id is not None:
-            lt = owner.get(parent_id)
-            if lt is not None:
-                owner[span_id] = lt
-            return None
-        lt = LocalTrace(trace_id, span_id, self.hold)
-        evicted = None
-        with self._lock:
-            self._open[span_id] = lt
-            owner[span_id] = lt
-            if len(self._open) > self.max_traces:
-                evicted = self._open.pop(next(iter(self._open)))
-                evicted.closed = True
-            if len(owner) > self._max_owned:
-                for key in list(owner)[: len(owner) - self._max_owned]:
-                    owner.pop(key, None)
-        return evicted
+        if self.hold:
+            with self._lock:
+                outcome = self._file(trace_id, span, locked=True)
+            return "held" if outcome == "added" else outcome
+        return self._file(trace_id, span, locked=False)
 
-    def owner(self, span_id: int) -> LocalTrace[S] | None:
-        """The local trace of an ending span, forgotten as it is returned."""
-        return self._owner.pop(span_id, None)
+    def _file(self, trace_id: int, span: S, locked: bool) -> Outcome:
+        lt = self._open.get(trace_id)
+        if lt is None or lt.closed:
+            return "late"
+        spans = lt.spans
+        if len(spans) - lt.read + len(lt.views) >= self.max_spans:
+            # Neither read nor held: a huge trace must not hold memory.  Its spans go out at
+            # once, so the caller keeps the whole trace rather than orphan them.
+            lt.truncated += 1
+            return "truncated"
+        spans.append(span)
+        if len(spans) - lt.read >= COMPACT_EVERY:
+            if locked:
+                self._compact(lt)
+            else:
+                with self._lock:
+                    self._compact(lt)
+        return "added"
 
-    def add(self, lt: LocalTrace[S], view: SpanView, span: S) -> str:
-        """File an ended non-root span: "added", "held" (export deferred), "truncated" or "late"."""
+    def close_root(self, trace_id: int, root_id: int) -> LocalTrace[S] | None:
+        """The local trace of an ending root, its views read (the root's own not included), or
+        None when the root is not open: evicted earlier, or started before we were installed."""
         with self._lock:
-            if lt.closed:
-                return "late"
-            if len(lt.views) >= self.max_spans:
-                # Not held either: a huge trace must not hold memory. Its spans go out at once, so
-                # the caller keeps the whole trace rather than orphan them.
-                lt.truncated += 1
-                return "truncated"
-            lt.views.append(view)
-            if lt.held is not None:
-                lt.held.append(span)
-                return "held"
-            return "added"
+            lt = self._open.get(trace_id)
+            if lt is None or root_id not in lt.roots:
+                return None
+            lt.roots.discard(root_id)
+            self._compact(lt)
+            if not lt.roots:
+                del self._open[trace_id]
+                lt.closed = True
+                return lt
+            return _split(lt, root_id)
 
-    def close(self, lt: LocalTrace[S]) -> bool:
-        """Close at root end; False when it was closed already (evicted), making the root late."""
+    def finish(self, lt: LocalTrace[S]) -> LocalTrace[S]:
+        """Read what is left of an evicted or drained trace."""
         with self._lock:
-            if lt.closed:
-                return False
-            lt.closed = True
-            self._open.pop(lt.root_id, None)
-            return True
+            self._compact(lt)
+        return lt
 
     def drain(self) -> list[LocalTrace[S]]:
-        """Close and return every open trace, at shutdown."""
+        """Every open trace, closed and read, at shutdown."""
         with self._lock:
             traces = list(self._open.values())
             self._open.clear()
             for lt in traces:
                 lt.closed = True
+                self._compact(lt)
             return traces
 
     def __len__(self) -> int:
         return len(self._open)
+
+    def _compact(self, lt: LocalTrace[S]) -> None:
+        """Read the unread spans into views; drop them unless held.  Caller holds the lock."""
+        unread = lt.spans[lt.read :]
+        if not unread:
+            return
+        lt.views.extend(self._read_spans(unread))
+        if self.hold:
+            lt.read += len(unread)
+        else:
+            del lt.spans[: len(unread)]
+
+
+def _split(lt: LocalTrace[S], root_id: int) -> LocalTrace[S]:
+    """Move the spans below ``root_id`` out of ``lt`` (which other open roots keep).  Called
+    with ``lt`` compacted, so in tail mode ``spans`` and ``views`` run parallel."""
+    parent_of = {v.span_id: v.parent_id for v in lt.views}
+    mine: LocalTrace[S] = LocalTrace(lt.trace_id)
+    mine.closed = True
+    keep = LocalTrace[S](lt.trace_id)
+    for i, view in enumerate(lt.views):
+        p, steps = view.parent_id, len(parent_of)  # steps: a malformed cycle cannot hang us
+        while p and p != root_id and steps:
+            p, steps = parent_of.get(p, 0), steps - 1
+        into = mine if p == root_id else keep
+        into.views.append(view)
+        if lt.spans:
+            into.spans.append(lt.spans[i])
+    lt.views, lt.spans = keep.views, keep.spans
+    lt.read = len(lt.spans)
+    mine.read = len(mine.spans)
+    return mine

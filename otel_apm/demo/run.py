@@ -107,7 +107,7 @@ def run_demo(db: str, otlp_endpoint: str | None) -> int:
     stats = processor.stats()
     print(
         f"\nAnalyzed {stats['traces_analyzed']} traces, {stats['spans_analyzed']} spans; "
-        f"late {stats['spans_late']}, untracked {stats['spans_untracked']}, errors "
+        f"late {stats['spans_late']}, errors "
         f"{stats['errors_intake'] + stats['errors_analysis'] + stats['errors_emit']}."
     )
     missing = [k for k in EXPECTED if not any(t == k for t, _ in tally.counts)]

