@@ -1,0 +1,545 @@
+"""Per-span overhead and per-held-span memory of APMSpanProcessor against the plain SDK pipeline.
+
+    .venv/bin/python bench/bench_processor.py [--traces N] [--rounds R] [--memory-traces K] [--profile]
+
+Variants, all in one process, interleaved a, b, c, a, b, c, ... so drift hits them alike:
+
+  a  baseline: TracerProvider + BatchSpanProcessor(no-op SpanExporter)
+  b  ours:     TracerProvider + APMSpanProcessor(BatchSpanProcessor(no-op SpanExporter)), passthrough,
+               console off, events to a bench LoggerProvider (BatchLogRecordProcessor over a no-op
+               LogRecordExporter), metrics to a bench MeterProvider (InMemoryMetricReader)
+  c  ours, tail mode (export_mode="tail", sample_rate=0.1)
+
+Workload: a web-like local trace of 23 spans (1 SERVER root, 20 PostgreSQL client spans in six
+statement shapes including an N+1 of 6, 2 HTTP client spans), attributes passed at start as the
+instrumentations do.  Every trace has an N+1 finding: the worst case for emission, and in tail mode
+every trace is kept (sample_rate does not come into play).
+
+A round is N traces through one variant plus the flushes that make the deferred work happen inside
+the timed region: TracerProvider.force_flush() (batch span export) for all, and for b and c the
+LoggerProvider's force_flush() (finding events) and one metric collection.  The garbage collector
+stays on for every variant (allocation is part of the cost); gc.collect() runs before each round,
+outside the timing.  Queues are sized so nothing is dropped, and the exporters' counts are checked.
+
+Memory: K local traces are opened (roots still open) and each gets its 22 children ended, with the
+APM processor wrapping a processor that does nothing; tracemalloc's traced memory with the roots
+open is compared with the same after the roots end, and with the same procedure under the bare
+do-nothing processor, giving the bytes the processor holds per waiting span.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gc
+import pstats
+import statistics
+import sys
+import time
+import tracemalloc
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.sdk._logs import LoggerProvider, ReadableLogRecord
+from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExporter, LogRecordExportResult
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+from otel_apm.config import APMConfig
+from otel_apm.processors.apm import APMSpanProcessor
+
+TARGET_RATIO = 1.10
+SPANS_PER_TRACE = 23
+RESOURCE = Resource.create({"service.name": "orders-api", "deployment.environment.name": "bench"})
+
+# ---------------------------------------------------------------------------------------------
+# Exporters that do no I/O: the export work left is the SDK's own.
+
+
+class NoopSpanExporter(SpanExporter):
+    def __init__(self) -> None:
+        self.exported = 0
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.exported += len(spans)
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+class NoopLogRecordExporter(LogRecordExporter):
+    def __init__(self) -> None:
+        self.exported = 0
+
+    def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
+        self.exported += len(batch)
+        return LogRecordExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+class NothingProcessor(SpanProcessor):
+    """A span processor that does nothing (the SpanProcessor base methods are all no-ops)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The workload: what SQLAlchemy + psycopg2 + requests instrumentations make of one request.
+
+_DB_BASE: dict[str, Any] = {
+    "db.system.name": "postgresql",
+    "db.namespace": "shop",
+    "server.address": "db.internal",
+    "server.port": 5432,
+}
+
+
+def _db(op: str, table: str, text: str) -> tuple[str, dict[str, Any]]:
+    return (
+        f"{op} {table}",
+        {**_DB_BASE, "db.operation.name": op, "db.collection.name": table, "db.query.text": text},
+    )
+
+
+USER = _db(
+    "SELECT",
+    "users",
+    "SELECT users.id, users.email, users.name, users.created_at FROM users WHERE users.id = %(pk_1)s",
+)
+ORDER = _db(
+    "SELECT",
+    "orders",
+    "SELECT orders.id, orders.user_id, orders.status, orders.total_cents, orders.created_at "
+    "FROM orders WHERE orders.id = %(pk_1)s",
+)
+ITEMS = _db(
+    "SELECT",
+    "order_items",
+    "SELECT order_items.id, order_items.order_id, order_items.product_id, order_items.quantity, "
+    "order_items.unit_price_cents FROM order_items WHERE order_items.order_id = %(param_1)s "
+    "ORDER BY order_items.id",
+)
+PRODUCT = _db(
+    "SELECT",
+    "products",
+    "SELECT products.id, products.sku, products.name, products.price_cents, products.stock "
+    "FROM products WHERE products.id = %(pk_1)s",
+)
+ADDRESS = _db(
+    "SELECT",
+    "addresses",
+    "SELECT addresses.id, addresses.user_id, addresses.line1, addresses.city, addresses.country "
+    "FROM addresses WHERE addresses.user_id = %(param_1)s AND addresses.kind = %(kind_1)s LIMIT %(param_2)s",
+)
+AUDIT = _db(
+    "INSERT",
+    "audit_log",
+    "INSERT INTO audit_log (user_id, action, object_id, created_at) "
+    "VALUES (%(user_id)s, %(action)s, %(object_id)s, now()) RETURNING audit_log.id",
+)
+# 20 statements, six shapes, in the order an ORM runs them; products x6 is the N+1 (threshold 5),
+# the repeats of 2 and 4 stay under it.
+DB_CALLS = (USER, ORDER, ITEMS, *[PRODUCT] * 6, *[ADDRESS] * 4, *[ITEMS] * 3, ORDER, USER, AUDIT, AUDIT)
+# --workload clean: the same 20 statements with no shape repeated 5 times, so no trace has a
+# finding (the common case in production): analysis runs, emission is metrics only.
+CLEAN_DB_CALLS = (
+    *[USER, ORDER, ITEMS],
+    *[PRODUCT] * 4,
+    *[ADDRESS] * 4,
+    *[ITEMS] * 3,
+    *[ORDER] * 3,
+    *[USER, AUDIT, AUDIT],
+)
+assert len(DB_CALLS) == len(CLEAN_DB_CALLS) == 20
+FINDINGS_PER_TRACE = {"nplusone": 1, "clean": 0}
+findings_per_trace = 1
+tail_rate = 0.1
+
+HTTP_CALLS: tuple[dict[str, Any], ...] = (
+    {
+        "http.request.method": "GET",
+        "url.full": "http://inventory.internal:8080/api/v1/stock?order=1042",
+        "server.address": "inventory.internal",
+        "server.port": 8080,
+    },
+    {
+        "http.request.method": "POST",
+        "url.full": "http://pricing.internal:8081/api/v1/quote",
+        "server.address": "pricing.internal",
+        "server.port": 8081,
+    },
+)
+ROOT_ATTRS: dict[str, Any] = {
+    "http.request.method": "GET",
+    "http.route": "/orders/{id}",
+    "url.path": "/orders/1042",
+    "url.scheme": "http",
+    "server.address": "orders-api.internal",
+    "server.port": 8000,
+    "network.protocol.version": "1.1",
+    "user_agent.original": "Mozilla/5.0 (X11; Linux x86_64) bench",
+    "client.address": "10.0.0.17",
+}
+
+SERVER = trace.SpanKind.SERVER
+CLIENT = trace.SpanKind.CLIENT
+
+
+def run_trace(tracer: trace.Tracer) -> None:
+    """One request: 23 spans, each started with its attributes, the status set before its end."""
+    with tracer.start_as_current_span("GET /orders/{id}", kind=SERVER, attributes=ROOT_ATTRS) as root:
+        for i, (name, attrs) in enumerate(DB_CALLS):
+            with tracer.start_as_current_span(name, kind=CLIENT, attributes=attrs):
+                pass
+            if i == 9:  # the outgoing calls come after the N+1, mid-request
+                for h in HTTP_CALLS:
+                    with tracer.start_as_current_span(
+                        h["http.request.method"], kind=CLIENT, attributes=h
+                    ) as span:
+                        span.set_attribute("http.response.status_code", 200)
+        root.set_attribute("http.response.status_code", 200)
+
+
+def run_children(tracer: trace.Tracer, parent: trace.Span) -> None:
+    """The 22 children of one trace under an already started (and still open) root."""
+    ctx = trace.set_span_in_context(parent)
+    for i, (name, attrs) in enumerate(DB_CALLS):
+        tracer.start_span(name, ctx, kind=CLIENT, attributes=attrs).end()
+        if i == 9:
+            for h in HTTP_CALLS:
+                span = tracer.start_span(h["http.request.method"], ctx, kind=CLIENT, attributes=h)
+                span.set_attribute("http.response.status_code", 200)
+                span.end()
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing.
+
+
+@dataclass
+class Variant:
+    key: str
+    label: str
+    provider: TracerProvider
+    span_exporter: NoopSpanExporter
+    apm: APMSpanProcessor | None = None
+    logger_provider: LoggerProvider | None = None
+    log_exporter: NoopLogRecordExporter | None = None
+    metric_reader: InMemoryMetricReader | None = None
+    ns_per_span: list[float] = field(default_factory=list)
+
+    @property
+    def tracer(self) -> trace.Tracer:
+        return self.provider.get_tracer("bench", "1.0")
+
+    def flush(self) -> None:
+        self.provider.force_flush()
+        if self.logger_provider is not None:
+            self.logger_provider.force_flush()
+        if self.metric_reader is not None:
+            self.metric_reader.get_metrics_data()
+
+    def shutdown(self) -> None:
+        self.provider.shutdown()
+        if self.logger_provider is not None:
+            self.logger_provider.shutdown()
+
+
+def _bsp(exporter: SpanExporter, queue: int) -> BatchSpanProcessor:
+    # The queue holds a whole round, so no span is dropped (a drop is cheaper than an export and
+    # logs a warning per span); the batch size and delay are the SDK's defaults.
+    return BatchSpanProcessor(exporter, max_queue_size=queue)
+
+
+def make_baseline(queue: int) -> Variant:
+    exporter = NoopSpanExporter()
+    provider = TracerProvider(resource=RESOURCE)
+    provider.add_span_processor(_bsp(exporter, queue))
+    return Variant("a", "baseline: BatchSpanProcessor", provider, exporter)
+
+
+def make_ours(key: str, label: str, queue: int, **settings: Any) -> Variant:
+    exporter = NoopSpanExporter()
+    log_exporter = NoopLogRecordExporter()
+    logger_provider = LoggerProvider(resource=RESOURCE)
+    logger_provider.add_log_record_processor(BatchLogRecordProcessor(log_exporter, max_queue_size=queue))
+    reader = InMemoryMetricReader()
+    meter_provider = MeterProvider(metric_readers=[reader], resource=RESOURCE)
+    # An explicit default config, so stray APM_* variables in the environment cannot change the run.
+    apm = APMSpanProcessor(
+        _bsp(exporter, queue),
+        APMConfig(),
+        logger_provider=logger_provider,
+        meter_provider=meter_provider,
+        console_enabled=False,
+        **settings,
+    )
+    provider = TracerProvider(resource=RESOURCE)
+    provider.add_span_processor(apm)
+    return Variant(key, label, provider, exporter, apm, logger_provider, log_exporter, reader)
+
+
+def timed_round(v: Variant, traces: int) -> float:
+    """ns per span for ``traces`` traces plus the flushes; checks nothing was dropped."""
+    tracer = v.tracer
+    sent = v.span_exporter.exported
+    logged = v.log_exporter.exported if v.log_exporter is not None else 0
+    gc.collect()
+    t0 = time.perf_counter_ns()
+    for _ in range(traces):
+        run_trace(tracer)
+    v.flush()
+    elapsed = time.perf_counter_ns() - t0
+    exported = v.span_exporter.exported - sent
+    if exported != traces * SPANS_PER_TRACE:
+        raise SystemExit(f"variant {v.key}: {exported} spans exported, expected {traces * SPANS_PER_TRACE}")
+    if v.log_exporter is not None and v.log_exporter.exported - logged != traces * findings_per_trace:
+        raise SystemExit(
+            f"variant {v.key}: {v.log_exporter.exported - logged} finding events exported, "
+            f"expected {traces * findings_per_trace}"
+        )
+    return elapsed / (traces * SPANS_PER_TRACE)
+
+
+def bench_time(traces: int, rounds: int, warmup: int) -> list[Variant]:
+    queue = max(2048, traces * SPANS_PER_TRACE + 1024)
+    variants = [
+        make_baseline(queue),
+        make_ours("b", "ours: APM passthrough", queue),
+        # Sample 1.0 on the clean workload: every span is then still exported, so the round's
+        # check that nothing was lost holds, and the cost measured is holding and re-exporting.
+        make_ours(
+            "c",
+            f"ours: APM tail, sample {tail_rate:g}",
+            queue,
+            export_mode="tail",
+            sample_rate=tail_rate,
+        ),
+    ]
+    for v in variants:
+        timed_round(v, warmup)
+    for r in range(rounds):
+        for v in variants:
+            v.ns_per_span.append(timed_round(v, traces))
+        line = "  ".join(f"{v.key}={v.ns_per_span[-1] / 1000:6.2f}" for v in variants)
+        print(f"  round {r + 1}/{rounds}: {line}  µs/span", file=sys.stderr, flush=True)
+    return variants
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory.
+
+
+def _traced() -> int:
+    gc.collect()
+    return tracemalloc.get_traced_memory()[0]
+
+
+def memory_run(make_processor: Callable[[], SpanProcessor], traces: int) -> tuple[int, int, int]:
+    """Traced bytes: before the roots start, with every root open and its children ended, and
+    after the roots end (and the bench's references to them are gone)."""
+    processor = make_processor()
+    provider = TracerProvider(resource=RESOURCE)
+    provider.add_span_processor(processor)
+    tracer = provider.get_tracer("bench", "1.0")
+    run_trace(tracer)  # first-use allocations (caches, interned strings) before the first reading
+    start = _traced()
+    roots = [tracer.start_span("GET /orders/{id}", kind=SERVER, attributes=ROOT_ATTRS) for _ in range(traces)]
+    for root in roots:
+        run_children(tracer, root)
+    open_ = _traced()
+    for root in roots:
+        root.end()
+    del roots
+    closed = _traced()
+    provider.shutdown()
+    return start, open_, closed
+
+
+@dataclass
+class MemoryResult:
+    label: str
+    open_minus_closed: int  # what ending the roots released
+    held: int  # open_minus_closed beyond the baseline's: the processor's retained state
+    residual: int  # closed minus start: what stays after every trace ended
+    held_spans: int
+    traces: int
+
+    @property
+    def per_span(self) -> float:
+        return self.held / self.held_spans
+
+    @property
+    def per_trace(self) -> float:
+        return self.held / self.traces
+
+
+def bench_memory(traces: int) -> list[MemoryResult]:
+    held_spans = traces * (SPANS_PER_TRACE - 1)
+    tracemalloc.start()
+    try:
+        s, o, c = memory_run(NothingProcessor, traces)
+        base = o - c
+        results = [MemoryResult("baseline: do-nothing processor", base, 0, c - s, held_spans, traces)]
+        for label, settings in (
+            ("ours: APM passthrough", {}),
+            ("ours: APM tail", {"export_mode": "tail", "sample_rate": 0.1}),
+        ):
+
+            def make(settings: dict[str, Any] = settings) -> SpanProcessor:
+                return APMSpanProcessor(
+                    NothingProcessor(),
+                    APMConfig(),
+                    emitters=(),
+                    meter_provider=MeterProvider(),
+                    console_enabled=False,
+                    **settings,
+                )
+
+            s, o, c = memory_run(make, traces)
+            results.append(MemoryResult(label, o - c, (o - c) - base, c - s, held_spans, traces))
+    finally:
+        tracemalloc.stop()
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Profile.
+
+
+def profile_ours(traces: int) -> list[tuple[str, int, float, float]]:
+    """Top otel_apm functions by own time, variant b, one round."""
+    v = make_ours("b", "ours", max(2048, traces * SPANS_PER_TRACE + 1024))
+    timed_round(v, 200)
+    prof = cProfile.Profile()
+    prof.enable()
+    timed_round(v, traces)
+    prof.disable()
+    v.shutdown()
+    stats = pstats.Stats(prof)
+    rows = []
+    total_tt = 0.0
+    for (filename, line, func), (_cc, nc, tt, ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
+        total_tt += tt
+        if "otel_apm" in filename:
+            where = filename[filename.rindex("otel_apm") :]
+            rows.append((f"{where}:{line}({func})", nc, tt, ct))
+    rows.sort(key=lambda r: r[2], reverse=True)
+    ours_tt = sum(r[2] for r in rows)
+    print(
+        f"\ncProfile, variant b, {traces} traces: otel_apm own time {ours_tt * 1e3:.0f} ms "
+        f"of {total_tt * 1e3:.0f} ms total ({100 * ours_tt / total_tt:.1f}%), "
+        f"{ours_tt * 1e9 / (traces * SPANS_PER_TRACE) / 1000:.2f} µs/span under the profiler"
+    )
+    print(f"  {'function':<62} {'calls':>8} {'tottime ms':>11} {'cumtime ms':>11}")
+    for name, nc, tt, ct in rows[:15]:
+        print(f"  {name:<62} {nc:>8} {tt * 1e3:>11.1f} {ct * 1e3:>11.1f}")
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--traces", type=int, default=2000, help="traces per variant per round (2000)")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (7)")
+    parser.add_argument("--warmup", type=int, default=500, help="warm-up traces per variant (500)")
+    parser.add_argument("--memory-traces", type=int, default=2000, help="open traces for memory (2000)")
+    parser.add_argument("--profile", action="store_true", help="also cProfile variant b")
+    parser.add_argument(
+        "--workload",
+        choices=sorted(FINDINGS_PER_TRACE),
+        default="nplusone",
+        help="nplusone: every trace has an N+1 finding (worst case for emission); clean: none",
+    )
+    args = parser.parse_args(argv)
+    global DB_CALLS, findings_per_trace, tail_rate
+    if args.workload == "clean":
+        DB_CALLS, tail_rate = CLEAN_DB_CALLS, 1.0
+    findings_per_trace = FINDINGS_PER_TRACE[args.workload]
+    if args.traces < 1 or args.rounds < 1 or args.memory_traces < 1:
+        parser.error("--traces, --rounds and --memory-traces must be >= 1")
+    if args.memory_traces > APMConfig().max_traces_in_flight:
+        parser.error(f"--memory-traces must be <= max_traces_in_flight ({APMConfig().max_traces_in_flight})")
+
+    started = time.monotonic()
+    print(
+        f"timing: {args.rounds} rounds x {args.traces} traces x {SPANS_PER_TRACE} spans per variant, "
+        f"interleaved a,b,c after {args.warmup} warm-up traces each; GC on for all; "
+        f"workload {args.workload}",
+        file=sys.stderr,
+        flush=True,
+    )
+    variants = bench_time(args.traces, args.rounds, args.warmup)
+    base = variants[0]
+    print(f"\nPer-span cost ({args.rounds} rounds x {args.traces} traces x {SPANS_PER_TRACE} spans; GC on)")
+    print(f"  {'variant':<34} {'median µs/span':>15} {'min':>8} {'max':>8} {'ratio to a':>11}")
+    verdicts = []
+    for v in variants:
+        med = statistics.median(v.ns_per_span) / 1000
+        lo, hi = min(v.ns_per_span) / 1000, max(v.ns_per_span) / 1000
+        if v is base:
+            ratio_s = "-"
+        else:
+            ratio = statistics.median(x / y for x, y in zip(v.ns_per_span, base.ns_per_span, strict=True))
+            ratio_s = f"{ratio:.3f}"
+            verdicts.append(f"{v.key}/a = {ratio:.3f} ({'meets' if ratio <= TARGET_RATIO else 'MISSES'})")
+        print(f"  {v.key} {v.label:<32} {med:>15.2f} {lo:>8.2f} {hi:>8.2f} {ratio_s:>11}")
+    print(f"  target: ratio <= {TARGET_RATIO:.2f} (median of per-round ratios): " + "; ".join(verdicts))
+    for v in variants[1:]:
+        assert v.apm is not None and v.log_exporter is not None
+        s = v.apm.stats()
+        print(
+            f"  {v.key}: traces_analyzed={s['traces_analyzed']} findings={s['findings']} "
+            f"finding events exported={v.log_exporter.exported} spans exported={v.span_exporter.exported} "
+            f"sampled_out={s['spans_sampled_out']} errors={s['errors_intake'] + s['errors_analysis']}"
+            f"+{s['errors_emit']}"
+        )
+    for v in variants:
+        v.shutdown()
+
+    mem = bench_memory(args.memory_traces)
+    held = args.memory_traces * (SPANS_PER_TRACE - 1)
+    print(
+        f"\nMemory held while roots are open ({args.memory_traces} traces x {SPANS_PER_TRACE - 1} ended "
+        f"children = {held} held spans; tracemalloc, gc.collect() before each reading)"
+    )
+    print(
+        f"  {'processor':<32} {'open-closed B':>14} {'held B':>10} {'B/span':>7} {'B/trace':>8} "
+        f"{'residual B':>11}"
+    )
+    for m in mem:
+        held_s = "-" if m is mem[0] else f"{m.held:>10}"
+        span_s = "-" if m is mem[0] else f"{m.per_span:.0f}"
+        trace_s = "-" if m is mem[0] else f"{m.per_trace:.0f}"
+        print(
+            f"  {m.label:<32} {m.open_minus_closed:>14} {held_s:>10} {span_s:>7} {trace_s:>8} "
+            f"{m.residual:>11}"
+        )
+    print("  open-closed: traced memory with the roots open minus after they ended (the baseline's is the")
+    print("  open root spans themselves); held: the APM run's open-closed minus the baseline's, per held")
+    print("  child span and per trace; residual: after-close minus before-start (e.g. dict capacity kept).")
+
+    if args.profile:
+        profile_ours(args.traces)
+    print(f"\ntotal run time {time.monotonic() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
