@@ -51,20 +51,27 @@ class SqlShape:
 # removed afterwards with one str.replace, which is much cheaper than a callback per identifier.
 _SCAN_RE = re.compile(
     r"""
-      --[^\n]*                                          # line comment
-    | /\*[\s\S]*?(?:\*/|\Z)                             # block comment, sqlcommenter, optimizer hint
-    | \#(?![>-])[^\n]*                                  # MySQL comment; #> #>> #- are PostgreSQL operators
-    | '[^'\\]*(?:(?:\\[\s\S]?|'')[^'\\]*)*'?            # string, with '' and MySQL backslash escapes
-    | \$(?<![\w$]\$)(?P<tag>(?:[^\W\d]\w*)?)\$          # $$...$$ / $tag$...$tag$, not inside a$b$c
+      --[^\n]*                                        # line comment
+    | /\*[\s\S]*?(?:\*/|\Z)                           # block comment, sqlcommenter, optimizer hint
+    | \#(?<![\w$]\#)(?![>-])[^\n]*                    # MySQL comment; #> #>> #- are PostgreSQL operators
+    | '[^'\\]*(?:(?:\\[\s\S]|\\\Z|'')[^'\\]*)*'?      # string, with '' and MySQL backslash escapes
+    | \$(?<![\w$]\$)(?P<tag>(?:[^\W\d]\w*)?)\$        # $$...$$ / $tag$...$tag$, not inside a$b$c
       [\s\S]*?(?:\$(?P=tag)\$|\Z)
-    | `(?<![\w$]`)(?![^\W\d][\w$]*`)(?P<bt>[^`]*(?:``[^`]*)*)`?        # `odd name`
-    | \[(?<![\w$\])]\[)(?P<br>[^\W\d][^\]'"\[\n]*)\]    # [name], but not arr[i] or ARRAY[...]
-    | "(?:(?<=[=<>]")|(?<=[=<>]\s")|(?<=[lL][iI][kK][eE]\s"))         # compared: a MySQL string
-      [^"]*(?:""[^"]*)*(?:"(?![.\w])|\Z)
-    | "(?<![\w$]")(?![^\W\d][\w$]*")(?P<dq>[^"]*(?:""[^"]*)*)"?        # "odd name" or MySQL string
+    | `(?<![\w$]`)(?![A-Za-z_][\w$]*`)                # `odd name`
+      (?P<bt>[^`]*(?:``[^`]*)*)`?
+    | \[(?<![\w$\])]\[)(?P<br>[^\W\d][^\]'"\[\n]*)\]  # [name], but not arr[i] or ARRAY[...]
+    | "(?<![\w$]")                                    # an opening quote, not the end of "name"
+      (?: (?:(?<=[=<>]")|(?<=[=<>]\s")|(?<=[lL][iI][kK][eE]\s"))   # compared: a MySQL string
+          [^"\\]*(?:(?:\\[\s\S]|\\\Z|"")[^"\\]*)*(?:"(?![.\w])|\Z)
+        | (?![A-Za-z_][\w$]*")                        # "odd name" or MySQL string
+          (?P<dq>[^"\\]*(?:(?:\\[\s\S]|\\\Z|"")[^"\\]*)*)"?
+      )
     """,
     re.VERBOSE,
 )
+_STRING_RE = re.compile(r"'[^'\\]*(?:(?:\\[\s\S]|\\\Z|'')[^'\\]*)*'?")
+# A plain name: what the scan leaves alone when quoted, as long as it is ASCII (the cheap check).
+_NAME_RE = re.compile(r"[^\W\d][\w$]*\Z")
 _TABLE_KEYWORD_BEFORE_RE = re.compile(r"(?:from|join|into|update|table)\s+\Z", re.IGNORECASE)
 
 
@@ -74,7 +81,7 @@ def _replace_token(m: re.Match[str]) -> str:
     if kind is None or kind == "tag":
         return " " if m.group()[0] in "-/#" else "?"
     body = m.group(kind)
-    if kind == "dq":
+    if kind == "dq" and not _NAME_RE.match(body):
         # MySQL (without ANSI_QUOTES) also writes strings as "...".  An odd double-quoted name is
         # only trusted where nothing but an identifier can stand; elsewhere it is treated as a
         # value, because losing a column name is better than leaking a value.
@@ -91,40 +98,55 @@ def _replace_token(m: re.Match[str]) -> str:
 
 # --- later passes: on lower-cased text without strings, comments or quotes ----------------------
 
-# Numbers and driver placeholders.  Same one-literal-character-first design as pass 1; `.` is not
-# a start character (it is everywhere in t.col), so `.5` is left as `.?` and fixed up afterwards.
+# Numbers and driver placeholders.  Same fast-scan design as pass 1: one small ASCII character set
+# first (a Unicode class such as \d there triples the cost), lookbehinds after it, the most common
+# kind first.  `.` is not a start character (it is everywhere in t.col), so `.5` is left as `.?`
+# and fixed up afterwards; `?` is not one either (it is the commonest placeholder and needs no
+# change), so JPA's `?1` becomes `??` and is fixed up the same way.
 _VALUE_RE = re.compile(
     r"""
-    [\d$?%:@](?<![\w$][\d$?%:@])                        # not the 1 of t1, nor a$1
-    (?: (?<=0)x[\da-f_]+ | (?<=0)b[01_]+ | (?<=0)o[0-7_]+              # 0x1f 0b101 0o17
-      | (?<=\d)[\d_]*(?:\.\d*)?(?:e[+-]?\d+)?                          # 1 1.5 1e-3 1_000
-      | (?<=[$?])\d+                                                   # $1 ?1
-      | (?<=%)(?:\([^()\s]*\))?[sbt](?![\w$])                          # %s %(name)s %b %t
-      | (?<=:)(?<!::)(?:[^\W\d][\w$]*|\d+)                             # :name :1, not ::cast :=
-      | (?<=@)(?<!@@)[^\W\d][\w$]*                                     # @p1 @name, not @@var
+    [0-9$%:@](?<![\w$][0-9$%:@])                      # not the 1 of t1, nor a$1
+    (?: (?<=0)(?:x[\da-f_]+|b[01_]+|o[0-7_]+)        # 0x1f 0b101 0o17
+      | (?<=[0-9])[\d_]*(?:\.\d*)?(?:e[+-]?\d+)?     # 1 1.5 1e-3 1_000
+      | (?<=\$)\d+                                   # $1
+      | (?<=%)(?:\([^()\s]*\))?[sbt](?![\w$])        # %s %(name)s (psycopg 3: %b %t)
+      | (?<=:)(?<!::)(?:[^\W\d][\w$]*|\d+)           # :name :1, not ::cast or :=
+      | (?<=@)(?<!@@)[^\W\d][\w$]*                   # @p1 @name, not @@system_var
     )
     """,
     re.VERBOSE,
 )
 _LEADING_DOT_RE = re.compile(r"(?<![\w$])\.\?")
-# E'..', N'..', X'..', B'..', R'..' leave their prefix letter in front of the `?`.
-_PREFIX_RE = re.compile(r"[enbxr](?<![\w$.][enbxr])\?|u&(?<![\w$.]u&)\?")
+# E'..', N'..', X'..', B'..', R'..', U&'..' and MySQL's _utf8mb4'..' leave their prefix in front of
+# the `?`.  The gate is cheap (it scans for `?` only); the full pattern is not.
+_PREFIXED_GATE_RE = re.compile(r"\?(?<=[\w&]\?)")
+_PREFIX_RE = re.compile(r"[enbxr](?<![\w$.][enbxr])\?|u&(?<![\w$.]u&)\?|_(?<![\w$.]_)[a-z0-9]+\?")
 _BOOL_RE = re.compile(r"t(?<![\w$.]t)rue(?![\w$])|f(?<![\w$.]f)alse(?![\w$])")
-# A minus (or plus) is a sign, not subtraction, after an operator, comma, paren or keyword.
+# A minus (or plus) is a sign, not subtraction, after an operator, comma, paren or keyword.  The
+# match starts at the sign (fast scan) and checks what precedes it with fixed-width lookbehinds.
 _SIGN_RE = re.compile(
-    r"(?P<pre>[(,=<>*/%+\-|^~]|\b(?:select|where|and|or|not|then|else|when|values|in|between|return"
-    r"|returning|like|ilike|is|by|limit|offset|set|having|on|case|array|exists|any|all))(?P<sp> ?)[-+] ?\?"
+    r"[-+](?:"
+    r"(?<=[(,=<>*/%+\-|^~][-+])|(?<=[(,=<>*/%+\-|^~] [-+])"
+    r"|(?<=\b(?:or|in|is|by|on) [-+])"
+    r"|(?<=\b(?:and|not|set|any|all) [-+])"
+    r"|(?<=\b(?:then|else|when|like|case) [-+])"
+    r"|(?<=\b(?:where|ilike|limit|array) [-+])"
+    r"|(?<=\b(?:select|values|return|offset|having|exists) [-+])"
+    r"|(?<=\bbetween [-+])|(?<=\breturning [-+])"
+    r") ?\?"
 )
 # A multi-row VALUES list keeps only its first row: a bulk insert of N rows is one shape, even when
 # some rows differ (e.g. a NULL where other rows have a value).
-_VALUES_ROWS_RE = re.compile(r"\bvalues ?(\((?:[^()]|\([^()]*\))*\))(?:, \((?:[^()]|\([^()]*\))*\))+")
+_ROW = r"\([^()]*(?:\([^()]*\)[^()]*)*\)"
+_VALUES_ROWS_RE = re.compile(rf"values(?<![\w$]values) ({_ROW})(?:, {_ROW})+")
+# IN and VALUES lists of placeholders (or of tuples of them) become `(?)`.  The match starts at the
+# `(` (a literal, so a fast scan) and checks the keyword before it with lookbehinds.
 _PLACEHOLDER_LIST_RE = re.compile(
-    r"(?P<kw>in(?<![\w$]in)|values(?<![\w$]values)) ?\((?:\?|\((?:\?, )*\?\))(?:, (?:\?|\((?:\?, )*\?\)))*\)"
+    r"\((?:(?<=\bin \()|(?<=\bvalues \())"
+    r"(?:\?|\((?:\?, )*\?\))(?:, (?:\?|\((?:\?, )*\?\)))*\)"
 )
-
-
-def _collapse_list(m: re.Match[str]) -> str:
-    return m.group("kw") + " (?)"
+# `?` right after `?` or `.` needs a fix-up (see _VALUE_RE); looking for it scans for `?` only.
+_FIXUP_GATE_RE = re.compile(r"\?(?<=[?.]\?)")
 
 
 # --- operation and tables ------------------------------------------------------------------------
@@ -142,15 +164,15 @@ _OPERATIONS = frozenset(
     }
 )  # fmt: skip
 _FIRST_WORD_RE = re.compile(r"[\s({]*([a-z]+)")
-_CTE_VERB_RE = re.compile(r"[()]|\b(?:select|insert|update|delete|merge|values|table)\b")
+_PAREN_GROUP_RE = re.compile(r"\([^()]*\)")
+_MAIN_VERB_RE = re.compile(r"\b(?:select|insert|update|delete|merge|values|table)\b")
 
 _NAME = r"[^\W\d][\w$]*(?:\.[^\W\d][\w$]*)*"
-# The keyword alternatives start with a literal (fast scan, as above).  `distinct from` is a
-# comparison and `key update` is MySQL's ON DUPLICATE KEY UPDATE, neither introduces a table.
+# Searched in " " + statement: normalized text has single spaces, so every table keyword is
+# preceded by one, and a pattern starting with a literal space is scanned quickly.  `distinct
+# from` is a comparison and `key update` is MySQL's ON DUPLICATE KEY UPDATE: no table follows.
 _TABLE_RE = re.compile(
-    r"(?P<kw>from(?<![\w$.]from)(?<!distinct from)|join(?<![\w$.]join)"
-    r"|update(?<![\w$.]update)(?<!key update)|into(?<![\w$.]into)|table(?<![\w$.]table)"
-    r"|using(?<![\w$.]using)|copy(?<![\w$.]copy)|truncate(?<![\w$.]truncate))"
+    r" (?P<kw>from|join|update|into|table|using|copy|truncate)(?<!distinct from)(?<!key update)"
     r"(?: (?:only|if not exists|if exists|lateral|low_priority|ignore|quick|table)(?![\w$]))*"
     rf" (?P<name>{_NAME})(?P<call> ?\()?"
 )
@@ -158,10 +180,14 @@ _TABLE_RE = re.compile(
 _MORE_TABLES_RE = re.compile(rf"(?: (?:as )?[^\W\d][\w$]*)?, (?P<name>{_NAME})(?P<call> ?\()?")
 # FROM inside these calls is part of the call's syntax, not a table reference.
 _FROM_CALL_RE = re.compile(r"\b(?:extract|substring|substr|trim|overlay|position) ?\((?:[^()]|\([^()]*\))*\)")
-_FROM_CALLS = ("extract", "substr", "trim", "overlay", "position")
 _CTE_NAME_RE = re.compile(
     rf"(?:with(?<![\w$]with) (?:recursive )?|\), )(?P<name>{_NAME})(?: ?\([^()]*\))? as (?:not )?"
     r"(?:materialized )?\("
+)
+# CREATE INDEX names its table after ON, a word that elsewhere mostly precedes a join condition.
+_INDEX_TABLE_RE = re.compile(
+    r"create (?:unique )?index (?:concurrently )?(?:if not exists )?(?:[^\W\d][\w$]* )?"
+    rf"on (?:only )?(?P<name>{_NAME})"
 )
 _NOT_TABLES = frozenset(
     {
@@ -170,7 +196,7 @@ _NOT_TABLES = frozenset(
         "table", "if", "as", "on", "with", "default", "unnest",
     }
 )  # fmt: skip
-_LIST_KEYWORDS = frozenset({"from", "update", "using"})
+_LIST_KEYWORDS = frozenset({"from", "update", "using", "table", "truncate"})
 _CALL_DISQUALIFIES = frozenset({"from", "join", "using"})
 _NO_TABLE_OPERATIONS = frozenset({"GRANT", "REVOKE", "SET", "RESET", "PRAGMA"})
 
@@ -181,26 +207,36 @@ def _operation(statement: str) -> str:
         return ""
     verb = m.group(1).upper()
     if verb == "WITH":
-        # The verb that matters is the one after the CTEs, at parenthesis depth zero.
-        depth = 0
-        for t in _CTE_VERB_RE.finditer(statement, m.end()):
-            token = t.group()
-            if token == "(":
-                depth += 1
-            elif token == ")":
-                depth = max(depth - 1, 0)
-            elif depth == 0:
-                return token.upper()
-        return ""
+        # The verb that matters is the one after the CTEs: drop parenthesized groups (CTE bodies,
+        # column lists), innermost first, and anything after a parenthesis left open.
+        rest = statement[m.end() :]
+        while "(" in rest:
+            flat = _PAREN_GROUP_RE.sub(" ", rest)
+            if flat == rest:
+                rest = rest[: rest.index("(")]
+                break
+            rest = flat
+        main = _MAIN_VERB_RE.search(rest)
+        return main.group().upper() if main else ""
     return verb if verb in _OPERATIONS else ""
 
 
 def _tables(statement: str, found: dict[str, None]) -> None:
     """Add the statement's tables to `found`, a dict used as an ordered set across statements."""
-    if "(" in statement and any(call in statement for call in _FROM_CALLS):
+    if "(" in statement and (
+        "extract" in statement
+        or "substr" in statement
+        or "trim" in statement
+        or "overlay" in statement
+        or "position" in statement
+    ):
         statement = _FROM_CALL_RE.sub("?", statement)
     ctes = {m.group("name") for m in _CTE_NAME_RE.finditer(statement)} if "with " in statement else ()
-    for m in _TABLE_RE.finditer(statement):
+    if statement.startswith("create ") and " index " in statement:
+        index = _INDEX_TABLE_RE.match(statement)
+        if index is not None:
+            found[index.group("name")] = None
+    for m in _TABLE_RE.finditer(" " + statement):
         kw = m.group("kw")
         match: re.Match[str] | None = m
         while match is not None:
@@ -211,7 +247,7 @@ def _tables(statement: str, found: dict[str, None]) -> None:
                 and not (match.group("call") and kw in _CALL_DISQUALIFIES)
             ):
                 found[name] = None
-            match = _MORE_TABLES_RE.match(statement, match.end("name")) if kw in _LIST_KEYWORDS else None
+            match = _MORE_TABLES_RE.match(m.string, match.end("name")) if kw in _LIST_KEYWORDS else None
 
 
 # --- entry points --------------------------------------------------------------------------------
@@ -229,30 +265,50 @@ def _parse_sql_uncached(statement: str) -> SqlShape:
         )
         statement = statement[: cut if cut > 0 else MAX_STATEMENT_CHARS]
 
-    text = _SCAN_RE.sub(_replace_token, statement)
+    if (
+        "--" in statement
+        or "/*" in statement
+        or "#" in statement
+        or '"' in statement
+        or "`" in statement
+        or "[" in statement
+        or "$" in statement
+    ):
+        text = _SCAN_RE.sub(_replace_token, statement)
+    elif "'" in statement:
+        # Only plain strings can be present: same result as the full scan, without a callback.
+        text = _STRING_RE.sub("?", statement)
+    else:
+        text = statement
     if '"' in text:
         text = text.replace('"', "")
     if "`" in text:
         text = text.replace("`", "")
     text = " ".join(text.lower().split())
     text = (
-        text.replace(" ,", ",").replace(",", ", ").replace(",  ", ", ").replace("( ", "(").replace(" )", ")")
+        text.replace(" ,", ",")
+        .replace(",", ", ")
+        .replace(",  ", ", ")
+        .replace("( ", "(")
+        .replace(" )", ")")
+        .replace(" in(", " in (")
+        .replace(" values(", " values (")
+        .rstrip()
     )
     text = _VALUE_RE.sub("?", text)
     if "?" in text:
-        if "'" in statement:
+        if "'" in statement and _PREFIXED_GATE_RE.search(text):
             text = _PREFIX_RE.sub("?", text)
-        if ".?" in text:
-            text = _LEADING_DOT_RE.sub("?", text)
+        if _FIXUP_GATE_RE.search(text):
+            text = _LEADING_DOT_RE.sub("?", text.replace("??", "?"))
     if "true" in text or "false" in text:
         text = _BOOL_RE.sub("?", text)
     if "?" in text:
-        if "-?" in text or "+?" in text or "- ?" in text or "+ ?" in text:
-            text = _SIGN_RE.sub(r"\g<pre>\g<sp>?", text)
-        if "), (" in text and "values" in text:
+        if "-" in text or "+" in text:
+            text = _SIGN_RE.sub("?", text)
+        if "values" in text:
             text = _VALUES_ROWS_RE.sub(r"values \1", text)
-        if "(?" in text:
-            text = _PLACEHOLDER_LIST_RE.sub(_collapse_list, text)
+        text = _PLACEHOLDER_LIST_RE.sub("(?)", text)
 
     if ";" in text:
         statements = [s for s in (part.strip() for part in text.split(";")) if s]
@@ -260,10 +316,13 @@ def _parse_sql_uncached(statement: str) -> SqlShape:
     else:
         statements = [text] if text else []
 
-    operation = _operation(statements[0]) if statements else ""
     found: dict[str, None] = {}
-    for stmt in statements:
-        if _operation(stmt) not in _NO_TABLE_OPERATIONS:
+    operation = ""
+    for i, stmt in enumerate(statements):
+        op = _operation(stmt)
+        if i == 0:
+            operation = op
+        if op not in _NO_TABLE_OPERATIONS:
             _tables(stmt, found)
 
     fingerprint = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
