@@ -321,3 +321,40 @@ def test_finding_severity_becomes_critical_past_the_factor(make_otel: Callable[.
         for f in otel.events()
     }
     assert severities == {"GET /authors": "WARNING", "GET /big": "CRITICAL"}
+
+
+OLD_DB = {"db.system": "postgresql", "db.statement": BOOKS, "net.peer.name": "db"}
+STABLE_DB = {"db.system.name": "postgresql", "db.query.text": BOOKS, "server.address": "db"}
+OLD_HTTP = {"http.method": "GET", "http.route": "/authors", "http.status_code": 200}
+STABLE_HTTP = {"http.request.method": "GET", "http.route": "/authors", "http.response.status_code": 200}
+
+
+@pytest.mark.parametrize(
+    ("http", "db"), [(OLD_HTTP, OLD_DB), (STABLE_HTTP, STABLE_DB)], ids=["old-semconv", "stable-semconv"]
+)
+def test_both_semantic_conventions_give_the_same_finding(
+    make_otel: Callable[..., OTel], http: dict[str, object], db: dict[str, object]
+) -> None:
+    otel = make_otel()
+    with otel.tracer.start_as_current_span("GET /authors", kind=SpanKind.SERVER, attributes=http):  # type: ignore[arg-type]
+        for _ in range(5):
+            with otel.tracer.start_as_current_span("SELECT", kind=SpanKind.CLIENT, attributes=db):  # type: ignore[arg-type]
+                pass
+    (event,) = otel.events("n_plus_one_query")
+    attrs = event.log_record.attributes
+    assert attrs["otel_apm.finding.endpoint"] == "GET /authors"
+    assert attrs["db.query.text"] == "select books.id, books.title from books where books.author_id = ?"
+    assert attrs["otel_apm.finding.evidence.db.system"] == "postgresql"
+
+
+def test_fingerprint_is_independent_of_the_convention(make_otel: Callable[..., OTel]) -> None:
+    prints = []
+    for http, db in [(OLD_HTTP, OLD_DB), (STABLE_HTTP, STABLE_DB)]:
+        otel = make_otel()
+        with otel.tracer.start_as_current_span("GET /authors", kind=SpanKind.SERVER, attributes=http):  # type: ignore[arg-type]
+            for _ in range(5):
+                with otel.tracer.start_as_current_span("SELECT", kind=SpanKind.CLIENT, attributes=db):  # type: ignore[arg-type]
+                    pass
+        (event,) = otel.events("n_plus_one_query")
+        prints.append(event.log_record.attributes["otel_apm.finding.fingerprint"])
+    assert prints[0] == prints[1]

@@ -3,8 +3,8 @@
 A local root is a span with no parent or a remote one: the server span of a request, a job's
 top span.  Only local roots are registered, when they start; every other span is filed by its
 trace id when it ends, and only appended: the slim views analysis reads are built in batches,
-when the root ends or every ``COMPACT_EVERY`` spans, which costs half of building them one span
-at a time (measured) and bounds what a long trace holds.
+when the root ends or every ``COMPACT_EVERY`` spans (sooner when many traces are open), which
+costs half of building them one span at a time (measured) and bounds what open traces hold.
 
 Should several local roots of one trace be open in this process at once (a service calling
 itself), the ending root takes the spans whose parent chain leads to it and leaves the others.
@@ -27,6 +27,9 @@ Outcome = Literal["added", "held", "truncated", "late"]
 # Spans filed before they are turned into views: small enough that a long trace holds little
 # more than its views, large enough that a typical request is read in one batch at its end.
 COMPACT_EVERY = 64
+# Unread SDK spans (about 2.8 kB each, against 300 B a view) across all open traces: with many
+# traces open, each reads sooner, so the total stays near this many.
+UNREAD_BUDGET = 16384
 
 
 class LocalTrace(Generic[S]):
@@ -102,7 +105,8 @@ class LocalAssembler(Generic[S]):
             lt.truncated += 1
             return "truncated"
         spans.append(span)
-        if len(spans) - lt.read >= COMPACT_EVERY:
+        unread = len(spans) - lt.read
+        if unread >= COMPACT_EVERY or unread * len(self._open) >= UNREAD_BUDGET:
             if locked:
                 self._compact(lt)
             else:
