@@ -6,6 +6,7 @@ import logging
 from collections.abc import Sequence
 
 from otel_apm.config import APMConfig
+from otel_apm.contain import FailureLog
 from otel_apm.detectors import DEFAULT_DETECTORS, Detector, Finding
 from otel_apm.model import SpanView, Trace
 
@@ -18,8 +19,7 @@ class Analyzer:
     def __init__(self, config: APMConfig, detectors: Sequence[type[Detector]] = DEFAULT_DETECTORS) -> None:
         self.config = config
         self.detectors = tuple(d for d in detectors if d.enabled(config))
-        self.errors = 0
-        self._logged: set[tuple[str, str]] = set()
+        self.failures = FailureLog(_log)
 
     def analyze(self, trace: Trace) -> list[Finding]:
         """Findings worst first.  A failing detector is skipped for this trace; others still run.
@@ -44,20 +44,7 @@ class Analyzer:
                         visit(span)
                 findings.extend(detector.on_complete())
             except Exception as exc:
-                self._failed(detector, exc)
+                self.failures.record(f"detector {cls.type}", exc)
         if len(findings) > 1:
             findings.sort(key=lambda f: (f.severity_rank, f.total_duration_ms), reverse=True)
         return findings
-
-    def _failed(self, detector: Detector, exc: Exception) -> None:
-        """Count every failure, log each kind once: a bug must not flood the app's logs."""
-        self.errors += 1
-        kind = (detector.type, type(exc).__name__)
-        if kind not in self._logged:
-            self._logged.add(kind)
-            _log.warning(
-                "otel-apm: detector %s failed (%s); further failures of this kind are counted silently",
-                detector.type,
-                exc,
-                exc_info=exc,
-            )

@@ -358,3 +358,18 @@ def test_fingerprint_is_independent_of_the_convention(make_otel: Callable[..., O
         (event,) = otel.events("n_plus_one_query")
         prints.append(event.log_record.attributes["otel_apm.finding.fingerprint"])
     assert prints[0] == prints[1]
+
+
+def test_own_telemetry_is_exported_as_metrics(otel: OTel) -> None:
+    request(otel, n=6)
+    root = otel.tracer.start_span("still open", kind=SpanKind.SERVER)
+
+    def points(name: str) -> dict[str, int]:
+        return {next(iter((p.attributes or {}).values()), "-"): p.value for p in otel.data_points(name)}
+
+    traces = points("otel_apm.processor.traces")
+    assert traces == {"analyzed": 1, "evicted": 0}
+    assert points("otel_apm.processor.spans")["analyzed"] == 8
+    assert points("otel_apm.processor.errors") == {"intake": 0, "analysis": 0, "emit": 0, "detector": 0}
+    assert points("otel_apm.processor.traces_in_flight") == {"-": 1}
+    root.end()

@@ -30,6 +30,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from otel_apm.analyze import Analyzer
 from otel_apm.assemble.local import LocalAssembler, LocalTrace
 from otel_apm.config import APMConfig
+from otel_apm.contain import FailureLog
 from otel_apm.detectors import DEFAULT_DETECTORS
 from otel_apm.detectors.base import Detector, Finding
 from otel_apm.emit import Emitter
@@ -98,13 +99,10 @@ class APMSpanProcessor(SpanProcessor):
                 "spans_truncated",
                 "spans_sampled_out",
                 "findings",
-                "errors_intake",
-                "errors_analysis",
-                "errors_emit",
             ),
             0,
         )
-        self._logged: set[tuple[str, str]] = set()
+        self._failures = FailureLog(_log)
         self._dropped: dict[int, None] = {}  # tail mode: recently dropped trace ids, oldest first
         self._shutdown = False
         self._lock = threading.Lock()
@@ -166,10 +164,14 @@ class APMSpanProcessor(SpanProcessor):
 
     def stats(self) -> dict[str, int]:
         """Counters of this processor's own work, for tests, the CLI and its metrics."""
+        return {**self._counters(), "traces_in_flight": len(self._assembler)}
+
+    def _counters(self) -> dict[str, int]:
+        errors = self._failures.counts
         return {
             **self._counts,
-            "errors_detector": self._analyzer.errors,
-            "traces_in_flight": len(self._assembler),
+            **{f"errors_{stage}": errors.get(stage, 0) for stage in ("intake", "analysis", "emit")},
+            "errors_detector": self._analyzer.failures.total,
         }
 
     # -- internals -----------------------------------------------------------------------------
@@ -269,27 +271,18 @@ class APMSpanProcessor(SpanProcessor):
             self._counts[key] += n
 
     def _failed(self, stage: str, exc: Exception) -> None:
-        """Count every failure; log each kind once so a bug cannot flood the application's logs."""
-        self._count("errors_" + stage)
-        kind = (stage, type(exc).__name__)
-        if kind not in self._logged:
-            self._logged.add(kind)
-            _log.warning(
-                "otel-apm: %s failed (%r); the application is unaffected and further "
-                "failures of this kind are only counted",
-                stage,
-                exc,
-                exc_info=exc,
-            )
+        self._failures.record(stage, exc)
 
     def _register_own_metrics(self, meter_provider: MeterProvider | None) -> None:
         meter = get_meter("otel_apm.processor", __version__, meter_provider=meter_provider)
 
         def counts(prefix: str, attr: str) -> Any:
             def callback(_: CallbackOptions) -> Iterable[Observation]:
-                stats = self.stats()
+                counters = self._counters()
                 return [
-                    Observation(v, {attr: k[len(prefix) :]}) for k, v in stats.items() if k.startswith(prefix)
+                    Observation(v, {attr: k[len(prefix) :]})
+                    for k, v in counters.items()
+                    if k.startswith(prefix)
                 ]
 
             return callback
