@@ -21,16 +21,10 @@ from opentelemetry.sdk._logs import ReadableLogRecord
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.trace import SpanKind
 from opentelemetry.util.types import Attributes
-from sqlalchemy import Engine, ForeignKey, String, create_engine, select, text
-from sqlalchemy.orm import (
-    DeclarativeBase,
-    Mapped,
-    Session,
-    joinedload,
-    mapped_column,
-    relationship,
-    selectinload,
-)
+from sqlalchemy import Engine, create_engine, select, text
+from sqlalchemy.orm import Session, joinedload, selectinload
+
+from otel_apm.demo.app import Author, add_authors
 
 if TYPE_CHECKING:
     from conftest import OTel
@@ -51,33 +45,8 @@ ALL_AUTHORS = "select authors.id, authors.name from authors order by authors.id"
 # -- the application -----------------------------------------------------------------------------
 
 
-class Base(DeclarativeBase):
-    pass
-
-
-class Author(Base):
-    __tablename__ = "authors"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(String(50))
-    books: Mapped[list[Book]] = relationship(back_populates="author", lazy="select", order_by="Book.id")
-
-
-class Book(Base):
-    __tablename__ = "books"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    title: Mapped[str] = mapped_column(String(100))
-    author_id: Mapped[int] = mapped_column(ForeignKey("authors.id"))
-    author: Mapped[Author] = relationship(back_populates="books")
-
-
 def seed(engine: Engine) -> None:
-    Base.metadata.create_all(engine)
-    with Session(engine) as session:
-        for a in range(AUTHORS):
-            author = Author(name=f"author {a}")
-            author.books = [Book(title=f"book {a}.{b}") for b in range(BOOKS_PER_AUTHOR)]
-            session.add(author)
-        session.commit()
+    add_authors(engine, AUTHORS, BOOKS_PER_AUTHOR)
 
 
 def list_authors(engine: Engine, loader: str) -> list[dict[str, Any]]:

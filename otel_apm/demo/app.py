@@ -24,7 +24,8 @@ class Author(Base):
     __tablename__ = "authors"
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(80))
-    books: Mapped[list[Book]] = relationship(back_populates="author")  # lazy="select": the N+1
+    # lazy="select", the default: touching .books runs one query per author, the N+1.
+    books: Mapped[list[Book]] = relationship(back_populates="author", order_by="Book.id")
 
 
 class Book(Base):
@@ -35,10 +36,18 @@ class Book(Base):
     author: Mapped[Author] = relationship(back_populates="books")
 
 
+def add_authors(engine: Engine, authors: int, books_per_author: int) -> None:
+    """Create the ORM tables and the authors "author {a}" with books "book {a}.{b}"."""
+    Base.metadata.create_all(engine)
+    with Session(engine) as session, session.begin():
+        for a in range(authors):
+            books = [Book(title=f"book {a}.{b}") for b in range(books_per_author)]
+            session.add(Author(name=f"author {a}", books=books))
+
+
 def make_engine(url: str) -> Engine:
     """Create and fill the schema; the reviews table has no index on purpose."""
     engine = create_engine(url)
-    Base.metadata.create_all(engine)
     with engine.begin() as conn:
         conn.execute(
             text(
@@ -46,12 +55,12 @@ def make_engine(url: str) -> Engine:
                 "rating INTEGER, body TEXT)"
             )
         )
-    with Session(engine) as session, session.begin():
+    Base.metadata.create_all(engine)
+    with Session(engine) as session:
         if session.scalar(select(func.count()).select_from(Author)):
             return engine
-        rng = random.Random(7)
-        for a in range(AUTHORS):
-            session.add(Author(name=f"Author {a}", books=[Book(title=f"Book {a}.{b}") for b in range(3)]))
+    add_authors(engine, AUTHORS, 3)
+    rng = random.Random(7)
     rows = [
         {"b": rng.randint(1, AUTHORS * 3), "r": rng.randint(1, 5), "t": " ".join(rng.choices(_WORDS, k=12))}
         for _ in range(REVIEWS)

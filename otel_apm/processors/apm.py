@@ -287,24 +287,12 @@ class APMSpanProcessor(SpanProcessor):
 
             return callback
 
-        meter.create_observable_counter(
-            "otel_apm.processor.spans",
-            [counts("spans_", "outcome")],
-            unit="{span}",
-            description="Spans seen by the APM processor",
-        )
-        meter.create_observable_counter(
-            "otel_apm.processor.traces",
-            [counts("traces_", "outcome")],
-            unit="{trace}",
-            description="Local traces closed",
-        )
-        meter.create_observable_counter(
-            "otel_apm.processor.errors",
-            [counts("errors_", "stage")],
-            unit="{error}",
-            description="Failures contained",
-        )
+        for name, prefix, attr, unit, description in (
+            ("otel_apm.processor.spans", "spans_", "outcome", "{span}", "Spans seen by the APM processor"),
+            ("otel_apm.processor.traces", "traces_", "outcome", "{trace}", "Local traces closed"),
+            ("otel_apm.processor.errors", "errors_", "stage", "{error}", "Failures contained"),
+        ):
+            meter.create_observable_counter(name, [counts(prefix, attr)], unit=unit, description=description)
         meter.create_observable_up_down_counter(
             "otel_apm.processor.traces_in_flight",
             [lambda _: [Observation(len(self._assembler))]],

@@ -29,30 +29,13 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
-from sqlalchemy import ForeignKey, String, create_engine, select
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+from sqlalchemy import create_engine, select
+from sqlalchemy.orm import Session
+
+from otel_apm.demo.app import Author, add_authors
 
 AUTHORS = 8
 BOOKS_PER_AUTHOR = 2
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class Author(Base):
-    __tablename__ = "authors"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(String(50))
-    books: Mapped[list[Book]] = relationship(back_populates="author", lazy="select")
-
-
-class Book(Base):
-    __tablename__ = "books"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    title: Mapped[str] = mapped_column(String(100))
-    author_id: Mapped[int] = mapped_column(ForeignKey("authors.id"))
-    author: Mapped[Author] = relationship(back_populates="books")
 
 
 def _db_path() -> str:
@@ -87,13 +70,7 @@ def main() -> int:
     if os.path.exists(path):
         os.remove(path)
     engine = create_engine(f"sqlite:///{path}")
-    Base.metadata.create_all(engine)
-    with Session(engine) as session:
-        for a in range(AUTHORS):
-            author = Author(name=f"author {a}")
-            author.books = [Book(title=f"book {a}.{b}") for b in range(BOOKS_PER_AUTHOR)]
-            session.add(author)
-        session.commit()
+    add_authors(engine, AUTHORS, BOOKS_PER_AUTHOR)
 
     tracer = trace.get_tracer("nplusone_app")
     root = tracer.start_span(
