@@ -95,7 +95,7 @@ class Trace:
     shutdown) or lost spans past ``max_spans_per_trace``; detectors that need the root skip it.
     """
 
-    __slots__ = ("_breakdown", "_children", "complete", "root", "spans", "trace_id")
+    __slots__ = ("_breakdown", "complete", "root", "spans", "trace_id")
 
     def __init__(
         self, trace_id: int, spans: list[SpanView], root: SpanView | None, complete: bool = True
@@ -104,17 +104,7 @@ class Trace:
         self.spans = spans
         self.root = root
         self.complete = complete
-        self._children: dict[int, list[SpanView]] | None = None
         self._breakdown: dict[str, tuple[int, float]] | None = None
-
-    def children(self, span_id: int) -> list[SpanView]:
-        """Children in start order; the index is built on first use, as few detectors need it."""
-        if self._children is None:
-            index: dict[int, list[SpanView]] = {}
-            for s in sorted(self.spans, key=_start):
-                index.setdefault(s.parent_id, []).append(s)
-            self._children = index
-        return self._children.get(span_id, [])
 
     def breakdown(self) -> dict[str, tuple[int, float]]:
         """(span count, summed milliseconds) per category below the root, computed once.
@@ -150,7 +140,3 @@ class Trace:
 
     def __len__(self) -> int:
         return len(self.spans)
-
-
-def _start(span: SpanView) -> int:
-    return span.start_ns

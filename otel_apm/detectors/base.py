@@ -11,6 +11,7 @@ import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import ClassVar, Literal
 
 from otel_apm.config import APMConfig
@@ -59,11 +60,14 @@ def severity_for(measure: float, threshold: float, critical_factor: float) -> Se
     return "critical" if measure >= threshold * critical_factor else "warning"
 
 
+by_start = attrgetter("start_ns")
+
+
 def union_ms(spans: Iterable[SpanView]) -> float:
     """Wall time covered by the spans: overlapping work counts once, as a user waits for it once."""
     total = 0
     cur_start = cur_end = -1
-    for s in sorted(spans, key=lambda s: s.start_ns):
+    for s in sorted(spans, key=by_start):
         if s.start_ns > cur_end:
             total += cur_end - cur_start
             cur_start, cur_end = s.start_ns, s.end_ns

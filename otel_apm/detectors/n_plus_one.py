@@ -9,7 +9,15 @@ any knowledge of the ORM.
 from __future__ import annotations
 
 from otel_apm.config import APMConfig
-from otel_apm.detectors.base import Detector, EvidenceValue, Finding, make_fingerprint, severity_for, union_ms
+from otel_apm.detectors.base import (
+    Detector,
+    EvidenceValue,
+    Finding,
+    by_start,
+    make_fingerprint,
+    severity_for,
+    union_ms,
+)
 from otel_apm.detectors.dbshape import db_shape
 from otel_apm.model import DB, SpanView, Trace
 from otel_apm.sql import SqlShape
@@ -38,7 +46,7 @@ class NPlusOneQueryDetector(Detector):
         for siblings in self._by_parent.values():
             if len(siblings) < threshold:
                 continue
-            siblings.sort(key=_start)
+            siblings.sort(key=by_start)
             # Parse each distinct text once: an ORM's placeholders make the repeats identical.
             by_text: dict[str | None, SqlShape] = {}
             shapes = []
@@ -82,10 +90,6 @@ class NPlusOneQueryDetector(Detector):
             statement=shape.normalized,
             evidence=evidence,
         )
-
-
-def _start(span: SpanView) -> int:
-    return span.start_ns
 
 
 def _source(siblings: list[SpanView], shapes: list[SqlShape], first: int) -> int | None:

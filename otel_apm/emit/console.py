@@ -24,7 +24,6 @@ class ConsoleReporter:
         self._stream = stream
         self._last: dict[str, float] = {}
         self._lock = threading.Lock()
-        self.suppressed = 0
 
     def emit(self, trace: Trace, findings: Sequence[Finding]) -> None:
         if not findings:
@@ -35,7 +34,6 @@ class ConsoleReporter:
             for f in findings:
                 last = self._last.get(f.fingerprint)
                 if last is not None and now - last < self.interval_s:
-                    self.suppressed += 1
                     continue
                 self._last[f.fingerprint] = now
                 lines.append(format_line(f))
