@@ -255,6 +255,9 @@ class Recorder(SpanProcessor):
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         self.calls.append("start")
 
+    def _on_ending(self, span: Span) -> None:
+        self.calls.append("ending:" + span.name)
+
     def on_end(self, span: ReadableSpan) -> None:
         self.calls.append("end:" + span.name)
 
@@ -279,6 +282,16 @@ def test_lifecycle_propagates_and_shutdown_analyzes_open_traces(otel: OTel) -> N
     assert recorder.calls == ["start", "flush:1234", "shutdown"]
     assert processor.stats()["traces_evicted"] == 1
     root.end()
+
+
+def test_every_hook_reaches_the_wrapped_processor(otel: OTel) -> None:
+    from otel_apm import APMSpanProcessor
+
+    recorder = Recorder()
+    otel.tracer_provider.add_span_processor(APMSpanProcessor(recorder, otel.processor.config, emitters=[]))
+    with otel.tracer.start_as_current_span("job", kind=SpanKind.SERVER):
+        pass
+    assert recorder.calls == ["start", "ending:job", "end:job"]
 
 
 def test_disabled_is_pure_pass_through(make_otel: Callable[..., OTel]) -> None:

@@ -133,6 +133,11 @@ class APMSpanProcessor(SpanProcessor):
         except Exception as exc:
             self._failed("intake", exc)
 
+    def _on_ending(self, span: Span) -> None:
+        """The SDK's hook before a span ends (still writable); ours to pass on, not to use."""
+        if self._next is not None:
+            self._next._on_ending(span)
+
     def on_end(self, span: ReadableSpan) -> None:
         out: Sequence[ReadableSpan] | None = None
         if self._enabled:
