@@ -95,7 +95,7 @@ class Trace:
     shutdown) or lost spans past ``max_spans_per_trace``; detectors that need the root skip it.
     """
 
-    __slots__ = ("_breakdown", "complete", "root", "spans", "trace_id")
+    __slots__ = ("_breakdown", "_by_id", "complete", "root", "spans", "trace_id")
 
     def __init__(
         self, trace_id: int, spans: list[SpanView], root: SpanView | None, complete: bool = True
@@ -105,6 +105,7 @@ class Trace:
         self.root = root
         self.complete = complete
         self._breakdown: dict[str, tuple[int, float]] | None = None
+        self._by_id: dict[int, SpanView] | None = None
 
     def breakdown(self) -> dict[str, tuple[int, float]]:
         """(span count, summed milliseconds) per category below the root, computed once.
@@ -124,12 +125,27 @@ class Trace:
     @property
     def endpoint(self) -> str:
         """What a user calls the transaction: "GET /users/{id}" for HTTP, else the root's name."""
-        root = self.root
-        if root is None:
-            return "unknown"
-        if root.http_route:
-            return f"{root.http_method} {root.http_route}" if root.http_method else root.http_route
-        return root.name
+        return "unknown" if self.root is None else endpoint_of(self.root)
+
+    def entry_of(self, span: SpanView) -> SpanView | None:
+        """Where the work around ``span`` entered its service: the highest ancestor of the same
+        service (its server span, in the collector's cross-service traces; the local root
+        in-process).  None when an ancestor is missing, as in a trace analyzed before its root.
+        """
+        if self._by_id is None:
+            self._by_id = {s.span_id: s for s in self.spans}
+        by_id = self._by_id
+        current = span
+        for _ in range(len(by_id)):  # bounded: a malformed parent cycle cannot hang us
+            if not current.parent_id:
+                return current
+            parent = by_id.get(current.parent_id)
+            if parent is None:
+                return None
+            if parent.service != current.service:
+                return current
+            current = parent
+        return None
 
     @property
     def services(self) -> list[str]:
@@ -140,3 +156,9 @@ class Trace:
 
     def __len__(self) -> int:
         return len(self.spans)
+
+
+def endpoint_of(span: SpanView) -> str:
+    if span.http_route:
+        return f"{span.http_method} {span.http_route}" if span.http_method else span.http_route
+    return span.name

@@ -15,7 +15,7 @@ from operator import attrgetter
 from typing import ClassVar, Literal
 
 from otel_apm.config import APMConfig
-from otel_apm.model import SpanView, Trace
+from otel_apm.model import SpanView, Trace, endpoint_of
 
 Severity = Literal["warning", "critical"]
 EvidenceValue = str | int | float | bool | tuple[str, ...]
@@ -107,22 +107,34 @@ class Detector(ABC):
         *,
         title: str,
         severity: Severity,
-        fingerprint: str,
+        identity: tuple[str, ...],
+        per_endpoint: bool,
         spans: list[SpanView],
         total_duration_ms: float,
         recommendation: str,
         statement: str | None = None,
         evidence: dict[str, EvidenceValue] | None = None,
     ) -> Finding:
-        """A Finding with the trace-level fields filled the same way for every detector."""
+        """A Finding with the fields every detector fills the same way.
+
+        Service and endpoint are those of the offending spans: where the code to change runs,
+        whichever service's request the trace began with, so the in-process processor and the
+        collector name the same problem alike.  The fingerprint hashes the type, that service,
+        the endpoint when ``per_endpoint`` (an N+1 lives in one endpoint's code; a slow
+        statement is one problem wherever it runs) and the detector's ``identity``.
+        """
         trace = self.trace
+        first = spans[0]
+        entry = trace.entry_of(first)
+        service = self.config.service_name or first.service or "unknown_service"
+        endpoint = "unknown" if entry is None else endpoint_of(entry)
         return Finding(
             type=self.type,
             title=title,
             severity=severity,
-            fingerprint=fingerprint,
-            service=self.service,
-            endpoint=trace.endpoint,
+            fingerprint=make_fingerprint(self.type, service, endpoint if per_endpoint else "", *identity),
+            service=service,
+            endpoint=endpoint,
             trace_id=trace.trace_id,
             span_ids=tuple(s.span_id for s in spans),
             count=len(spans),
@@ -133,13 +145,3 @@ class Detector(ABC):
             statement=statement,
             evidence=evidence or {},
         )
-
-    @property
-    def service(self) -> str:
-        """The configured name wins; else the root's service (the one that served the request)."""
-        if self.config.service_name:
-            return self.config.service_name
-        root = self.trace.root
-        if root is not None and root.service:
-            return root.service
-        return next((s.service for s in self.trace.spans if s.service), "unknown_service")

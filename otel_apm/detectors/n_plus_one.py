@@ -14,7 +14,6 @@ from otel_apm.detectors.base import (
     EvidenceValue,
     Finding,
     by_start,
-    make_fingerprint,
     severity_for,
     union_ms,
 )
@@ -83,7 +82,8 @@ class NPlusOneQueryDetector(Detector):
         return self.finding(
             title=f"N+1 queries: {count} x {shape.operation or 'query'} on {table} ({total:.1f} ms)",
             severity=severity_for(count, self.config.n_plus_one_threshold, self.config.critical_factor),
-            fingerprint=make_fingerprint(self.type, self.service, self.trace.endpoint, shape.fingerprint),
+            identity=(shape.fingerprint,),
+            per_endpoint=True,
             spans=repeated,
             total_duration_ms=total,
             recommendation=_recommend(shape, source, count, total),

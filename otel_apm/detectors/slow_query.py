@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from otel_apm.config import APMConfig
-from otel_apm.detectors.base import Detector, Finding, make_fingerprint, severity_for
+from otel_apm.detectors.base import Detector, Finding, severity_for
 from otel_apm.detectors.dbshape import db_shape
 from otel_apm.model import DB, SpanView, Trace
 from otel_apm.sql import SqlShape
@@ -47,7 +47,8 @@ class SlowQueryDetector(Detector):
                 self.finding(
                     title=f"Slow {what}: {worst.duration_ms:.0f} ms (threshold {threshold:g} ms)",
                     severity=severity_for(worst.duration_ms, threshold, self.config.critical_factor),
-                    fingerprint=make_fingerprint(self.type, self.service, shape.fingerprint),
+                    identity=(shape.fingerprint,),
+                    per_endpoint=False,
                     spans=spans,
                     total_duration_ms=sum(s.duration_ms for s in spans),
                     recommendation=recommend(shape, worst),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from otel_apm.detectors.base import Detector, EvidenceValue, Finding, make_fingerprint, severity_for
+from otel_apm.detectors.base import Detector, EvidenceValue, Finding, severity_for
 
 
 class SlowRequestDetector(Detector):
@@ -26,7 +26,8 @@ class SlowRequestDetector(Detector):
             self.finding(
                 title=f"Slow request {trace.endpoint}: {ms:.0f} ms (threshold {threshold:g} ms)",
                 severity=severity_for(ms, threshold, self.config.critical_factor),
-                fingerprint=make_fingerprint(self.type, self.service, trace.endpoint),
+                identity=(),
+                per_endpoint=True,
                 spans=[root],
                 total_duration_ms=ms,
                 recommendation=_recommend(ms, breakdown),
