@@ -1,0 +1,269 @@
+"""OTLP protobuf → SpanView: the collector's hot path, run for every span any service exports.
+
+Only what analysis reads is touched: ids, parent, name, kind, status, times, the resource's
+``service.name`` (once per ResourceSpans) and the attributes whose keys otel_apm.semconv reads.
+Every other attribute is skipped by key without converting its value, and events, links and
+trace state are never opened.  Within a request, equal strings and ids are shared between views
+(an ORM's statement repeats in every query span): a span waiting in the assembler costs about
+300 bytes rather than 800 (bench/bench_collector_engine.py).
+
+In the collector a trace spans services, so ``parent_id`` is the span's real parent even when
+that parent ran in another process: the caller's client span and the callee's server span end
+up in one Trace, under the entry service's root.
+
+Odd input never raises: a span whose trace id is not 16 bytes or span id not 8 bytes (or either
+is all zeros), or whose parent id is neither empty nor 8 bytes, is skipped and counted in
+:class:`IngestCounts`; attribute values of other types than string, int, double and bool are
+ignored; an unknown kind is read as internal; an end before the start is read as a zero
+duration.
+
+OTLP/JSON: :func:`otlp_json_to_request` (and :func:`parse_otlp_json` for any signal) turn a JSON
+body into the protobuf request.  ``json_format`` alone is not enough: OTLP/JSON writes trace and
+span ids as hex, protobuf's JSON mapping reads ``bytes`` as base64, and a 32-character hex trace
+id is also valid base64 (of 24 bytes), so ``json_format.Parse`` accepts it without an error and
+yields wrong ids.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import threading
+from collections.abc import Iterable
+from typing import Any, TypeVar
+
+# protobuf ships no type information (types-protobuf is not a dependency); "unused-ignore" keeps
+# strict mypy quiet should the stubs be installed one day.
+from google.protobuf import json_format  # type: ignore[import-untyped, unused-ignore]
+from google.protobuf.message import Message  # type: ignore[import-untyped, unused-ignore]
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
+
+from otel_apm import semconv
+from otel_apm.model import SpanView
+from otel_apm.semconv import fill_attributes
+
+M = TypeVar("M", bound=Message)
+
+
+def _analyzed_keys() -> frozenset[str]:
+    """Every attribute key in semconv's tables (its upper-case tuples of keys): the only keys
+    whose values are converted.  A table added there is picked up here without an edit."""
+    keys: set[str] = set()
+    for name, value in vars(semconv).items():
+        if name.isupper() and isinstance(value, tuple) and all(isinstance(k, str) for k in value):
+            keys.update(value)
+    return frozenset(keys)
+
+
+ANALYZED_KEYS: frozenset[str] = _analyzed_keys()
+UNKNOWN_SERVICE = "unknown_service"  # the SDK's own default when service.name is not set
+
+# AnyValue's oneof fields that hold a scalar: the only values analysis can use.
+_SCALAR_VALUES = frozenset({"string_value", "int_value", "double_value", "bool_value"})
+# OTLP SpanKind (UNSPECIFIED=0, INTERNAL..CONSUMER=1..5) to the API's (INTERNAL..CONSUMER=0..4).
+_KIND = {0: 0, 1: 0, 2: 1, 3: 2, 4: 3, 5: 4}
+_STATUS_ERROR = 2  # Status.StatusCode.STATUS_CODE_ERROR
+_ZERO_SPAN_ID = bytes(8)
+_ZERO_TRACE_ID = bytes(16)
+
+
+class IngestCounts:
+    """Spans read and spans skipped as malformed, across calls and threads.
+
+    Each call adds its totals once, under a lock, so the per-span loop counts in locals.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.views = 0
+        self.malformed_spans = 0
+
+    def add(self, views: int, malformed: int) -> None:
+        with self._lock:
+            self.views += views
+            self.malformed_spans += malformed
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return {"views": self.views, "malformed_spans": self.malformed_spans}
+
+
+COUNTS = IngestCounts()
+"""Process-wide counts, used when a call passes none of its own."""
+
+
+def views_from_request(req: ExportTraceServiceRequest, counts: IngestCounts | None = None) -> list[SpanView]:
+    """The spans of one Export request, as views; malformed spans are skipped and counted."""
+    return views_from_resource_spans(req.resource_spans, counts)
+
+
+def views_from_resource_spans(
+    resource_spans: Iterable[ResourceSpans], counts: IngestCounts | None = None
+) -> list[SpanView]:
+    """Views of every well-formed span, in the order they appear; never raises on odd content."""
+    views: list[SpanView] = []
+    append = views.append
+    malformed = 0
+    keys = ANALYZED_KEYS
+    scalar = _SCALAR_VALUES
+    kinds = _KIND
+    # Within a request, equal strings (statements, names, systems, tables) and ids (a parent and
+    # its children) become one object: spans held for assembly cost a third of the memory.
+    strings: dict[str, str] = {}
+    share = strings.setdefault
+    ids: dict[bytes, int] = {}
+    get_id = ids.get
+    # Consecutive spans mostly share a trace: its int is made once per run.
+    last_trace_bytes: bytes | None = None
+    trace_id = 0
+    for rs in resource_spans:
+        service = _service_name(rs)
+        for ss in rs.scope_spans:
+            for span in ss.spans:
+                try:
+                    tb = span.trace_id
+                    if tb != last_trace_bytes:
+                        if len(tb) != 16 or tb == _ZERO_TRACE_ID:
+                            malformed += 1
+                            continue
+                        last_trace_bytes = tb
+                        trace_id = int.from_bytes(tb, "big")
+                    sb = span.span_id
+                    if len(sb) != 8 or sb == _ZERO_SPAN_ID:
+                        malformed += 1
+                        continue
+                    pb = span.parent_span_id
+                    if pb:
+                        if len(pb) != 8:
+                            malformed += 1
+                            continue
+                        parent_id = get_id(pb)
+                        if parent_id is None:
+                            parent_id = ids[pb] = int.from_bytes(pb, "big")
+                    else:
+                        parent_id = 0
+                    span_id = get_id(sb)
+                    if span_id is None:
+                        span_id = ids[sb] = int.from_bytes(sb, "big")
+                    name = span.name
+                    start = span.start_time_unix_nano
+                    end = span.end_time_unix_nano
+                    view = SpanView(
+                        trace_id,
+                        span_id,
+                        parent_id,
+                        share(name, name),
+                        kinds.get(span.kind, 0),
+                        start,
+                        end if end >= start else start,
+                        span.status.code == _STATUS_ERROR,
+                        service,
+                    )
+                    attrs: dict[str, Any] | None = None
+                    for kv in span.attributes:
+                        key = kv.key
+                        if key in keys:
+                            value = kv.value
+                            text = value.string_value
+                            if text:
+                                text = share(text, text)
+                            else:  # not a string, or an empty one: find out which
+                                which = value.WhichOneof("value")
+                                if which not in scalar:
+                                    continue
+                                text = getattr(value, which)
+                            if attrs is None:
+                                attrs = {key: text}
+                            else:
+                                attrs[key] = text
+                    if attrs is not None:
+                        fill_attributes(view, attrs)
+                except Exception:  # free in 3.11 when nothing raises; input must never crash intake
+                    malformed += 1
+                    continue
+                append(view)
+    (COUNTS if counts is None else counts).add(len(views), malformed)
+    return views
+
+
+def _service_name(rs: ResourceSpans) -> str:
+    for kv in rs.resource.attributes:
+        if kv.key == semconv.SERVICE_NAME:
+            value = kv.value
+            which = value.WhichOneof("value")
+            if which in _SCALAR_VALUES:
+                name = str(getattr(value, which))
+                if name:
+                    return name
+            break
+    return UNKNOWN_SERVICE
+
+
+# -- OTLP/JSON -----------------------------------------------------------------------------------
+
+# Fields that OTLP/JSON writes as hex rather than base64 (protobuf's JSON names and the proto
+# names json_format also accepts): Span, Span.Link, LogRecord and Exemplar ids.
+_HEX_ID_FIELDS = frozenset({"traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id"})
+# Subtrees with no id fields, skipped by the walk: most of a request's nodes are attributes.
+_NO_ID_FIELDS = frozenset({"attributes", "resource", "scope", "body", "status", "events"})
+_HEX = re.compile(r"(?:[0-9a-fA-F]{2})*")
+
+
+def otlp_json_to_request(body: bytes | str) -> ExportTraceServiceRequest:
+    """An OTLP/JSON traces body (``application/json``, already decompressed) as the protobuf
+    request, with its hex trace and span ids read as hex.
+
+    Raises ``google.protobuf.json_format.ParseError`` for anything that is not a valid
+    ExportTraceServiceRequest (invalid UTF-8 or JSON, wrong types); unknown fields are ignored,
+    as the OTLP specification requires of receivers.
+    """
+    return parse_otlp_json(body, ExportTraceServiceRequest())
+
+
+def parse_otlp_json(body: bytes | str, message: M) -> M:
+    """Fill ``message`` (any Export*ServiceRequest) from an OTLP/JSON body and return it.
+
+    Ids that are hex strings (the OTLP/JSON encoding) are decoded as hex; any other string in an
+    id field is left to protobuf's base64 reading, so a sender that base64-encodes ids, as
+    protobuf's own JSON mapping does, is understood too.  Only ``json_format.ParseError`` is
+    raised.
+    """
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise json_format.ParseError(f"Failed to load JSON: {exc}") from exc
+    if not isinstance(doc, dict):  # json_format would take a list for an empty message
+        raise json_format.ParseError(f"OTLP/JSON body must be an object, got {type(doc).__name__}")
+    _hex_ids_to_base64(doc)
+    try:
+        json_format.ParseDict(doc, message, ignore_unknown_fields=True)
+    except json_format.ParseError:
+        raise
+    except Exception as exc:  # json_format lets a few TypeErrors/ValueErrors through on odd shapes
+        raise json_format.ParseError(f"Invalid OTLP/JSON: {type(exc).__name__}: {exc}") from exc
+    return message
+
+
+def _hex_ids_to_base64(doc: Any) -> None:
+    """Rewrite, in place, hex id strings as the base64 ``json_format`` reads for bytes fields.
+
+    Iterative, so a deeply nested body cannot exhaust the stack here.
+    """
+    stack = [doc]
+    pop = stack.pop
+    push = stack.append
+    while stack:
+        node = pop()
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in _HEX_ID_FIELDS:
+                    if isinstance(value, str) and _HEX.fullmatch(value):
+                        node[key] = base64.b64encode(bytes.fromhex(value)).decode("ascii")
+                elif key not in _NO_ID_FIELDS and isinstance(value, (dict, list)):
+                    push(value)
+        elif isinstance(node, list):
+            for item in node:
+                if isinstance(item, (dict, list)):
+                    push(item)
