@@ -24,6 +24,25 @@ def show_config(_: argparse.Namespace) -> int:
     return 0
 
 
+def collector(args: argparse.Namespace) -> int:
+    """Run the OTLP collector until SIGTERM/SIGINT; flags override the config file."""
+    from otel_apm.collector.config import load_config
+    from otel_apm.collector.service import run  # grpc and the SDK load only for this command
+
+    overrides = {
+        key: value
+        for key, value in (
+            ("receivers.grpc.endpoint", args.grpc_endpoint),
+            ("receivers.http.endpoint", args.http_endpoint),
+            ("downstream.endpoint", args.downstream),
+            ("downstream.protocol", args.downstream_protocol),
+            ("telemetry.endpoint", args.metrics_endpoint),
+        )
+        if value is not None
+    }
+    return run(load_config(args.config, overrides))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="otel-apm", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -40,6 +59,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.set_defaults(run=demo)
     p = commands.add_parser("config", help="print the settings and their environment variables")
     p.set_defaults(run=show_config)
+    p = commands.add_parser(
+        "collector",
+        help="OTLP endpoint (gRPC 4317, HTTP 4318): forwards everything downstream, analyzes whole traces",
+    )
+    p.add_argument("--config", metavar="FILE", help="YAML configuration (every key optional)")
+    p.add_argument("--grpc-endpoint", metavar="HOST:PORT", help="OTLP/gRPC listen address (localhost:4317)")
+    p.add_argument("--http-endpoint", metavar="HOST:PORT", help="OTLP/HTTP listen address (localhost:4318)")
+    p.add_argument(
+        "--downstream", metavar="URL", help="forward to this OTLP endpoint, e.g. http://jaeger:4317; none"
+    )
+    p.add_argument("--downstream-protocol", metavar="PROTOCOL", help="grpc (default) or http/protobuf")
+    p.add_argument(
+        "--metrics-endpoint", metavar="HOST:PORT", help="Prometheus /metrics listen address (localhost:8888)"
+    )
+    p.set_defaults(run=collector)
     args = parser.parse_args(argv)
     try:
         return int(args.run(args))

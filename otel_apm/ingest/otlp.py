@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 from google.protobuf import json_format  # type: ignore[import-untyped, unused-ignore]
 from google.protobuf.message import Message  # type: ignore[import-untyped, unused-ignore]
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span
 
 from otel_apm import semconv
 from otel_apm.model import SpanView
@@ -67,6 +67,18 @@ _KIND = {0: 0, 1: 0, 2: 1, 3: 2, 4: 3, 5: 4}
 _STATUS_ERROR = 2  # Status.StatusCode.STATUS_CODE_ERROR
 _ZERO_SPAN_ID = bytes(8)
 _ZERO_TRACE_ID = bytes(16)
+
+
+def has_valid_ids(span: Span) -> bool:
+    """The id rules every span must meet to be read (views_from_resource_spans inlines them)."""
+    tid, sid = span.trace_id, span.span_id
+    return (
+        len(tid) == 16
+        and tid != _ZERO_TRACE_ID
+        and len(sid) == 8
+        and sid != _ZERO_SPAN_ID
+        and len(span.parent_span_id) in (0, 8)
+    )
 
 
 class IngestCounts:
