@@ -380,3 +380,24 @@ def test_own_telemetry_is_exported_as_metrics(otel: OTel) -> None:
     assert points("otel_apm.processor.errors") == {"intake": 0, "analysis": 0, "emit": 0, "detector": 0}
     assert points("otel_apm.processor.traces_in_flight") == {"-": 1}
     root.end()
+
+
+@pytest.mark.parametrize("mode", ["passthrough", "tail"])
+def test_a_long_trace_is_read_in_batches_and_analyzed_whole(
+    make_otel: Callable[..., OTel], mode: str
+) -> None:
+    """Past 64 spans the processor reads what it holds into views; nothing is lost or doubled."""
+    otel = make_otel(export_mode=mode, sample_rate=1.0)
+    request(otel, n=300)
+    (finding,) = otel.events("n_plus_one_query")
+    assert finding.log_record.attributes["otel_apm.finding.count"] == 300
+    assert otel.processor.stats()["spans_analyzed"] == 302
+    assert len(otel.spans()) == 302
+
+
+def test_the_span_bound_holds_across_batches(make_otel: Callable[..., OTel]) -> None:
+    otel = make_otel(max_spans_per_trace=100)
+    request(otel, n=300)
+    stats = otel.processor.stats()
+    assert (stats["spans_analyzed"], stats["spans_truncated"]) == (101, 201)  # 100 children + root
+    assert len(otel.spans()) == 302

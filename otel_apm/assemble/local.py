@@ -36,9 +36,9 @@ class LocalTrace(Generic[S]):
     """One trace's spans so far: ``spans`` not yet read (and, in tail mode, every held span;
     ``read`` of them are already in ``views``)."""
 
-    __slots__ = ("closed", "read", "roots", "spans", "trace_id", "truncated", "views")
+    __slots__ = ("check_at", "closed", "read", "roots", "spans", "trace_id", "truncated", "views")
 
-    def __init__(self, trace_id: int) -> None:
+    def __init__(self, trace_id: int, check_at: int = COMPACT_EVERY) -> None:
         self.trace_id = trace_id
         self.roots: set[int] = set()
         self.spans: list[S] = []
@@ -46,6 +46,7 @@ class LocalTrace(Generic[S]):
         self.views: list[SpanView] = []
         self.truncated = 0
         self.closed = False
+        self.check_at = check_at  # len(spans) at which filing takes the slow path
 
 
 class LocalAssembler(Generic[S]):
@@ -71,7 +72,7 @@ class LocalAssembler(Generic[S]):
         with self._lock:
             lt = self._open.get(trace_id)
             if lt is None:
-                lt = self._open[trace_id] = LocalTrace(trace_id)
+                lt = self._open[trace_id] = LocalTrace(trace_id, self._room(0))
                 lt.roots.add(span_id)
                 if len(self._open) > self.max_traces:
                     evicted = self._open.pop(next(iter(self._open)))
@@ -86,7 +87,8 @@ class LocalAssembler(Generic[S]):
 
         Pass-through takes no lock: the append is atomic, and a span racing its root's end on
         another thread is at worst exported unanalyzed.  Tail mode holds the span, so it locks:
-        a held span must never land in a trace already finished.
+        a held span must never land in a trace already finished.  Either way the bounds are
+        looked at only when ``check_at`` is reached, every few dozen spans.
         """
         if self.hold:
             with self._lock:
@@ -99,20 +101,37 @@ class LocalAssembler(Generic[S]):
         if lt is None or lt.closed:
             return "late"
         spans = lt.spans
-        if len(spans) - lt.read + len(lt.views) >= self.max_spans:
-            # Neither read nor held: a huge trace must not hold memory.  Its spans go out at
-            # once, so the caller keeps the whole trace rather than orphan them.
-            lt.truncated += 1
-            return "truncated"
         spans.append(span)
-        unread = len(spans) - lt.read
-        if unread >= COMPACT_EVERY or unread * len(self._open) >= UNREAD_BUDGET:
-            if locked:
-                self._compact(lt)
-            else:
-                with self._lock:
-                    self._compact(lt)
-        return "added"
+        if len(spans) < lt.check_at:
+            return "added"
+        if locked:
+            return self._checkpoint(lt, span)
+        with self._lock:
+            return self._checkpoint(lt, span)
+
+    def _checkpoint(self, lt: LocalTrace[S], span: S) -> Outcome:
+        """Past the span bound, take the span back (it is exported, not held: a huge trace must
+        not hold memory, and the caller then keeps the whole trace rather than orphan it);
+        else read the unread spans into views when due.  Caller holds the lock."""
+        spans = lt.spans
+        outcome: Outcome = "added"
+        if len(spans) - lt.read + len(lt.views) > self.max_spans:
+            for i in range(len(spans) - 1, lt.read - 1, -1):
+                if spans[i] is span:
+                    del spans[i]
+                    break
+            lt.truncated += 1
+            outcome = "truncated"
+        else:
+            self._compact(lt)
+        lt.check_at = lt.read + self._room(len(lt.views))
+        return outcome
+
+    def _room(self, views: int) -> int:
+        """Spans a trace may file before the next checkpoint: up to its share of the unread
+        budget (smaller when many traces are open), and at most to one past the span bound."""
+        share = max(1, min(COMPACT_EVERY, UNREAD_BUDGET // max(1, len(self._open))))
+        return max(1, min(share, self.max_spans - views + 1))
 
     def close_root(self, trace_id: int, root_id: int) -> LocalTrace[S] | None:
         """The local trace of an ending root, its views read (the root's own not included), or
