@@ -29,7 +29,7 @@ Outcome = Literal["added", "held", "truncated", "late"]
 COMPACT_EVERY = 64
 # Unread SDK spans (about 2.8 kB each, against 300 B a view) across all open traces: with many
 # traces open, each reads sooner, so the total stays near this many.
-UNREAD_BUDGET = 16384
+UNREAD_BUDGET = 8192
 
 
 class LocalTrace(Generic[S]):
