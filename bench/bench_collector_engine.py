@@ -43,15 +43,14 @@ import sys
 import time
 import tracemalloc
 from collections.abc import Sequence
-from typing import Any
 
-from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from workload import SPANS_PER_TRACE, WORKLOADS, run_trace
 
 from otel_apm.analyze import Analyzer
 from otel_apm.assemble.distributed import TraceAssembler
@@ -61,7 +60,6 @@ from otel_apm.model import SpanView
 
 TARGET_SPANS_PER_S = 50_000
 TRACES_PER_REQUEST = 100
-SPANS_PER_TRACE = 23
 IDLE_S = 2.0
 RESOURCE = Resource.create(
     {
@@ -72,125 +70,6 @@ RESOURCE = Resource.create(
         "process.pid": 4242,
     }
 )
-
-# ---------------------------------------------------------------------------------------------
-# The workload: what SQLAlchemy + psycopg2 + requests + Flask instrumentations make of a request.
-
-_DB_BASE: dict[str, Any] = {
-    "db.system.name": "postgresql",
-    "db.namespace": "shop",
-    "server.address": "db.internal",
-    "server.port": 5432,
-    "network.peer.address": "10.0.3.12",
-    "db.user": "shop",
-}
-
-
-def _db(op: str, table: str, text: str) -> tuple[str, dict[str, Any]]:
-    return f"{op} {table}", {
-        **_DB_BASE,
-        "db.operation.name": op,
-        "db.collection.name": table,
-        "db.query.text": text,
-    }
-
-
-USER = _db(
-    "SELECT",
-    "users",
-    "SELECT users.id, users.email, users.name, users.created_at FROM users WHERE users.id = %(pk_1)s",
-)
-ORDER = _db(
-    "SELECT",
-    "orders",
-    "SELECT orders.id, orders.user_id, orders.status, orders.total_cents, orders.created_at "
-    "FROM orders WHERE orders.id = %(pk_1)s",
-)
-ITEMS = _db(
-    "SELECT",
-    "order_items",
-    "SELECT order_items.id, order_items.order_id, order_items.product_id, order_items.quantity, "
-    "order_items.unit_price_cents FROM order_items WHERE order_items.order_id = %(param_1)s "
-    "ORDER BY order_items.id",
-)
-PRODUCT = _db(
-    "SELECT",
-    "products",
-    "SELECT products.id, products.sku, products.name, products.price_cents, products.stock "
-    "FROM products WHERE products.id = %(pk_1)s",
-)
-ADDRESS = _db(
-    "SELECT",
-    "addresses",
-    "SELECT addresses.id, addresses.user_id, addresses.line1, addresses.city, addresses.country "
-    "FROM addresses WHERE addresses.user_id = %(param_1)s AND addresses.kind = %(kind_1)s LIMIT %(param_2)s",
-)
-AUDIT = _db(
-    "INSERT",
-    "audit_log",
-    "INSERT INTO audit_log (user_id, action, object_id, created_at) "
-    "VALUES (%(user_id)s, %(action)s, %(object_id)s, now()) RETURNING audit_log.id",
-)
-WORKLOADS = {
-    # products x6 is an N+1 (threshold 5); the repeats of 2, 3 and 4 stay under it.
-    "nplusone": (USER, ORDER, ITEMS, *[PRODUCT] * 6, *[ADDRESS] * 4, *[ITEMS] * 3, ORDER, USER, AUDIT, AUDIT),
-    # the same 20 statements with no shape repeated 5 times: no finding.
-    "clean": (
-        USER,
-        ORDER,
-        ITEMS,
-        *[PRODUCT] * 4,
-        *[ADDRESS] * 4,
-        *[ITEMS] * 3,
-        *[ORDER] * 3,
-        USER,
-        AUDIT,
-        AUDIT,
-    ),
-}
-HTTP_CALLS: tuple[dict[str, Any], ...] = (
-    {
-        "http.request.method": "GET",
-        "url.full": "http://inventory.internal:8080/api/v1/stock?order=1042",
-        "server.address": "inventory.internal",
-        "server.port": 8080,
-        "network.protocol.version": "1.1",
-    },
-    {
-        "http.request.method": "POST",
-        "url.full": "http://pricing.internal:8081/api/v1/quote",
-        "server.address": "pricing.internal",
-        "server.port": 8081,
-        "network.protocol.version": "1.1",
-    },
-)
-ROOT_ATTRS: dict[str, Any] = {
-    "http.request.method": "GET",
-    "http.route": "/orders/{id}",
-    "url.path": "/orders/1042",
-    "url.scheme": "http",
-    "server.address": "orders-api.internal",
-    "server.port": 8000,
-    "network.protocol.version": "1.1",
-    "user_agent.original": "Mozilla/5.0 (X11; Linux x86_64) bench",
-    "client.address": "10.0.0.17",
-}
-
-
-def run_trace(tracer: trace.Tracer, db_calls: Sequence[tuple[str, dict[str, Any]]]) -> None:
-    with tracer.start_as_current_span(
-        "GET /orders/{id}", kind=trace.SpanKind.SERVER, attributes=ROOT_ATTRS
-    ) as root:
-        for i, (name, attrs) in enumerate(db_calls):
-            with tracer.start_as_current_span(name, kind=trace.SpanKind.CLIENT, attributes=attrs):
-                pass
-            if i == 9:
-                for h in HTTP_CALLS:
-                    with tracer.start_as_current_span(
-                        h["http.request.method"], kind=trace.SpanKind.CLIENT, attributes=h
-                    ) as span:
-                        span.set_attribute("http.response.status_code", 200)
-        root.set_attribute("http.response.status_code", 200)
 
 
 def build_payloads(n: int, workload: str) -> list[bytes]:

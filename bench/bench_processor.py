@@ -41,6 +41,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import workload
 from opentelemetry import trace
 from opentelemetry.sdk._logs import LoggerProvider, ReadableLogRecord
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExporter, LogRecordExportResult
@@ -49,12 +50,12 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from workload import FINDINGS_PER_TRACE, ROOT_ATTRS, SPANS_PER_TRACE, WORKLOADS, DbCalls
 
 from otel_apm.config import APMConfig
 from otel_apm.processors.apm import APMSpanProcessor
 
 TARGET_RATIO = 1.10
-SPANS_PER_TRACE = 23
 RESOURCE = Resource.create({"service.name": "orders-api", "deployment.environment.name": "bench"})
 
 # ---------------------------------------------------------------------------------------------
@@ -95,133 +96,18 @@ class NothingProcessor(SpanProcessor):
     """A span processor that does nothing (the SpanProcessor base methods are all no-ops)."""
 
 
-# ---------------------------------------------------------------------------------------------
-# The workload: what SQLAlchemy + psycopg2 + requests instrumentations make of one request.
-
-_DB_BASE: dict[str, Any] = {
-    "db.system.name": "postgresql",
-    "db.namespace": "shop",
-    "server.address": "db.internal",
-    "server.port": 5432,
-}
-
-
-def _db(op: str, table: str, text: str) -> tuple[str, dict[str, Any]]:
-    return (
-        f"{op} {table}",
-        {**_DB_BASE, "db.operation.name": op, "db.collection.name": table, "db.query.text": text},
-    )
-
-
-USER = _db(
-    "SELECT",
-    "users",
-    "SELECT users.id, users.email, users.name, users.created_at FROM users WHERE users.id = %(pk_1)s",
-)
-ORDER = _db(
-    "SELECT",
-    "orders",
-    "SELECT orders.id, orders.user_id, orders.status, orders.total_cents, orders.created_at "
-    "FROM orders WHERE orders.id = %(pk_1)s",
-)
-ITEMS = _db(
-    "SELECT",
-    "order_items",
-    "SELECT order_items.id, order_items.order_id, order_items.product_id, order_items.quantity, "
-    "order_items.unit_price_cents FROM order_items WHERE order_items.order_id = %(param_1)s "
-    "ORDER BY order_items.id",
-)
-PRODUCT = _db(
-    "SELECT",
-    "products",
-    "SELECT products.id, products.sku, products.name, products.price_cents, products.stock "
-    "FROM products WHERE products.id = %(pk_1)s",
-)
-ADDRESS = _db(
-    "SELECT",
-    "addresses",
-    "SELECT addresses.id, addresses.user_id, addresses.line1, addresses.city, addresses.country "
-    "FROM addresses WHERE addresses.user_id = %(param_1)s AND addresses.kind = %(kind_1)s LIMIT %(param_2)s",
-)
-AUDIT = _db(
-    "INSERT",
-    "audit_log",
-    "INSERT INTO audit_log (user_id, action, object_id, created_at) "
-    "VALUES (%(user_id)s, %(action)s, %(object_id)s, now()) RETURNING audit_log.id",
-)
-# 20 statements, six shapes, in the order an ORM runs them; products x6 is the N+1 (threshold 5),
-# the repeats of 2 and 4 stay under it.
-DB_CALLS = (USER, ORDER, ITEMS, *[PRODUCT] * 6, *[ADDRESS] * 4, *[ITEMS] * 3, ORDER, USER, AUDIT, AUDIT)
-# --workload clean: the same 20 statements with no shape repeated 5 times, so no trace has a
-# finding (the common case in production): analysis runs, emission is metrics only.
-CLEAN_DB_CALLS = (
-    *[USER, ORDER, ITEMS],
-    *[PRODUCT] * 4,
-    *[ADDRESS] * 4,
-    *[ITEMS] * 3,
-    *[ORDER] * 3,
-    *[USER, AUDIT, AUDIT],
-)
-assert len(DB_CALLS) == len(CLEAN_DB_CALLS) == 20
-FINDINGS_PER_TRACE = {"nplusone": 1, "clean": 0}
+# --workload chooses these.
+db_calls: DbCalls = WORKLOADS["nplusone"]
 findings_per_trace = 1
 tail_rate = 0.1
 
-HTTP_CALLS: tuple[dict[str, Any], ...] = (
-    {
-        "http.request.method": "GET",
-        "url.full": "http://inventory.internal:8080/api/v1/stock?order=1042",
-        "server.address": "inventory.internal",
-        "server.port": 8080,
-    },
-    {
-        "http.request.method": "POST",
-        "url.full": "http://pricing.internal:8081/api/v1/quote",
-        "server.address": "pricing.internal",
-        "server.port": 8081,
-    },
-)
-ROOT_ATTRS: dict[str, Any] = {
-    "http.request.method": "GET",
-    "http.route": "/orders/{id}",
-    "url.path": "/orders/1042",
-    "url.scheme": "http",
-    "server.address": "orders-api.internal",
-    "server.port": 8000,
-    "network.protocol.version": "1.1",
-    "user_agent.original": "Mozilla/5.0 (X11; Linux x86_64) bench",
-    "client.address": "10.0.0.17",
-}
-
-SERVER = trace.SpanKind.SERVER
-CLIENT = trace.SpanKind.CLIENT
-
 
 def run_trace(tracer: trace.Tracer) -> None:
-    """One request: 23 spans, each started with its attributes, the status set before its end."""
-    with tracer.start_as_current_span("GET /orders/{id}", kind=SERVER, attributes=ROOT_ATTRS) as root:
-        for i, (name, attrs) in enumerate(DB_CALLS):
-            with tracer.start_as_current_span(name, kind=CLIENT, attributes=attrs):
-                pass
-            if i == 9:  # the outgoing calls come after the N+1, mid-request
-                for h in HTTP_CALLS:
-                    with tracer.start_as_current_span(
-                        h["http.request.method"], kind=CLIENT, attributes=h
-                    ) as span:
-                        span.set_attribute("http.response.status_code", 200)
-        root.set_attribute("http.response.status_code", 200)
+    workload.run_trace(tracer, db_calls)
 
 
 def run_children(tracer: trace.Tracer, parent: trace.Span) -> None:
-    """The 22 children of one trace under an already started (and still open) root."""
-    ctx = trace.set_span_in_context(parent)
-    for i, (name, attrs) in enumerate(DB_CALLS):
-        tracer.start_span(name, ctx, kind=CLIENT, attributes=attrs).end()
-        if i == 9:
-            for h in HTTP_CALLS:
-                span = tracer.start_span(h["http.request.method"], ctx, kind=CLIENT, attributes=h)
-                span.set_attribute("http.response.status_code", 200)
-                span.end()
+    workload.run_children(tracer, parent, db_calls)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -356,7 +242,10 @@ def memory_run(make_processor: Callable[[], SpanProcessor], traces: int) -> tupl
     tracer = provider.get_tracer("bench", "1.0")
     run_trace(tracer)  # first-use allocations (caches, interned strings) before the first reading
     start = _traced()
-    roots = [tracer.start_span("GET /orders/{id}", kind=SERVER, attributes=ROOT_ATTRS) for _ in range(traces)]
+    roots = [
+        tracer.start_span("GET /orders/{id}", kind=trace.SpanKind.SERVER, attributes=ROOT_ATTRS)
+        for _ in range(traces)
+    ]
     for root in roots:
         run_children(tracer, root)
     open_ = _traced()
@@ -468,9 +357,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="nplusone: every trace has an N+1 finding (worst case for emission); clean: none",
     )
     args = parser.parse_args(argv)
-    global DB_CALLS, findings_per_trace, tail_rate
+    global db_calls, findings_per_trace, tail_rate
+    db_calls = WORKLOADS[args.workload]
     if args.workload == "clean":
-        DB_CALLS, tail_rate = CLEAN_DB_CALLS, 1.0
+        tail_rate = 1.0
     findings_per_trace = FINDINGS_PER_TRACE[args.workload]
     if args.traces < 1 or args.rounds < 1 or args.memory_traces < 1:
         parser.error("--traces, --rounds and --memory-traces must be >= 1")
