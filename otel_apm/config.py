@@ -64,6 +64,12 @@ class APMConfig:
     slow_request_threshold_ms: float = _setting(1000.0, "APM_SLOW_REQUEST_THRESHOLD_MS", minimum=0.0)
     memory_threshold_mb: float = _setting(512.0, "APM_MEMORY_THRESHOLD_MB", minimum=0.0)
     n_plus_one_threshold: int = _setting(5, "APM_N_PLUS_ONE_THRESHOLD", minimum=2)
+    n_plus_one_api_threshold: int = _setting(
+        5,
+        "APM_N_PLUS_ONE_API_THRESHOLD",
+        minimum=2,
+        doc="HTTP client calls with one method and URL template under one parent that make an N+1",
+    )
     critical_factor: float = _setting(
         5.0,
         "APM_CRITICAL_FACTOR",

@@ -349,13 +349,35 @@ def test_the_collector_reports_the_shops_n_plus_one_in_the_storefronts_trace(run
     assert {r.trace_id.hex() for _, r in records if r.event_name == "otel_apm.finding"} == run.trace_ids()
 
 
-@pytest.mark.xfail(strict=True, reason="N+1 API call detector: issue 4")
 def test_the_collector_reports_the_storefronts_n_plus_one_api_calls(run: Run) -> None:
+    """The storefront's CALLS sequential ``GET {shop}/authors?shelf=N``: one finding a request."""
     events = finding_events(run.sink, "n_plus_one_api_call")
     assert len(events) == REQUESTS, events  # one per storefront request
     assert {e["_trace_id"] for e in events} == run.trace_ids()
+    produced = _by_id(run)
+    template = f"{run.shop.url}/authors?shelf=?"  # the shelf numbers are gone
     for event in events:
+        assert event["_resource_service"] == "otel-apm-collector"
         assert event["otel_apm.finding.service"] == "storefront"
         assert event["otel_apm.finding.endpoint"] == "GET /catalog"
         assert event["otel_apm.finding.count"] == CALLS
-        assert set(event["otel_apm.finding.span_ids"]) <= run.storefront.span_ids()
+        assert set(event["otel_apm.finding.services"]) >= {"storefront", "shop"}
+        assert event["otel_apm.finding.evidence.http.method"] == "GET"
+        assert event["otel_apm.finding.evidence.url.template"] == template
+        assert event["otel_apm.finding.evidence.server.address"] == "127.0.0.1"
+        assert event["otel_apm.finding.evidence.threshold"] == 5
+        assert template in event["otel_apm.finding.title"]
+        assert "batch endpoint" in event["otel_apm.finding.recommendation"]
+        assert "db.query.text" not in event
+        # no literal query value anywhere in the event
+        assert not any("shelf=0" in str(v) or "shelf=1" in str(v) for v in event.values()), event
+        # the repeated calls: the storefront's CLIENT spans, all under its one request span
+        spans = [produced[i] for i in event["otel_apm.finding.span_ids"]]
+        assert len(spans) == CALLS
+        assert {s["span_id"] for s in spans} <= run.storefront.span_ids()
+        assert {s["kind"] for s in spans} == {"CLIENT"}
+        assert {s["trace_id"] for s in spans} == {event["_trace_id"]}
+        (parent,) = {s["parent_id"] for s in spans}
+        assert (produced[parent]["kind"], produced[parent]["name"]) == ("SERVER", "GET /catalog")
+    assert len({e["otel_apm.finding.fingerprint"] for e in events}) == 1
+    assert run.collector.value('findings_total{type="n_plus_one_api_call"}') == REQUESTS

@@ -305,7 +305,7 @@ def test_disabled_is_pure_pass_through(make_otel: Callable[..., OTel]) -> None:
 def test_console_prints_a_fingerprint_once_per_interval(
     make_otel: Callable[..., OTel], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    otel = make_otel(console_enabled=True, console_interval_s=3600)
+    otel = make_otel(console_enabled=True, console_interval_s=3600, slow_query_threshold_ms=60_000)
     for _ in range(3):
         request(otel, n=6)
     request(otel, route="/other", n=6)
@@ -319,7 +319,7 @@ def test_console_prints_a_fingerprint_once_per_interval(
 def test_console_interval_zero_prints_every_occurrence(
     make_otel: Callable[..., OTel], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    otel = make_otel(console_enabled=True, console_interval_s=0)
+    otel = make_otel(console_enabled=True, console_interval_s=0, slow_query_threshold_ms=60_000)
     for _ in range(3):
         request(otel, n=6)
     assert capsys.readouterr().err.count("[otel-apm] WARNING n_plus_one_query") == 3

@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
 from otel_apm.collector.config import parse_endpoint
+from otel_apm.detectors import DEFAULT_DETECTORS
 
 _log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ METRICS: dict[str, tuple[Kind, str, str | None, tuple[str, ...]]] = {
         "counter",
         "Findings reported, by type",
         "type",
-        ("n_plus_one_query", "slow_query", "slow_request"),
+        tuple(d.type for d in DEFAULT_DETECTORS),
     ),
     "analysis_errors_total": (
         "counter",

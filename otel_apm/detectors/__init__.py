@@ -2,11 +2,13 @@
 
 from otel_apm.detectors.base import Detector, Finding
 from otel_apm.detectors.n_plus_one import NPlusOneQueryDetector
+from otel_apm.detectors.n_plus_one_api import NPlusOneApiCallDetector
 from otel_apm.detectors.slow_query import SlowQueryDetector
 from otel_apm.detectors.slow_request import SlowRequestDetector
 
 DEFAULT_DETECTORS: tuple[type[Detector], ...] = (
     NPlusOneQueryDetector,
+    NPlusOneApiCallDetector,
     SlowQueryDetector,
     SlowRequestDetector,
 )
