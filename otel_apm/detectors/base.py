@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import ClassVar, Literal
@@ -145,3 +145,24 @@ class Detector(ABC):
             statement=statement,
             evidence=evidence or {},
         )
+
+
+class SiblingsDetector(Detector):
+    """A detector of repeated work under one parent: it files its spans by parent span id."""
+
+    def __init__(self, config: APMConfig, trace: Trace) -> None:
+        super().__init__(config, trace)
+        self._by_parent: dict[int, list[SpanView]] = {}
+
+    def visit_span(self, span: SpanView) -> None:
+        siblings = self._by_parent.get(span.parent_id)
+        if siblings is None:
+            self._by_parent[span.parent_id] = [span]
+        else:
+            siblings.append(span)
+
+    def sibling_groups(self, threshold: int) -> Iterator[list[SpanView]]:
+        """The spans of each parent that has at least ``threshold`` of them."""
+        for siblings in self._by_parent.values():
+            if len(siblings) >= threshold:
+                yield siblings

@@ -8,43 +8,29 @@ any knowledge of the ORM.
 
 from __future__ import annotations
 
-from otel_apm.config import APMConfig
 from otel_apm.detectors.base import (
-    Detector,
     EvidenceValue,
     Finding,
+    SiblingsDetector,
     by_start,
     severity_for,
     union_ms,
 )
 from otel_apm.detectors.dbshape import db_shape
-from otel_apm.model import DB, SpanView, Trace
+from otel_apm.model import DB, SpanView
 from otel_apm.sql import SqlShape
 
 
-class NPlusOneQueryDetector(Detector):
+class NPlusOneQueryDetector(SiblingsDetector):
     """APM_N_PLUS_ONE_THRESHOLD or more DB spans with one fingerprint under one parent."""
 
     type = "n_plus_one_query"
     categories = frozenset({DB})
 
-    def __init__(self, config: APMConfig, trace: Trace) -> None:
-        super().__init__(config, trace)
-        self._by_parent: dict[int, list[SpanView]] = {}
-
-    def visit_span(self, span: SpanView) -> None:
-        siblings = self._by_parent.get(span.parent_id)
-        if siblings is None:
-            self._by_parent[span.parent_id] = [span]
-        else:
-            siblings.append(span)
-
     def on_complete(self) -> list[Finding]:
         threshold = self.config.n_plus_one_threshold
         findings = []
-        for siblings in self._by_parent.values():
-            if len(siblings) < threshold:
-                continue
+        for siblings in self.sibling_groups(threshold):
             siblings.sort(key=by_start)
             # Parse each distinct text once: an ORM's placeholders make the repeats identical.
             by_text: dict[str | None, SqlShape] = {}

@@ -16,16 +16,15 @@ import re
 from functools import lru_cache
 from urllib.parse import urlsplit
 
-from otel_apm.config import APMConfig
 from otel_apm.detectors.base import (
-    Detector,
     EvidenceValue,
     Finding,
+    SiblingsDetector,
     by_start,
     severity_for,
     union_ms,
 )
-from otel_apm.model import HTTP_CLIENT, SpanView, Trace
+from otel_apm.model import HTTP_CLIENT, SpanView
 
 ID = "{id}"
 
@@ -107,30 +106,17 @@ def call_template(span: SpanView) -> str:
     return url_template(f"{where} {target}" if where else target)
 
 
-class NPlusOneApiCallDetector(Detector):
+class NPlusOneApiCallDetector(SiblingsDetector):
     """APM_N_PLUS_ONE_API_THRESHOLD or more HTTP client spans with one method and URL template
     under one parent."""
 
     type = "n_plus_one_api_call"
     categories = frozenset({HTTP_CLIENT})
 
-    def __init__(self, config: APMConfig, trace: Trace) -> None:
-        super().__init__(config, trace)
-        self._by_parent: dict[int, list[SpanView]] = {}
-
-    def visit_span(self, span: SpanView) -> None:
-        siblings = self._by_parent.get(span.parent_id)
-        if siblings is None:
-            self._by_parent[span.parent_id] = [span]
-        else:
-            siblings.append(span)
-
     def on_complete(self) -> list[Finding]:
         threshold = self.config.n_plus_one_api_threshold
         findings = []
-        for siblings in self._by_parent.values():
-            if len(siblings) < threshold:
-                continue
+        for siblings in self.sibling_groups(threshold):
             groups: dict[tuple[str, str], list[SpanView]] = {}
             for s in siblings:
                 key = ((s.http_method or "").upper(), call_template(s))
