@@ -27,7 +27,7 @@ from collections import namedtuple
 from collections.abc import Callable, Iterable
 from concurrent import futures
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import grpc  # type: ignore[import-untyped, unused-ignore]
@@ -38,8 +38,9 @@ from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
-from otel_apm.collector.config import CollectorConfig, parse_endpoint
+from otel_apm.collector.config import CollectorConfig
 from otel_apm.collector.forwarder import Signal
+from otel_apm.collector.httpserver import BackgroundHTTPServer
 from otel_apm.collector.pipeline import Outcome, Pipeline
 from otel_apm.collector.telemetry import Telemetry
 from otel_apm.ingest.otlp import parse_otlp_json
@@ -542,16 +543,13 @@ class _OTLPHandler(BaseHTTPRequestHandler):
         _log.debug("otlp/http %s " + format, self.address_string(), *args)
 
 
-class HttpReceiver(ThreadingHTTPServer):
+class HttpReceiver(BackgroundHTTPServer):
     """ThreadingHTTPServer for POST /v1/traces, /v1/logs, /v1/metrics (HTTP/1.1, keep-alive)."""
 
-    daemon_threads = True
     request_queue_size = 128
 
     def __init__(self, config: CollectorConfig, pipeline: Pipeline, telemetry: Telemetry) -> None:
         rc = config.receivers
-        host, port = parse_endpoint(rc.http.endpoint)
-        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.pipeline = pipeline
         self.telemetry = telemetry
         self.token = rc.auth.bearer_token
@@ -567,20 +565,9 @@ class HttpReceiver(ThreadingHTTPServer):
         self._cond = threading.Condition()
         self._connections: dict[socket.socket, bool] = {}  # connection -> busy with a request
         try:
-            super().__init__((host, port), _OTLPHandler)
+            super().__init__(rc.http.endpoint, _OTLPHandler, "otel-apm-http")
         except OSError as exc:
             raise OSError(f"OTLP/HTTP receiver cannot listen on {rc.http.endpoint}: {exc}") from None
-        self._thread: threading.Thread | None = None
-
-    @property
-    def port(self) -> int:
-        return int(self.server_address[1])
-
-    def start(self) -> None:
-        self._thread = threading.Thread(
-            target=self.serve_forever, kwargs={"poll_interval": 0.05}, name="otel-apm-http", daemon=True
-        )
-        self._thread.start()
 
     # each connection runs on its own thread: the TLS handshake happens there, not on the accept loop
     def finish_request(self, request: Any, client_address: Any) -> None:
@@ -617,11 +604,7 @@ class HttpReceiver(ThreadingHTTPServer):
         """Stop accepting, close idle connections, let requests in progress finish within ``grace_s``."""
         deadline = time.monotonic() + grace_s
         self.closing = True
-        if self._thread is not None:
-            self.shutdown()
-            self._thread.join(5)
-            self._thread = None
-        self.server_close()
+        self.stop_serving()
         with self._cond:
             while True:
                 for conn, busy in list(self._connections.items()):

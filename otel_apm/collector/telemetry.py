@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import logging
 import math
-import socket
 import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Literal
 
-from otel_apm.collector.config import parse_endpoint
+from otel_apm.collector.httpserver import BackgroundHTTPServer
 from otel_apm.detectors import DEFAULT_DETECTORS
 
 _log = logging.getLogger(__name__)
@@ -221,37 +220,13 @@ class _Handler(BaseHTTPRequestHandler):
         _log.debug("telemetry %s " + format, self.address_string(), *args)
 
 
-class TelemetryServer(ThreadingHTTPServer):
+class TelemetryServer(BackgroundHTTPServer):
     """GET /metrics (Prometheus) and /healthz (200, or 503 once shutdown began)."""
 
-    daemon_threads = True
-
     def __init__(self, endpoint: str, telemetry: Telemetry, healthy: Callable[[], bool]) -> None:
-        host, port = parse_endpoint(endpoint)
-        self.address_family = _family(host)
         self.telemetry = telemetry
         self.healthy = healthy
-        super().__init__((host, port), _Handler)
-        self._thread: threading.Thread | None = None
-
-    @property
-    def port(self) -> int:
-        return int(self.server_address[1])
-
-    def start(self) -> None:
-        self._thread = threading.Thread(
-            target=self.serve_forever, kwargs={"poll_interval": 0.05}, name="otel-apm-telemetry", daemon=True
-        )
-        self._thread.start()
+        super().__init__(endpoint, _Handler, "otel-apm-telemetry")
 
     def stop(self) -> None:
-        if self._thread is not None:
-            self.shutdown()
-            self._thread.join(timeout=5)
-            self._thread = None
-        self.server_close()
-
-
-def _family(host: str) -> socket.AddressFamily:
-    """IPv6 for an IPv6 literal, else IPv4 (``localhost`` binds 127.0.0.1)."""
-    return socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.stop_serving()
