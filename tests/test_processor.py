@@ -401,3 +401,12 @@ def test_the_span_bound_holds_across_batches(make_otel: Callable[..., OTel]) -> 
     stats = otel.processor.stats()
     assert (stats["spans_analyzed"], stats["spans_truncated"]) == (101, 201)  # 100 children + root
     assert len(otel.spans()) == 302
+
+
+def test_the_pinned_sdk_gets_the_fast_span_reader(otel: OTel) -> None:
+    """The reader proves its field-level path against the public properties on the first span;
+    with the SDK version this project pins, the proof must hold (else intake silently slows)."""
+    request(otel, n=1)
+    assert otel.processor._reader.fast is True
+    (finding_free_root,) = roots(otel)
+    assert finding_free_root.name == "GET /authors"
