@@ -26,18 +26,25 @@ class SpanView:
     """An ended span, reduced to what analysis needs.  Times are nanoseconds since the epoch."""
 
     __slots__ = (
+        "cached",
         "category",
+        "code",
         "db_operation",
+        "db_params",
         "db_system",
         "db_table",
         "end_ns",
         "error",
+        "exception_type",
         "http_method",
         "http_route",
         "http_status",
         "kind",
         "name",
         "parent_id",
+        "request_size",
+        "response_size",
+        "scope",
         "server_address",
         "service",
         "span_id",
@@ -79,6 +86,13 @@ class SpanView:
         self.http_route: str | None = None
         self.http_status: int | None = None
         self.server_address: str | None = None
+        self.scope = ""  # instrumentation scope name: tells SQLAlchemy from Django from raw DB-API
+        self.code: str | None = None  # "path:line:function" of the call, from code.* attributes
+        self.exception_type: str | None = None  # of an exception event, else error.type
+        self.db_params: str | None = None  # recorded statement parameters, only compared
+        self.cached = False  # the result came from a cache (cache.hit): no round trip paid
+        self.request_size: int | None = None  # HTTP body sizes in bytes, where recorded
+        self.response_size: int | None = None
 
     @property
     def duration_ms(self) -> float:

@@ -20,6 +20,15 @@ HTTP_URL = ("url.full", "http.url")
 HTTP_ROUTE = ("http.route",)
 HTTP_STATUS = ("http.response.status_code", "http.status_code")
 SERVER_ADDRESS = ("server.address", "net.peer.name")
+CODE_FILE = ("code.file.path", "code.filepath")
+CODE_LINE = ("code.line.number", "code.lineno")
+CODE_FUNCTION = ("code.function.name", "code.function")
+DB_PARAMETERS = ("db.statement.parameters",)  # the DB-API instrumentations' capture_parameters
+DB_PARAMETER_PREFIX = "db.query.parameter."  # stable conventions: one attribute per parameter
+CACHE_HIT = ("cache.hit",)
+ERROR_TYPE = ("error.type",)
+HTTP_REQUEST_SIZE = ("http.request.body.size", "http.request_content_length")
+HTTP_RESPONSE_SIZE = ("http.response.body.size", "http.response_content_length")
 MESSAGING_SYSTEM = ("messaging.system",)
 RPC_SYSTEM = ("rpc.system",)
 SERVICE_NAME = "service.name"
@@ -64,6 +73,14 @@ def fill_attributes(view: model.SpanView, attrs: Mapping[str, Any]) -> None:
             view.category = model.DB
         view.db_table = _str_or_none(_first(attrs, DB_TABLE))
         view.server_address = _str_or_none(_first(attrs, SERVER_ADDRESS))
+        view.code = code_location(attrs)
+        params = get("db.statement.parameters")
+        if params is not None:
+            view.db_params = str(params)
+        if get("cache.hit") is True:
+            view.cached = True
+        if view.error:
+            _error_type(view, get)
         return
     method = get("http.request.method")
     if method is None:
@@ -78,14 +95,38 @@ def fill_attributes(view: model.SpanView, attrs: Mapping[str, Any]) -> None:
             view.category = model.HTTP_CLIENT
             view.url = _str_or_none(_first(attrs, HTTP_URL))
             view.server_address = _str_or_none(_first(attrs, SERVER_ADDRESS))
+            view.code = code_location(attrs)
         else:
             view.category = model.HTTP_SERVER
             view.http_route = _str_or_none(get("http.route"))
+        view.request_size = _int_or_none(_first(attrs, HTTP_REQUEST_SIZE))
+        view.response_size = _int_or_none(_first(attrs, HTTP_RESPONSE_SIZE))
+        if view.error:
+            _error_type(view, get)
         return
     if _first(attrs, MESSAGING_SYSTEM) is not None:
         view.category = model.MESSAGING
     elif _first(attrs, RPC_SYSTEM) is not None:
         view.category = model.RPC
+    if view.error:
+        _error_type(view, get)
+
+
+def code_location(attrs: Mapping[str, Any]) -> str | None:
+    """The call site as "path:line:function" from code.* attributes (stable names first), or None."""
+    path = _first(attrs, CODE_FILE)
+    if path is None:
+        return None
+    line = _first(attrs, CODE_LINE)
+    function = _first(attrs, CODE_FUNCTION)
+    return f"{path}:{'' if line is None else line}:{'' if function is None else function}"
+
+
+def _error_type(view: model.SpanView, get: Any) -> None:
+    if view.exception_type is None:
+        kind = get("error.type")
+        if kind is not None:
+            view.exception_type = str(kind)
 
 
 def _str_or_none(value: Any) -> str | None:

@@ -146,6 +146,10 @@ def _web_request(tracer: trace.Tracer) -> None:
                 "db.sql.table": "users",
                 "net.peer.name": "db.local",
                 "db.name": "test",
+                "db.statement.parameters": "{'id': 7}",
+                "code.filepath": "/srv/app/users.py",
+                "code.lineno": 42,
+                "code.function": "load_user",
             },
         ):
             pass
@@ -158,6 +162,10 @@ def _web_request(tracer: trace.Tracer) -> None:
                 "db.operation.name": "INSERT",
                 "db.collection.name": "audit",
                 "server.address": "mariadb",
+                "cache.hit": True,
+                "code.file.path": "/srv/app/audit.py",
+                "code.line.number": 7,
+                "code.function.name": "Audit.write",
             },
         ):
             pass
@@ -169,8 +177,11 @@ def _web_request(tracer: trace.Tracer) -> None:
                 "http.url": "http://inventory/stock",
                 "http.status_code": 503,
                 "net.peer.name": "inventory",
+                "http.response.body.size": 2_000_000,
+                "http.request_content_length": 12,
             },
         ) as client:
+            client.record_exception(TimeoutError("upstream slow"))
             client.set_status(ApiStatus(StatusCode.ERROR, "upstream down"))
         with tracer.start_as_current_span(
             "GET cache", kind=SpanKind.CLIENT, attributes={"db.system": "redis"}
@@ -184,6 +195,7 @@ def _web_request(tracer: trace.Tracer) -> None:
             pass
         with tracer.start_as_current_span("compute"):
             pass
+        root.set_attribute("error.type", "500")
         root.set_status(ApiStatus(StatusCode.ERROR))
 
 
@@ -199,6 +211,32 @@ def test_views_match_the_sdk_intake_field_for_field() -> None:
         expected = reader.read(span, "users-api")
         for field in SpanView.__slots__:
             assert getattr(view, field) == getattr(expected, field), (span.name, field)
+
+
+def test_fields_for_code_errors_parameters_cache_and_sizes() -> None:
+    views = by_name(views_from_request(wire(record_spans("users-api", _web_request))))
+    select, insert, client = views["SELECT test"], views["INSERT shop"], views["GET"]
+    assert select.code == "/srv/app/users.py:42:load_user"  # the older code.* names
+    assert insert.code == "/srv/app/audit.py:7:Audit.write"  # the stable ones
+    assert select.db_params == "{'id': 7}" and insert.db_params is None
+    assert insert.cached and not select.cached
+    assert client.exception_type == "TimeoutError"  # the exception event wins over the status
+    assert (client.request_size, client.response_size) == (12, 2_000_000)
+    assert views["GET /users/{id}"].exception_type == "500"  # error.type, no exception event
+    assert select.scope == "tests"
+
+
+def test_stable_query_parameters_are_collected_in_order() -> None:
+    span = proto_span(
+        attrs={
+            "db.system.name": "postgresql",
+            "db.query.text": "SELECT 1 WHERE a = $1 AND b = $2",
+            "db.query.parameter.1": "x",
+            "db.query.parameter.0": 5,
+        }
+    )
+    (view,) = views_from_request(request(span))
+    assert view.db_params == "0=5,1=x"
 
 
 def test_fields_mapped() -> None:

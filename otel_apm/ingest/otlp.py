@@ -38,6 +38,7 @@ from typing import Any, TypeVar
 from google.protobuf import json_format  # type: ignore[import-untyped, unused-ignore]
 from google.protobuf.message import Message  # type: ignore[import-untyped, unused-ignore]
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span
 
 from otel_apm import semconv
@@ -130,9 +131,11 @@ def views_from_resource_spans(
     # Consecutive spans mostly share a trace: its int is made once per run.
     last_trace_bytes: bytes | None = None
     trace_id = 0
+    param_prefix = semconv.DB_PARAMETER_PREFIX
     for rs in resource_spans:
         service = _service_name(rs)
         for ss in rs.scope_spans:
+            scope = share(ss.scope.name, ss.scope.name)
             for span in ss.spans:
                 try:
                     tb = span.trace_id
@@ -174,30 +177,54 @@ def views_from_resource_spans(
                         service,
                     )
                     attrs: dict[str, Any] | None = None
+                    params: list[str] | None = None
                     for kv in span.attributes:
                         key = kv.key
-                        if key in keys:
-                            value = kv.value
-                            text = value.string_value
-                            if text:
-                                text = share(text, text)
-                            else:  # not a string, or an empty one: find out which
-                                which = value.WhichOneof("value")
-                                if which not in scalar:
-                                    continue
-                                text = getattr(value, which)
-                            if attrs is None:
-                                attrs = {key: text}
-                            else:
-                                attrs[key] = text
+                        if key not in keys:
+                            if key.startswith(param_prefix):
+                                params = params or []
+                                params.append(f"{key[len(param_prefix) :]}={_scalar(kv.value)}")
+                            continue
+                        value = kv.value
+                        text = value.string_value
+                        if text:
+                            text = share(text, text)
+                        else:  # not a string, or an empty one: find out which
+                            which = value.WhichOneof("value")
+                            if which not in scalar:
+                                continue
+                            text = getattr(value, which)
+                        if attrs is None:
+                            attrs = {key: text}
+                        else:
+                            attrs[key] = text
                     if attrs is not None:
                         fill_attributes(view, attrs)
+                    view.scope = scope
+                    if params is not None:
+                        view.db_params = ",".join(sorted(params))
+                    if span.events:
+                        _read_exception(view, span.events)
                 except Exception:  # free in 3.11 when nothing raises; input must never crash intake
                     malformed += 1
                     continue
                 append(view)
     (COUNTS if counts is None else counts).add(len(views), malformed)
     return views
+
+
+def _scalar(value: AnyValue) -> Any:
+    which = value.WhichOneof("value")
+    return getattr(value, which) if which in _SCALAR_VALUES else None
+
+
+def _read_exception(view: SpanView, events: Iterable[Span.Event]) -> None:
+    """The type of the last recorded exception event: what the error detector groups by."""
+    for event in events:
+        if event.name == "exception":
+            for kv in event.attributes:
+                if kv.key == "exception.type" and kv.value.string_value:
+                    view.exception_type = kv.value.string_value
 
 
 def _service_name(rs: ResourceSpans) -> str:

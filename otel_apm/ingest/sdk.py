@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 
 from otel_apm import model
@@ -48,7 +48,21 @@ def _view_public(span: ReadableSpan, service: str) -> model.SpanView:
     attrs = plain_attributes(span)
     if attrs:
         fill_attributes(view, attrs)
+    scope = span.instrumentation_scope
+    if scope is not None:
+        view.scope = scope.name
+    if span.events:
+        _read_exception(view, span.events)
     return view
+
+
+def _read_exception(view: model.SpanView, events: Sequence[Event]) -> None:
+    """The type of the last recorded exception: what the error detector groups by."""
+    for event in events:
+        if event.name == "exception":
+            kind = (event.attributes or _EMPTY).get("exception.type")
+            if kind is not None:
+                view.exception_type = str(kind)
 
 
 def _view_fields(span: Any, service: str) -> model.SpanView:
@@ -70,6 +84,11 @@ def _view_fields(span: Any, service: str) -> model.SpanView:
     attrs = plain_attributes(span)
     if attrs:
         fill_attributes(view, attrs)
+    scope = span._instrumentation_scope
+    if scope is not None:
+        view.scope = scope._name
+    if span._events:
+        _read_exception(view, span._events)
     return view
 
 
