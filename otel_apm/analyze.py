@@ -2,27 +2,51 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import threading
 from collections.abc import Sequence
 
-from otel_apm.config import APMConfig
+from otel_apm.config import APMConfig, ConfigError
 from otel_apm.contain import FailureLog
 from otel_apm.detectors import DEFAULT_DETECTORS, Detector, Finding
+from otel_apm.detectors.history import History
 from otel_apm.model import SpanView, Trace
 
 _log = logging.getLogger(__name__)
 
 
+def check_detector_names(config: APMConfig, detectors: Sequence[type[Detector]] = DEFAULT_DETECTORS) -> None:
+    """A misspelt name in APM_DISABLED_DETECTORS would leave the detector on, unnoticed."""
+    known = {d.type for d in detectors}
+    unknown = sorted(set(config.disabled_detectors) - known)
+    if unknown:
+        raise ConfigError(
+            f"APM_DISABLED_DETECTORS: unknown detector(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(known))}"
+        )
+
+
 class Analyzer:
-    """Shared by the in-process processor and the collector; holds no per-trace state."""
+    """Shared by the in-process processor and the collector.
+
+    Per-trace state lives in the detector instances; what outlives a trace (recent query
+    durations, how often each finding recurs) lives in ``history``, bounded.
+    """
 
     def __init__(self, config: APMConfig, detectors: Sequence[type[Detector]] = DEFAULT_DETECTORS) -> None:
+        check_detector_names(config, detectors)
         self.config = config
-        self.detectors = tuple(d for d in detectors if d.enabled(config))
+        self.detectors = tuple(
+            d for d in detectors if d.type not in config.disabled_detectors and d.enabled(config)
+        )
+        self.history = History()
         self.failures = FailureLog(_log)
+        self.suppressed = 0
+        self._lock = threading.Lock()
 
     def analyze(self, trace: Trace) -> list[Finding]:
-        """Findings worst first.  A failing detector is skipped for this trace; others still run.
+        """Findings, costliest first.  A failing detector is skipped for this trace; others run.
 
         Spans are sorted by category once; each detector then visits the spans it asked for in
         a tight loop, in arrival order, which costs a third of dispatching span by span.
@@ -35,16 +59,42 @@ class Analyzer:
             else:
                 group.append(span)
         findings: list[Finding] = []
+        deferred: list[Finding] = []
+        history = self.history
         for cls in self.detectors:
-            detector = cls(self.config, trace)
+            detector = cls(self.config, trace, history)
             try:
                 for category in cls.categories:
                     visit = detector.visit_span
                     for span in by_category.get(category, ()):
                         visit(span)
-                findings.extend(detector.on_complete())
+                (deferred if cls.defers_to_others else findings).extend(detector.on_complete())
             except Exception as exc:
                 self.failures.record(f"detector {cls.type}", exc)
-        if len(findings) > 1:
-            findings.sort(key=lambda f: (f.severity_rank, f.total_duration_ms), reverse=True)
-        return findings
+        if deferred:
+            named = {span_id for f in findings for span_id in f.span_ids}
+            findings.extend(f for f in deferred if not named.issuperset(f.span_ids))
+        if not findings:
+            return findings
+        return self._rank(self._unsuppressed(findings))
+
+    def _unsuppressed(self, findings: list[Finding]) -> list[Finding]:
+        rules = self.config.suppressions
+        if not rules:
+            return findings
+        kept = [
+            f
+            for f in findings
+            if not any(r.matches(f.type, f.endpoint, f.statement, f.code_location) for r in rules)
+        ]
+        if len(kept) < len(findings):
+            with self._lock:
+                self.suppressed += len(findings) - len(kept)
+        return kept
+
+    def _rank(self, findings: list[Finding]) -> list[Finding]:
+        """Each finding with its recurrence rate, sorted by time lost per minute, then severity."""
+        observe = self.history.findings.observe
+        rated = [dataclasses.replace(f, rate_per_min=round(observe(f.fingerprint), 4)) for f in findings]
+        rated.sort(key=lambda f: (f.impact_score, f.severity_rank, f.total_duration_ms), reverse=True)
+        return rated

@@ -18,6 +18,7 @@ from opentelemetry.sdk._configuration import _OTelSDKConfigurator
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
+from otel_apm.analyze import check_detector_names
 from otel_apm.config import APMConfig, ConfigError
 from otel_apm.processors.apm import APMSpanProcessor
 
@@ -49,6 +50,7 @@ class APMConfigurator(_OTelSDKConfigurator):
     def _configure(self, **kwargs: Any) -> None:
         try:
             config = APMConfig.from_env()
+            check_detector_names(config)
         except ConfigError as exc:
             # opentelemetry-instrument's sitecustomize swallows configurator exceptions and runs
             # the app with no telemetry at all, silently.  A typo in a threshold must not cost

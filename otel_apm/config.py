@@ -13,7 +13,10 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from typing import Any, Literal, get_args
+
+import yaml
 
 ExportMode = Literal["passthrough", "tail"]
 
@@ -23,6 +26,57 @@ _FALSE = frozenset({"0", "false", "no", "off"})
 
 class ConfigError(ValueError):
     """An invalid setting; the message names the variable and what it accepts."""
+
+
+@dataclass(frozen=True)
+class Suppression:
+    """A rule that silences an intentional finding: it matches when every key it gives matches.
+
+    ``type`` is exact; ``endpoint``, ``statement`` and ``code`` are shell-style globs over the
+    finding's endpoint, normalized statement (lower case, so the glob is matched lower-cased) and
+    code location ("path:line:function").  A rule with no key would silence everything: refused.
+    """
+
+    type: str | None = None
+    endpoint: str | None = None
+    statement: str | None = None
+    code: str | None = None
+
+    def __post_init__(self) -> None:
+        values = dataclasses.astuple(self)
+        if all(v is None for v in values):
+            raise ConfigError(f"a suppression rule needs at least one of {', '.join(_RULE_KEYS)}")
+        if any(v is not None and not isinstance(v, str) for v in values):
+            raise ConfigError(f"suppression rule {self}: every value must be text")
+
+    @classmethod
+    def of(cls, rule: Any, where: str) -> Suppression:
+        """A rule from a mapping (a config file's entry) or a Suppression as it is."""
+        if isinstance(rule, Suppression):
+            return rule
+        if not isinstance(rule, Mapping):
+            raise ConfigError(f"{where}: a suppression rule is a mapping of {', '.join(_RULE_KEYS)}")
+        unknown = sorted(set(rule) - set(_RULE_KEYS))
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {unknown}; a rule accepts {', '.join(_RULE_KEYS)}")
+        try:
+            return cls(**{k: None if v is None else str(v) for k, v in rule.items()})
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+
+    def matches(self, type: str, endpoint: str, statement: str | None, code: str | None) -> bool:
+        return (
+            (self.type is None or self.type == type)
+            and (self.endpoint is None or fnmatchcase(endpoint, self.endpoint))
+            and (
+                self.statement is None
+                or (statement is not None and fnmatchcase(statement.lower(), self.statement.lower()))
+            )
+            and (self.code is None or (code is not None and fnmatchcase(code, self.code)))
+        )
+
+
+_RULE_KEYS = tuple(f.name for f in dataclasses.fields(Suppression))
 
 
 def _setting(
@@ -76,6 +130,103 @@ class APMConfig:
         minimum=1.0,
         doc="a finding is critical once its measure reaches this multiple of its threshold",
     )
+    n_plus_one_min_duration_ms: float = _setting(
+        0.0,
+        "APM_N_PLUS_ONE_MIN_DURATION_MS",
+        minimum=0.0,
+        doc="an N+1 must also take this long in all (0: the count alone decides, as a local "
+        "database hides the round trips production pays)",
+    )
+    mn_plus_one_threshold: int = _setting(
+        5,
+        "APM_MN_PLUS_ONE_THRESHOLD",
+        minimum=2,
+        doc="repetitions of a 2..8 query sequence that make an MN+1",
+    )
+    consecutive_db_min_saved_ms: float = _setting(
+        100.0,
+        "APM_CONSECUTIVE_DB_MIN_SAVED_MS",
+        minimum=0.0,
+        doc="time that running sequential independent queries concurrently must save to be reported",
+    )
+    consecutive_http_min_saved_ms: float = _setting(
+        100.0,
+        "APM_CONSECUTIVE_HTTP_MIN_SAVED_MS",
+        minimum=0.0,
+        doc="time that running sequential HTTP calls concurrently must save to be reported",
+    )
+    slow_query_outlier_factor: float = _setting(
+        3.0,
+        "APM_SLOW_QUERY_OUTLIER_FACTOR",
+        minimum=1.0,
+        doc="a query this many times its statement's recent p95 is an outlier",
+    )
+    slow_query_outlier_min_samples: int = _setting(
+        20,
+        "APM_SLOW_QUERY_OUTLIER_MIN_SAMPLES",
+        minimum=1,
+        doc="earlier executions of a statement needed before its p95 is trusted",
+    )
+    slow_query_outlier_min_ms: float = _setting(
+        10.0, "APM_SLOW_QUERY_OUTLIER_MIN_MS", minimum=0.0, doc="outliers faster than this are noise"
+    )
+    chatty_query_threshold: int = _setting(
+        30, "APM_CHATTY_QUERY_THRESHOLD", minimum=1, doc="queries in one request that make it chatty"
+    )
+    chatty_db_share: float = _setting(
+        0.8,
+        "APM_CHATTY_DB_SHARE",
+        minimum=0.0,
+        maximum=1.0,
+        doc="share of a request's time spent in the database that makes it chatty",
+    )
+    chatty_min_duration_ms: float = _setting(
+        100.0,
+        "APM_CHATTY_MIN_DURATION_MS",
+        minimum=0.0,
+        doc="requests faster than this are never chatty by share",
+    )
+    bottleneck_share: float = _setting(
+        0.3,
+        "APM_BOTTLENECK_SHARE",
+        minimum=0.0,
+        maximum=1.0,
+        doc="share of a request one span or group of like spans must take to be its bottleneck",
+    )
+    bottleneck_min_duration_ms: float = _setting(
+        100.0,
+        "APM_BOTTLENECK_MIN_DURATION_MS",
+        minimum=0.0,
+        doc="requests faster than this have no bottleneck",
+    )
+    repeated_query_threshold: int = _setting(
+        3,
+        "APM_REPEATED_QUERY_THRESHOLD",
+        minimum=2,
+        doc="runs of one statement with the same parameters in a request that make a cache candidate",
+    )
+    large_payload_bytes: int = _setting(
+        1_000_000, "APM_LARGE_PAYLOAD_BYTES", minimum=1, doc="HTTP body size that is a large payload"
+    )
+    critical_impact_ms: float = _setting(
+        500.0,
+        "APM_CRITICAL_IMPACT_MS",
+        minimum=0.0,
+        doc="a finding that costs a request this much time is critical",
+    )
+    disabled_detectors: tuple[str, ...] = _setting(
+        (), "APM_DISABLED_DETECTORS", doc="finding types not to look for, comma-separated"
+    )
+    suppressions: tuple[Suppression, ...] = _setting(
+        (),
+        "APM_SUPPRESSIONS_FILE",
+        doc="YAML or JSON file with a list of rules (type, endpoint, statement, code) that silence findings",
+    )
+    code_location_enabled: bool = _setting(
+        True,
+        "APM_CODE_LOCATION_ENABLED",
+        doc="record the application frame of each DB and HTTP client call as code.* attributes",
+    )
     profiling_enabled: bool = _setting(False, "APM_PROFILING_ENABLED")
     profiling_interval_ms: int = _setting(60000, "APM_PROFILING_INTERVAL", minimum=1)
     max_traces_in_flight: int = _setting(
@@ -99,6 +250,12 @@ class APMConfig:
     )
 
     def __post_init__(self) -> None:
+        # Lists are accepted where tuples are kept (keyword arguments, the collector's YAML).
+        if not isinstance(self.disabled_detectors, tuple) and isinstance(self.disabled_detectors, list):
+            object.__setattr__(self, "disabled_detectors", tuple(self.disabled_detectors))
+        if isinstance(self.suppressions, (list, tuple)):
+            rules = tuple(Suppression.of(r, f"suppressions[{i}]") for i, r in enumerate(self.suppressions))
+            object.__setattr__(self, "suppressions", rules)
         for f in dataclasses.fields(self):
             _validate(f, getattr(self, f.name))
 
@@ -125,7 +282,15 @@ class APMConfig:
         ]
 
 
-_TYPES: dict[str, Any] = {"bool": bool, "str": str, "float": float, "int": int, "ExportMode": ExportMode}
+_TYPES: dict[str, Any] = {
+    "bool": bool,
+    "str": str,
+    "float": float,
+    "int": int,
+    "ExportMode": ExportMode,
+    "tuple[str, ...]": tuple,
+    "tuple[Suppression, ...]": Suppression,
+}
 
 
 def _field_type(f: dataclasses.Field[Any]) -> Any:
@@ -144,6 +309,10 @@ def _accepts(f: dataclasses.Field[Any]) -> str:
         return f"{noun} >= {lo:g}" if lo is not None else noun
     if kind is str:
         return "text"
+    if kind is tuple:
+        return "a comma-separated list of names"
+    if kind is Suppression:
+        return "a YAML or JSON file holding a list of rules, each a mapping of " + ", ".join(_RULE_KEYS)
     return "one of " + ", ".join(get_args(ExportMode))
 
 
@@ -159,9 +328,28 @@ def _parse(f: dataclasses.Field[Any], raw: str, source: str) -> Any:
             return int(raw)
         if kind is float:
             return float(raw)
+        if kind is tuple:
+            return tuple(name.strip() for name in raw.split(",") if name.strip())
+        if kind is Suppression:
+            return _load_rules(raw, source)
         return raw if kind is str else raw.lower()
+    except ConfigError:
+        raise
     except ValueError:
         raise ConfigError(f"{source}={raw!r}: expected {_accepts(f)}") from None
+
+
+def _load_rules(path: str, source: str) -> tuple[Suppression, ...]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{source}={path!r}: cannot read the rules: {exc}") from None
+    if data is None:
+        return ()
+    if not isinstance(data, list):
+        raise ConfigError(f"{source}={path!r}: expected a list of rules, got {type(data).__name__}")
+    return tuple(Suppression.of(rule, f"{source}={path!r}: rule {i}") for i, rule in enumerate(data))
 
 
 def _validate(f: dataclasses.Field[Any], value: Any) -> None:
@@ -181,6 +369,10 @@ def _validate(f: dataclasses.Field[Any], value: Any) -> None:
         )
     elif kind is str:
         ok = isinstance(value, str)
+    elif kind is tuple:
+        ok = isinstance(value, tuple) and all(isinstance(v, str) for v in value)
+    elif kind is Suppression:
+        ok = isinstance(value, tuple) and all(isinstance(v, Suppression) for v in value)
     else:
         ok = value in get_args(kind)
     if not ok:

@@ -15,6 +15,7 @@ from operator import attrgetter
 from typing import ClassVar, Literal
 
 from otel_apm.config import APMConfig
+from otel_apm.detectors.history import History
 from otel_apm.model import SpanView, Trace, endpoint_of
 
 Severity = Literal["warning", "critical"]
@@ -45,10 +46,19 @@ class Finding:
     services: tuple[str, ...] = ()
     statement: str | None = None
     evidence: dict[str, EvidenceValue] = field(default_factory=dict)
+    impact_ms: float = 0.0
+    rate_per_min: float = 0.0
+    code_location: str | None = None
 
     @property
     def severity_rank(self) -> int:
         return 2 if self.severity == "critical" else 1
+
+    @property
+    def impact_score(self) -> float:
+        """Milliseconds lost per minute: the time a request loses to it, times how often it
+        happens here.  What every report ranks by, so the costliest problem comes first."""
+        return self.impact_ms * self.rate_per_min
 
 
 def make_fingerprint(*parts: str) -> str:
@@ -86,10 +96,14 @@ class Detector(ABC):
 
     type: ClassVar[str]
     categories: ClassVar[frozenset[str]] = frozenset()
+    # A summary detector (bottleneck) whose finding adds nothing when another finding of the
+    # trace already names the same spans: the analyzer drops it then.
+    defers_to_others: ClassVar[bool] = False
 
-    def __init__(self, config: APMConfig, trace: Trace) -> None:
+    def __init__(self, config: APMConfig, trace: Trace, history: History) -> None:
         self.config = config
         self.trace = trace
+        self.history = history
 
     @classmethod
     def enabled(cls, config: APMConfig) -> bool:
@@ -111,11 +125,16 @@ class Detector(ABC):
         per_endpoint: bool,
         spans: list[SpanView],
         total_duration_ms: float,
+        impact_ms: float,
         recommendation: str,
         statement: str | None = None,
         evidence: dict[str, EvidenceValue] | None = None,
     ) -> Finding:
         """A Finding with the fields every detector fills the same way.
+
+        ``impact_ms`` is the time per request that fixing the problem would give back; at
+        APM_CRITICAL_IMPACT_MS it makes the finding critical whatever the detector's own measure.
+        The code location is the first offending span's that has one.
 
         Service and endpoint are those of the offending spans: where the code to change runs,
         whichever service's request the trace began with, so the in-process processor and the
@@ -128,6 +147,8 @@ class Detector(ABC):
         entry = trace.entry_of(first)
         service = self.config.service_name or first.service or "unknown_service"
         endpoint = "unknown" if entry is None else endpoint_of(entry)
+        if impact_ms >= self.config.critical_impact_ms:
+            severity = "critical"
         return Finding(
             type=self.type,
             title=title,
@@ -144,14 +165,16 @@ class Detector(ABC):
             services=tuple(trace.services),
             statement=statement,
             evidence=evidence or {},
+            impact_ms=round(max(impact_ms, 0.0), 3),
+            code_location=next((s.code for s in spans if s.code), None),
         )
 
 
 class SiblingsDetector(Detector):
     """A detector of repeated work under one parent: it files its spans by parent span id."""
 
-    def __init__(self, config: APMConfig, trace: Trace) -> None:
-        super().__init__(config, trace)
+    def __init__(self, config: APMConfig, trace: Trace, history: History) -> None:
+        super().__init__(config, trace, history)
         self._by_parent: dict[int, list[SpanView]] = {}
 
     def visit_span(self, span: SpanView) -> None:

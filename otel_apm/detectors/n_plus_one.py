@@ -72,6 +72,7 @@ class NPlusOneQueryDetector(SiblingsDetector):
             per_endpoint=True,
             spans=repeated,
             total_duration_ms=total,
+            impact_ms=total - total / count,
             recommendation=_recommend(shape, source, count, total),
             statement=shape.normalized,
             evidence=evidence,

@@ -149,6 +149,7 @@ class NPlusOneApiCallDetector(SiblingsDetector):
             per_endpoint=True,
             spans=calls,
             total_duration_ms=total,
+            impact_ms=total - total / count,
             recommendation=_recommend(shown_method, template, count, total, saving),
             evidence=evidence,
         )

@@ -7,6 +7,7 @@ import re
 from otel_apm.config import APMConfig
 from otel_apm.detectors.base import Detector, Finding, severity_for
 from otel_apm.detectors.dbshape import db_shape
+from otel_apm.detectors.history import History
 from otel_apm.model import DB, SpanView, Trace
 from otel_apm.sql import SqlShape
 
@@ -20,8 +21,8 @@ class SlowQueryDetector(Detector):
     type = "slow_query"
     categories = frozenset({DB})
 
-    def __init__(self, config: APMConfig, trace: Trace) -> None:
-        super().__init__(config, trace)
+    def __init__(self, config: APMConfig, trace: Trace, history: History) -> None:
+        super().__init__(config, trace, history)
         self._threshold_ns = self.config.slow_query_threshold_ms * 1e6
         self._slow: list[SpanView] = []
 
@@ -51,6 +52,7 @@ class SlowQueryDetector(Detector):
                     per_endpoint=False,
                     spans=spans,
                     total_duration_ms=sum(s.duration_ms for s in spans),
+                    impact_ms=sum(s.duration_ms for s in spans),
                     recommendation=recommend(shape, worst),
                     statement=shape.normalized,
                     evidence={

@@ -30,6 +30,7 @@ class SlowRequestDetector(Detector):
                 per_endpoint=True,
                 spans=[root],
                 total_duration_ms=ms,
+                impact_ms=ms - threshold,
                 recommendation=_recommend(ms, breakdown),
                 evidence=evidence,
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from opentelemetry.util.types import AttributeValue
 
 from otel_apm.detectors.base import Finding
+from otel_apm.ingest.callsite import CODE_FILE_PATH, CODE_FUNCTION_NAME, CODE_LINE_NUMBER
 
 EVENT_NAME = "otel_apm.finding"
 PREFIX = "otel_apm.finding."
@@ -16,6 +17,18 @@ def span_id_hex(span_id: int) -> str:
 
 def trace_id_hex(trace_id: int) -> str:
     return format(trace_id, "032x")
+
+
+def code_attributes(location: str) -> dict[str, AttributeValue]:
+    """The location "path:line:function" as the stable code.* attributes, so backends link to it."""
+    attrs: dict[str, AttributeValue] = {PREFIX + "code_location": location}
+    path, line, function = [*location.rsplit(":", 2), "", ""][:3]
+    attrs[CODE_FILE_PATH] = path
+    if line.isdigit():
+        attrs[CODE_LINE_NUMBER] = int(line)
+    if function:
+        attrs[CODE_FUNCTION_NAME] = function
+    return attrs
 
 
 def finding_attributes(finding: Finding) -> dict[str, AttributeValue]:
@@ -31,7 +44,11 @@ def finding_attributes(finding: Finding) -> dict[str, AttributeValue]:
         PREFIX + "total_duration_ms": finding.total_duration_ms,
         PREFIX + "max_duration_ms": finding.max_duration_ms,
         PREFIX + "recommendation": finding.recommendation,
+        PREFIX + "impact_ms": finding.impact_ms,
+        PREFIX + "rate_per_min": finding.rate_per_min,
     }
+    if finding.code_location is not None:
+        attrs.update(code_attributes(finding.code_location))
     if finding.services:
         attrs[PREFIX + "services"] = list(finding.services)
     if finding.statement is not None:

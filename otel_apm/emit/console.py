@@ -48,6 +48,7 @@ class ConsoleReporter:
 
 def format_line(f: Finding) -> str:
     return (
-        f"[otel-apm] {f.severity.upper()} {f.type} {f.service} {f.endpoint!r}: {f.title}. "
-        f"Fix: {f.recommendation} (trace {trace_id_hex(f.trace_id)}, fingerprint {f.fingerprint})\n"
+        f"[otel-apm] {f.severity.upper()} {f.type} {f.service} {f.endpoint!r}: {f.title}"
+        f"{f' at {f.code_location}' if f.code_location else ''}. Fix: {f.recommendation} "
+        f"(trace {trace_id_hex(f.trace_id)}, fingerprint {f.fingerprint})\n"
     )

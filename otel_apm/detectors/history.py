@@ -1,0 +1,105 @@
+"""What the analyzer remembers across traces: recent query durations and how often findings recur.
+
+Detectors live for one trace; a statement that is slow *for itself*, or a finding that costs
+little once but happens every second, can only be judged against the past.  Both memories are
+bounded by key count (least recently updated key evicted) and shared by every thread, so each
+takes a lock for a few dictionary operations.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+MAX_KEYS = 10_000
+SAMPLES_PER_QUERY = 256
+_P95_REFRESH = 16  # recompute a statement's p95 after this many new samples, not at every read
+RATE_TIME_CONSTANT_S = 600.0  # occurrences decay with a 10-minute time constant
+
+
+class QueryHistory:
+    """The last SAMPLES_PER_QUERY durations of each (service, statement fingerprint)."""
+
+    def __init__(self, max_keys: int = MAX_KEYS) -> None:
+        self._max_keys = max_keys
+        self._samples: dict[tuple[str, str], deque[float]] = {}
+        self._p95: dict[tuple[str, str], tuple[int, float]] = {}  # key -> (samples when computed, p95)
+        self._added: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()
+
+    def p95(self, key: tuple[str, str], min_samples: int) -> float | None:
+        """The recent p95 of the statement, or None with fewer than ``min_samples`` known."""
+        with self._lock:
+            samples = self._samples.get(key)
+            if samples is None or len(samples) < min_samples:
+                return None
+            added = self._added[key]
+            cached = self._p95.get(key)
+            if cached is not None and added - cached[0] < _P95_REFRESH:
+                return cached[1]
+            ordered = sorted(samples)
+            value = ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)]
+            self._p95[key] = (added, value)
+            return value
+
+    def add(self, key: tuple[str, str], durations_ms: list[float]) -> None:
+        with self._lock:
+            samples = self._samples.pop(key, None)  # re-inserted last: the dict stays in LRU order
+            if samples is None:
+                samples = deque(maxlen=SAMPLES_PER_QUERY)
+                if len(self._samples) >= self._max_keys:
+                    oldest = next(iter(self._samples))
+                    del self._samples[oldest]
+                    self._p95.pop(oldest, None)
+                    self._added.pop(oldest, None)
+            samples.extend(durations_ms)
+            self._samples[key] = samples
+            self._added[key] = self._added.get(key, 0) + len(durations_ms)
+
+    def __len__(self) -> int:
+        return len(self._samples)
+
+
+class FindingRates:
+    """Occurrences per minute of each fingerprint, as an exponentially decayed count.
+
+    A count decayed with time constant T holds about rate x T in steady state, so rate = count / T;
+    a problem that stopped happening fades out of the ranking instead of staying on top forever.
+    """
+
+    def __init__(
+        self,
+        max_keys: int = MAX_KEYS,
+        time_constant_s: float = RATE_TIME_CONSTANT_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._max_keys = max_keys
+        self._tau = time_constant_s
+        self._clock = clock
+        self._counts: dict[str, tuple[float, float]] = {}  # fingerprint -> (decayed count, at)
+        self._lock = threading.Lock()
+
+    def observe(self, fingerprint: str) -> float:
+        """Count one occurrence; the fingerprint's rate per minute, this one included."""
+        now = self._clock()
+        with self._lock:
+            previous = self._counts.pop(fingerprint, None)
+            if previous is None:
+                count = 1.0
+                if len(self._counts) >= self._max_keys:
+                    del self._counts[next(iter(self._counts))]
+            else:
+                count = previous[0] * math.exp(-(now - previous[1]) / self._tau) + 1.0
+            self._counts[fingerprint] = (count, now)
+        return count * 60.0 / self._tau
+
+
+class History:
+    """Everything an Analyzer remembers between traces; one per Analyzer."""
+
+    def __init__(self) -> None:
+        self.queries = QueryHistory()
+        self.findings = FindingRates()
