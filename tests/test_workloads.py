@@ -7,6 +7,7 @@ events from the in-memory log exporter, and metrics from the in-memory metric re
 
 from __future__ import annotations
 
+import inspect
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -260,6 +261,12 @@ def test_n_plus_one_in_flask_route_on_sqlite(otel: OTel, start_app: StartApp) ->
     assert attrs[F + "evidence.db.system"] == "sqlite"
 
     assert list(attrs[F + "span_ids"]) == [hex_id(s) for s in book_spans]
+    # The line to change: where the lazy relationship is touched, not SQLAlchemy's internals.
+    lines, first = inspect.getsourcelines(list_authors)
+    lazy_line = first + next(i for i, text in enumerate(lines) if "for b in a.books" in text)
+    assert attrs["code.file.path"] == __file__
+    assert attrs["code.line.number"] == lazy_line
+    assert str(attrs["code.function.name"]).startswith("list_authors")
     assert event.log_record.trace_id == call.server.context.trace_id
     assert event.log_record.span_id == book_spans[0].context.span_id
 

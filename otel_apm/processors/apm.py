@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
+import sys
 import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -26,6 +27,7 @@ from opentelemetry.context import Context
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, get_meter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.trace import SpanKind
 
 from otel_apm.analyze import Analyzer
 from otel_apm.assemble.local import LocalAssembler, LocalTrace
@@ -38,7 +40,8 @@ from otel_apm.emit.console import ConsoleReporter
 from otel_apm.emit.events import EventEmitter
 from otel_apm.emit.metrics import MetricsEmitter
 from otel_apm.emit.span_events import with_finding_events
-from otel_apm.ingest.sdk import SpanReader
+from otel_apm.ingest.callsite import CODE_FILE_PATH, CallSite
+from otel_apm.ingest.sdk import SpanReader, plain_attributes
 from otel_apm.model import SpanView, Trace
 from otel_apm.semconv import SERVICE_NAME
 from otel_apm.version import __version__
@@ -46,6 +49,7 @@ from otel_apm.version import __version__
 _log = logging.getLogger(__name__)
 
 _NONE: tuple[ReadableSpan, ...] = ()
+_CLIENT = SpanKind.CLIENT
 _MAX_DROPPED_REMEMBERED = 4096
 
 
@@ -88,6 +92,7 @@ class APMSpanProcessor(SpanProcessor):
                 emitters.append(ConsoleReporter(config.console_interval_s))
         self._emitters = tuple(emitters)
         self._reader = SpanReader()
+        self._callsite = CallSite() if config.code_location_enabled else None
         self._resource: Resource | None = None
         self._service = config.service_name or "unknown_service"
         self._counts = dict.fromkeys(
@@ -121,6 +126,8 @@ class APMSpanProcessor(SpanProcessor):
             self._next.on_start(span, parent_context=parent_context)
         if not self._enabled:
             return
+        if self._callsite is not None and span.kind is _CLIENT:
+            self._record_callsite(span, self._callsite)
         parent = span.parent
         if parent is not None and not parent.is_remote:
             return  # not a local root: filed by trace id when it ends
@@ -130,6 +137,17 @@ class APMSpanProcessor(SpanProcessor):
             if evicted is not None:
                 self._count("traces_evicted")
                 self._forward(self._finish(self._assembler.finish(evicted), None, None))
+        except Exception as exc:
+            self._failed("intake", exc)
+
+    def _record_callsite(self, span: Span, callsite: CallSite) -> None:
+        """code.* attributes naming the application line that made this DB or HTTP call, unless
+        the instrumentation set them itself."""
+        try:
+            if CODE_FILE_PATH not in plain_attributes(span):
+                found = callsite.attributes(sys._getframe(2))
+                if found is not None:
+                    span.set_attributes(found)
         except Exception as exc:
             self._failed("intake", exc)
 
@@ -177,6 +195,7 @@ class APMSpanProcessor(SpanProcessor):
             **self._counts,
             **{f"errors_{stage}": errors.get(stage, 0) for stage in ("intake", "analysis", "emit")},
             "errors_detector": self._analyzer.failures.total,
+            "findings_suppressed": self._analyzer.suppressed,
         }
 
     # -- internals -----------------------------------------------------------------------------

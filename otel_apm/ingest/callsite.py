@@ -1,0 +1,83 @@
+"""The application line that issued a DB query or HTTP call, read off the stack at span start.
+
+Instrumentations start client spans deep inside the ORM or HTTP library; the line a developer
+must change is the first frame below them that is the application's own: not the standard
+library, not an installed package, not otel_apm.  Each file is classified once; the walk itself
+is a few attribute reads per frame (its cost is measured in bench/bench_callsite.py).
+"""
+
+from __future__ import annotations
+
+import os
+import site
+import sysconfig
+from types import FrameType
+
+import otel_apm
+
+# semantic conventions 1.33+: the stable code.* names
+CODE_FILE_PATH = "code.file.path"
+CODE_LINE_NUMBER = "code.line.number"
+CODE_FUNCTION_NAME = "code.function.name"
+
+MAX_DEPTH = 128  # frames walked before giving up: a recursion must not make a span expensive
+
+
+def _library_roots() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    roots = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}
+    roots.update(site.getsitepackages())
+    user_site = site.getusersitepackages()
+    if isinstance(user_site, str):
+        roots.add(user_site)
+    roots.add(os.path.dirname(os.path.abspath(otel_apm.__file__)))
+    return tuple(sorted(os.path.join(os.path.realpath(r), "") for r in roots if r))
+
+
+class CallSite:
+    """Finds the first application frame on the calling thread's stack."""
+
+    def __init__(self) -> None:
+        self._roots = _library_roots()
+        self._is_app: dict[str, bool] = {}
+
+    def is_app(self, filename: str) -> bool:
+        known = self._is_app.get(filename)
+        if known is None:
+            known = self._is_app[filename] = self._classify(filename)
+        return known
+
+    def _classify(self, filename: str) -> bool:
+        if not filename or filename.startswith("<"):  # <frozen importlib...>, <string>, <stdin>
+            return False
+        path = os.path.realpath(filename)
+        if "site-packages" in path or "dist-packages" in path:
+            return False
+        return not path.startswith(self._roots)
+
+    def find(self, frame: FrameType | None) -> tuple[str, int, str] | None:
+        """(file, line, qualified function) of the first application frame from ``frame`` up."""
+        is_app = self._is_app
+        for _ in range(MAX_DEPTH):
+            if frame is None:
+                return None
+            code = frame.f_code
+            filename = code.co_filename
+            app = is_app.get(filename)
+            if app is None:
+                app = self.is_app(filename)
+            if app:
+                return filename, frame.f_lineno, _qualname(code)
+            frame = frame.f_back
+        return None
+
+    def attributes(self, frame: FrameType | None) -> dict[str, str | int] | None:
+        found = self.find(frame)
+        if found is None:
+            return None
+        return {CODE_FILE_PATH: found[0], CODE_LINE_NUMBER: found[1], CODE_FUNCTION_NAME: found[2]}
+
+
+def _qualname(code: object) -> str:
+    name = getattr(code, "co_qualname", None)  # Python 3.11+: Class.method, not just method
+    return name if isinstance(name, str) else str(getattr(code, "co_name", "?"))

@@ -1,0 +1,248 @@
+"""What the analyzer does around the detectors, through the processor: code locations recorded at
+span start, suppression rules, disabled detectors, ranking by impact and recurrence, and the
+memory it keeps between traces."""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import OTel
+from opentelemetry.trace import SpanKind
+
+from otel_apm import APMConfig
+from otel_apm.analyze import Analyzer
+from otel_apm.config import ConfigError, Suppression
+from otel_apm.detectors.history import FindingRates, QueryHistory
+from otel_apm.ingest.callsite import CallSite
+
+F = "otel_apm.finding."
+BOOKS = "SELECT books.id, books.title FROM books WHERE books.author_id = %(param_1)s"
+AUTHORS = "SELECT authors.id, authors.name FROM authors"
+
+
+def query(otel: OTel, statement: str = BOOKS, **attrs: object) -> None:
+    attributes = {"db.system": "postgresql", "db.statement": statement, **attrs}
+    with otel.tracer.start_as_current_span("SELECT", kind=SpanKind.CLIENT, attributes=attributes):  # type: ignore[arg-type]
+        pass
+
+
+def load_books(otel: OTel, n: int) -> None:
+    for _ in range(n):
+        query(otel)  # THE N+1 LINE
+
+
+def request(otel: OTel, route: str = "/authors", n: int = 6) -> None:
+    attrs = {"http.request.method": "GET", "http.route": route}
+    with otel.tracer.start_as_current_span(f"GET {route}", kind=SpanKind.SERVER, attributes=attrs):
+        query(otel, AUTHORS)
+        load_books(otel, n)
+
+
+def line_of(function: Callable[..., object], marker: str) -> int:
+    lines, first = inspect.getsourcelines(function)
+    return first + next(i for i, line in enumerate(lines) if marker in line)
+
+
+# -- code location -------------------------------------------------------------------------------
+
+
+def test_client_spans_carry_the_application_frame_that_made_the_call(otel: OTel) -> None:
+    request(otel)
+    db = [s for s in otel.spans() if s.kind is SpanKind.CLIENT]
+    assert len(db) == 7
+    attrs = db[-1].attributes or {}
+    assert attrs["code.file.path"] == __file__
+    assert attrs["code.function.name"] == "query"  # the first frame outside the SDK and otel_apm
+    server = next(s for s in otel.spans() if s.kind is SpanKind.SERVER)
+    assert "code.file.path" not in (server.attributes or {})  # only DB and HTTP client calls
+
+
+def test_findings_name_the_line_of_the_call(otel: OTel) -> None:
+    def nested(n: int) -> None:
+        with otel.tracer.start_as_current_span("GET /x", kind=SpanKind.SERVER):
+            for _ in range(n):
+                with otel.tracer.start_as_current_span(  # THE CALL
+                    "SELECT", kind=SpanKind.CLIENT, attributes={"db.system": "sqlite", "db.statement": BOOKS}
+                ):
+                    pass
+
+    nested(5)
+    (event,) = otel.events("n_plus_one_query")
+    attrs = event.log_record.attributes or {}
+    line = line_of(nested, "# THE CALL")
+    qualname = "test_findings_name_the_line_of_the_call.<locals>.nested"
+    assert attrs[F + "code_location"] == f"{__file__}:{line}:{qualname}"
+    assert (attrs["code.file.path"], attrs["code.line.number"], attrs["code.function.name"]) == (
+        __file__,
+        line,
+        qualname,
+    )
+
+
+def test_code_location_can_be_switched_off(make_otel: Callable[..., OTel]) -> None:
+    otel = make_otel(code_location_enabled=False)
+    request(otel)
+    assert not any("code.file.path" in (s.attributes or {}) for s in otel.spans())
+    (event,) = otel.events("n_plus_one_query")
+    assert F + "code_location" not in (event.log_record.attributes or {})
+
+
+def test_code_attributes_set_by_the_instrumentation_are_kept(otel: OTel) -> None:
+    query(otel, **{"code.file.path": "/srv/app.py", "code.line.number": 3})
+    (span,) = otel.spans()
+    assert (span.attributes or {})["code.file.path"] == "/srv/app.py"
+
+
+def test_library_and_own_frames_are_not_application_frames() -> None:
+    site = CallSite()
+    assert site.is_app(__file__)
+    assert not site.is_app(inspect.getfile(inspect))  # the standard library
+    assert not site.is_app(inspect.getfile(pytest))  # an installed package
+    assert not site.is_app(inspect.getfile(CallSite))  # otel_apm itself
+    assert not site.is_app("<frozen importlib._bootstrap>")
+    assert site.find(sys._getframe()) == (__file__, sys._getframe().f_lineno, inspect.stack()[0].function)
+
+
+# -- suppression ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        {"type": "n_plus_one_query"},
+        {"endpoint": "GET /auth*"},
+        {"statement": "SELECT books.id*"},  # matched against the normalized (lower-case) text
+        {"code": "*test_analysis.py:*:query"},
+        {"type": "n_plus_one_query", "endpoint": "GET /authors"},
+    ],
+)
+def test_a_matching_rule_silences_the_finding_and_counts_it(
+    make_otel: Callable[..., OTel], rule: dict[str, str]
+) -> None:
+    otel = make_otel(suppressions=[rule])
+    request(otel)
+    request(otel, "/books")
+    assert [(e.log_record.attributes or {})[F + "endpoint"] for e in otel.events()] == (
+        [] if "endpoint" not in rule else ["GET /books"]
+    )
+    assert otel.processor.stats()["findings_suppressed"] == (1 if "endpoint" in rule else 2)
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        {"type": "slow_query"},
+        {"endpoint": "GET /other"},
+        {"code": "*other.py:*"},
+        {"type": "n_plus_one_query", "endpoint": "POST /authors"},
+    ],
+)
+def test_a_rule_that_does_not_match_every_key_keeps_the_finding(
+    make_otel: Callable[..., OTel], rule: dict[str, str]
+) -> None:
+    otel = make_otel(suppressions=[rule])
+    request(otel)
+    assert len(otel.events("n_plus_one_query")) == 1
+    assert otel.processor.stats()["findings_suppressed"] == 0
+
+
+def test_rules_come_from_the_file_the_variable_names(tmp_path: Path) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text("- type: n_plus_one_query\n  endpoint: GET /reports/*\n- code: '*/batch.py:*'\n")
+    config = APMConfig.from_env({"APM_SUPPRESSIONS_FILE": str(path)})
+    assert config.suppressions == (
+        Suppression(type="n_plus_one_query", endpoint="GET /reports/*"),
+        Suppression(code="*/batch.py:*"),
+    )
+    json_path = tmp_path / "rules.json"
+    json_path.write_text('[{"statement": "select * from audit*"}]')
+    assert APMConfig.from_env({"APM_SUPPRESSIONS_FILE": str(json_path)}).suppressions == (
+        Suppression(statement="select * from audit*"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("- typo: x\n", r"unknown key\(s\) \['typo'\]"),
+        ("- {}\n", "needs at least one of"),
+        ("type: x\n", "expected a list of rules"),
+        ("- [1, 2]\n", "a suppression rule is a mapping"),
+        ("- type: [\n", "cannot read the rules"),
+    ],
+)
+def test_a_bad_rules_file_is_refused_naming_the_variable(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        APMConfig.from_env({"APM_SUPPRESSIONS_FILE": str(path)})
+
+
+def test_a_missing_rules_file_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"APM_SUPPRESSIONS_FILE='/nonexistent.yaml': cannot read"):
+        APMConfig.from_env({"APM_SUPPRESSIONS_FILE": "/nonexistent.yaml"})
+
+
+# -- disabling detectors -------------------------------------------------------------------------
+
+
+def test_a_disabled_detector_does_not_run(make_otel: Callable[..., OTel]) -> None:
+    config = APMConfig.from_env({"APM_DISABLED_DETECTORS": "n_plus_one_query, slow_query"})
+    assert config.disabled_detectors == ("n_plus_one_query", "slow_query")
+    otel = make_otel(disabled_detectors=config.disabled_detectors)
+    request(otel)
+    assert otel.events() == []
+
+
+def test_an_unknown_detector_name_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"unknown detector.*n_plus_one_queries.*known: .*n_plus_one_query"):
+        Analyzer(APMConfig(disabled_detectors=("n_plus_one_queries",)))
+
+
+# -- ranking and memory --------------------------------------------------------------------------
+
+
+def test_findings_carry_impact_and_rate_and_a_recurring_one_rates_higher(otel: OTel) -> None:
+    request(otel, n=6)
+    request(otel, n=6)
+    first, second = (e.log_record.attributes or {} for e in otel.events("n_plus_one_query"))
+    assert first[F + "fingerprint"] == second[F + "fingerprint"]
+    assert float(first[F + "impact_ms"]) >= 0  # type: ignore[arg-type]
+    assert float(second[F + "rate_per_min"]) > float(first[F + "rate_per_min"]) > 0  # type: ignore[arg-type]
+
+
+def test_rates_decay_when_a_problem_stops() -> None:
+    now = [0.0]
+    rates = FindingRates(time_constant_s=60.0, clock=lambda: now[0])
+    for _ in range(10):
+        rates.observe("a")
+    busy = rates.observe("a")
+    now[0] = 600.0  # ten time constants later
+    assert rates.observe("a") < busy / 100 + 1.01
+    assert rates.observe("b") == pytest.approx(1.0)  # one occurrence over a one-minute constant
+
+
+def test_rates_and_query_history_are_bounded() -> None:
+    rates = FindingRates(max_keys=3)
+    for key in "abcd":
+        rates.observe(key)
+    assert len(rates._counts) == 3 and "a" not in rates._counts
+    history = QueryHistory(max_keys=2)
+    for key in ("a", "b", "c"):
+        history.add(("svc", key), [1.0] * 30)
+    assert len(history) == 2 and history.p95(("svc", "a"), 1) is None
+
+
+def test_query_history_p95_over_the_recent_samples() -> None:
+    history = QueryHistory()
+    key = ("svc", "f")
+    assert history.p95(key, 1) is None
+    history.add(key, [float(i) for i in range(1, 101)])  # 1..100
+    assert history.p95(key, 20) == 95.0
+    assert history.p95(key, 101) is None  # too few samples to trust
+    history.add(key, [1000.0] * 256)  # only the last 256 are kept
+    assert history.p95(key, 20) == 1000.0
