@@ -312,7 +312,10 @@ def _accepts(f: dataclasses.Field[Any]) -> str:
     if kind is tuple:
         return "a comma-separated list of names"
     if kind is Suppression:
-        return "a YAML or JSON file holding a list of rules, each a mapping of " + ", ".join(_RULE_KEYS)
+        return (
+            f"a list of rules, each a mapping of {', '.join(_RULE_KEYS)} "
+            "(in APM_SUPPRESSIONS_FILE: a YAML or JSON file holding that list)"
+        )
     return "one of " + ", ".join(get_args(ExportMode))
 
 

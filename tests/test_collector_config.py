@@ -9,7 +9,7 @@ import pytest
 
 from otel_apm.cli import main
 from otel_apm.collector.config import CollectorConfig, ConfigError, load_config
-from otel_apm.config import APMConfig
+from otel_apm.config import APMConfig, Suppression
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "testdata" / "collector"
@@ -84,6 +84,23 @@ def test_flags_override_the_file() -> None:
     assert config.telemetry.endpoint is None
 
 
+def test_the_analysis_section_takes_suppression_rules_and_disabled_detectors(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "analysis:\n"
+        "  disabled_detectors: [slow_request]\n"
+        "  suppressions:\n"
+        "    - {type: n_plus_one_query, endpoint: 'GET /batch/*'}\n"
+        "    - {code: '*/jobs.py:*'}\n"
+    )
+    analysis = load_config(str(path), environ={}).analysis
+    assert analysis.disabled_detectors == ("slow_request",)
+    assert analysis.suppressions == (
+        Suppression(type="n_plus_one_query", endpoint="GET /batch/*"),
+        Suppression(code="*/jobs.py:*"),
+    )
+
+
 def test_the_analysis_section_starts_from_defaults_not_the_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -135,6 +152,9 @@ def test_invalid_files_name_the_key_path_and_the_command_exits_2(
         ({"receivers.tls.cert_file": "/no/such.pem"}, "receivers.tls.cert_file: no such file '/no/such.pem'"),
         ({"analysis.export_mode": "x"}, "analysis.export_mode: expected one of passthrough, tail, got 'x'"),
         ({"analysis.nope": 1}, "analysis.nope: unknown key"),
+        ({"analysis.disabled_detectors": ["n_plus_one"]}, "analysis.disabled_detectors: APM_DISABLED_DET"),
+        ({"analysis.suppressions": [{"kind": "x"}]}, "analysis.suppressions: unknown key(s) ['kind']"),
+        ({"analysis.suppressions": "x"}, "analysis.suppressions: expected a list of rules"),
         ({"assembly": 3}, "assembly: expected a mapping, got 3"),
         ({"receivers.auth.bearer_token": "${env:NOT_SET_ANYWHERE}"}, None),
     ],

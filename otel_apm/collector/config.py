@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from otel_apm.analyze import check_detector_names
 from otel_apm.config import APMConfig, ConfigError
 
 __all__ = [
@@ -400,7 +401,12 @@ def _analysis(data: Any, path: str) -> APMConfig:
         except ConfigError as exc:
             _, _, accepts = str(exc).partition(": ")
             raise ConfigError(f"{path}.{key}: {accepts}, got {_describe(value)}") from None
-    return APMConfig(**dict(data))
+    config = APMConfig(**dict(data))
+    try:
+        check_detector_names(config)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}.disabled_detectors: {exc}") from None
+    return config
 
 
 def _cross_check(config: Any, path: str) -> None:

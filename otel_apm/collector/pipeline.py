@@ -88,6 +88,7 @@ class Pipeline:
         telemetry.observe("traces_in_flight", lambda: self._assembler_stat("traces_in_flight"))
         telemetry.observe("late_spans_total", lambda: self._assembler_stat("late_spans"))
         telemetry.observe("analysis_errors_total", lambda: float(self._errors()))
+        telemetry.observe("findings_suppressed_total", lambda: float(self.analyzer.suppressed))
 
     # -- intake (receiver threads) -------------------------------------------------------------------
 

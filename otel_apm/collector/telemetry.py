@@ -71,6 +71,7 @@ METRICS: dict[str, tuple[Kind, str, str | None, tuple[str, ...]]] = {
         "type",
         tuple(d.type for d in DEFAULT_DETECTORS),
     ),
+    "findings_suppressed_total": ("counter", "Findings silenced by a suppression rule", None, ()),
     "analysis_errors_total": (
         "counter",
         "Failures of our own (receivers, ingest, analysis, emission), contained and logged once per kind",
