@@ -11,9 +11,12 @@ from pathlib import Path
 
 import pytest
 from conftest import OTel
+from opentelemetry.sdk.trace import SpanLimits, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from otel_apm import APMConfig
+from otel_apm import APMConfig, APMSpanProcessor
 from otel_apm.analyze import Analyzer
 from otel_apm.config import ConfigError, Suppression
 from otel_apm.detectors.history import FindingRates, QueryHistory
@@ -95,6 +98,41 @@ def test_code_attributes_set_by_the_instrumentation_are_kept(otel: OTel) -> None
     query(otel, **{"code.file.path": "/srv/app.py", "code.line.number": 3})
     (span,) = otel.spans()
     assert (span.attributes or {})["code.file.path"] == "/srv/app.py"
+
+
+@pytest.mark.parametrize(
+    ("limits", "expected"),
+    [
+        (SpanLimits(max_span_attribute_length=6), {"code.file.path": __file__[:6]}),
+        # No room for all three: none is added, rather than evict the statement.
+        (SpanLimits(max_span_attributes=3), {"db.statement": "select 1", "code.file.path": None}),
+        (
+            SpanLimits(max_span_attributes=5),
+            {
+                "db.statement": "select 1",
+                "code.function.name": "test_code_attributes_obey_the_span_limits.<locals>.test_span_limits",
+            },
+        ),
+    ],
+)
+def test_code_attributes_obey_the_span_limits(limits: SpanLimits, expected: dict[str, object]) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(span_limits=limits)
+    provider.add_span_processor(APMSpanProcessor(SimpleSpanProcessor(exporter), console_enabled=False))
+    tracer = provider.get_tracer("tests")
+
+    def test_span_limits() -> None:
+        attrs = {"db.system": "sqlite", "db.statement": "select 1"}
+        with tracer.start_as_current_span("SELECT", kind=SpanKind.CLIENT, attributes=attrs):
+            pass
+
+    test_span_limits()
+    provider.shutdown()
+    (span,) = exporter.get_finished_spans()
+    attributes = dict(span.attributes or {})
+    assert len(attributes) <= (limits.max_span_attributes or 128)
+    for key, value in expected.items():
+        assert attributes.get(key) == value, (key, attributes)
 
 
 def test_library_and_own_frames_are_not_application_frames() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.trace import Event, ReadableSpan, Span
 from opentelemetry.trace import SpanKind, StatusCode
 
 from otel_apm import model
@@ -29,6 +29,29 @@ def plain_attributes(span: ReadableSpan) -> Mapping[str, Any]:
     if type(inner) is dict:
         return inner
     return span.attributes or _EMPTY
+
+
+def add_attributes(span: Span, attrs: Mapping[str, str | int]) -> None:
+    """Add our attributes to a span being started, never at the cost of the instrumentation's.
+
+    A full attribute dict makes the SDK drop its *oldest* entries, which would be the statement
+    or the URL: without room for all of ours, none is added.  ``Span.set_attributes`` takes two
+    locks and cleans every value (1.5 µs for the three code.* attributes, a tenth of a span's
+    cost); at on_start the span is not yet shared and our values are plain str and int, so with
+    no value-length limit to apply, the write goes straight into the SDK's dict.
+    """
+    raw = getattr(span, "_attributes", None)
+    inner = getattr(raw, "_dict", None)
+    if type(inner) is not dict or getattr(raw, "_immutable", True) is not False:
+        span.set_attributes(attrs)  # not the SDK we know: its own method, its own rules
+        return
+    maxlen = getattr(raw, "maxlen", None)
+    if maxlen is not None and len(inner) + len(attrs) > maxlen:
+        return
+    if getattr(raw, "max_value_len", None) is None and span.is_recording():
+        inner.update(attrs)
+    else:
+        span.set_attributes(attrs)
 
 
 def _view_public(span: ReadableSpan, service: str) -> model.SpanView:

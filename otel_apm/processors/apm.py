@@ -41,7 +41,7 @@ from otel_apm.emit.events import EventEmitter
 from otel_apm.emit.metrics import MetricsEmitter
 from otel_apm.emit.span_events import with_finding_events
 from otel_apm.ingest.callsite import CODE_FILE_PATH, CallSite
-from otel_apm.ingest.sdk import SpanReader, plain_attributes
+from otel_apm.ingest.sdk import SpanReader, add_attributes, plain_attributes
 from otel_apm.model import SpanView, Trace
 from otel_apm.semconv import SERVICE_NAME
 from otel_apm.version import __version__
@@ -147,7 +147,7 @@ class APMSpanProcessor(SpanProcessor):
             if CODE_FILE_PATH not in plain_attributes(span):
                 found = callsite.attributes(sys._getframe(2))
                 if found is not None:
-                    span.set_attributes(found)
+                    add_attributes(span, found)
         except Exception as exc:
             self._failed("intake", exc)
 
