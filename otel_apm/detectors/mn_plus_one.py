@@ -29,6 +29,14 @@ def repetitions(fingerprints: Sequence[str], threshold: int) -> list[tuple[int, 
     most seven periods, and a period is extended only while it keeps matching.
     """
     n = len(fingerprints)
+    # Every fingerprint of a period occurs at least ``threshold`` times: most sequences have
+    # fewer than two such, and those that do are scanned only from where one stands.
+    counts: dict[str, int] = {}
+    for f in fingerprints:
+        counts[f] = counts.get(f, 0) + 1
+    frequent = {f for f, count in counts.items() if count >= threshold}
+    if len(frequent) < 2:
+        return []
     # other[i]: the first index after i with another fingerprint (n when none), so a period
     # starting at i has two distinct fingerprints iff other[i] < i + period.
     other = [n] * n
@@ -37,7 +45,7 @@ def repetitions(fingerprints: Sequence[str], threshold: int) -> list[tuple[int, 
     found = []
     i = 0
     while i + MIN_PERIOD * threshold <= n:
-        hit = _repeat_at(fingerprints, other, i, threshold)
+        hit = _repeat_at(fingerprints, other, i, threshold) if fingerprints[i] in frequent else None
         if hit is None:
             i += 1
         else:

@@ -40,27 +40,24 @@ class RepeatedIdenticalQueryDetector(Detector):
 
     def __init__(self, config: APMConfig, trace: Trace, history: History) -> None:
         super().__init__(config, trace, history)
-        self._spans: list[SpanView] = []
+        # Runs by text, and by text and parameters where recorded; nothing is parsed per span.
+        self._groups: dict[str | Key, list[SpanView]] = {}
 
     def visit_span(self, span: SpanView) -> None:
-        self._spans.append(span)
+        text = span.statement
+        if text and not span.cached:
+            params = span.db_params
+            key = text if params is None else (text, params)
+            group = self._groups.get(key)
+            if group is None:
+                self._groups[key] = [span]
+            else:
+                group.append(span)
 
     def on_complete(self) -> list[Finding]:
         threshold = self.config.repeated_query_threshold
-        if len(self._spans) < threshold:
-            return []
-        # Group by raw key first, with no parsing: only keys that repeat enough are parsed.
-        by_key: dict[Key, list[SpanView]] = {}
-        for s in self._spans:
-            if s.statement and not s.cached:
-                key = (s.statement, s.db_params)
-                group = by_key.get(key)
-                if group is None:
-                    by_key[key] = [s]
-                else:
-                    group.append(s)
         by_shape: dict[str, tuple[SqlShape, list[list[SpanView]]]] = {}
-        for spans in by_key.values():
+        for spans in self._groups.values():
             if len(spans) >= threshold:
                 shape = db_shape(spans[0])
                 if identical_key(spans[0], shape) is not None:
