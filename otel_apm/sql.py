@@ -38,6 +38,9 @@ class SqlShape:
     operation: str
     tables: tuple[str, ...]
     truncated: bool
+    # The text had driver placeholders (``%s``, ``$1``, ``?``, ``:name``, ...): its values are
+    # bound apart, so two runs of the same text may differ.  Without any, the text is the query.
+    placeholders: bool
 
 
 # --- pass 1: strings, comments and quoted identifiers, over the raw text -------------------------
@@ -70,6 +73,13 @@ _SCAN_RE = re.compile(
     re.VERBOSE,
 )
 _STRING_RE = re.compile(r"'[^'\\]*(?:(?:\\[\s\S]|\\\Z|'')[^'\\]*)*'?")
+# Driver placeholders in raw text whose strings and comments are gone: ?, $1, %s, %(name)s (and
+# psycopg 3's %b %t), :name, :1, @name.  Generous on purpose: a false "has placeholders" only hides
+# a repeated query; a missed one would call different values identical.
+_PLACEHOLDER_RE = re.compile(
+    r"\?(?![|&])|\$(?<![\w$]\$)\d|%(?<!%%)(?:\([^()\s]*\))?[sbt](?![\w$])"
+    r"|:(?<![\w$:]:)(?:[^\W\d]|\d)|@(?<![\w$@]@)[^\W\d]"
+)
 # A plain name: what the scan leaves alone when quoted, as long as it is ASCII (the cheap check).
 _NAME_RE = re.compile(r"[^\W\d][\w$]*\Z")
 _TABLE_KEYWORD_BEFORE_RE = re.compile(r"(?:from|join|into|update|table)\s+\Z", re.IGNORECASE)
@@ -275,11 +285,19 @@ def _parse_sql_uncached(statement: str) -> SqlShape:
         or "$" in statement
     ):
         text = _SCAN_RE.sub(_replace_token, statement)
+        # Strings and comments become "?" above, so placeholders are looked for without them.
+        placeholders = _PLACEHOLDER_RE.search(statement) is not None and (
+            _PLACEHOLDER_RE.search(_SCAN_RE.sub(" ", statement)) is not None
+        )
     elif "'" in statement:
         # Only plain strings can be present: same result as the full scan, without a callback.
         text = _STRING_RE.sub("?", statement)
+        placeholders = _PLACEHOLDER_RE.search(statement) is not None and (
+            _PLACEHOLDER_RE.search(_STRING_RE.sub(" ", statement)) is not None
+        )
     else:
         text = statement
+        placeholders = _PLACEHOLDER_RE.search(statement) is not None
     if '"' in text:
         text = text.replace('"', "")
     if "`" in text:
@@ -326,7 +344,7 @@ def _parse_sql_uncached(statement: str) -> SqlShape:
             _tables(stmt, found)
 
     fingerprint = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
-    return SqlShape(text, fingerprint, operation, tuple(found), truncated)
+    return SqlShape(text, fingerprint, operation, tuple(found), truncated, placeholders)
 
 
 _parse_sql_cached = lru_cache(maxsize=4096)(_parse_sql_uncached)

@@ -1104,3 +1104,36 @@ def test_fingerprint_is_stable_across_processes(hash_seed: str) -> None:
         check=True,
     )
     assert result.stdout.split() == [parse_sql(s).fingerprint for s in statements]
+
+
+@pytest.mark.parametrize(
+    ("statement", "placeholders"),
+    [
+        ("SELECT * FROM users WHERE id = %s", True),  # psycopg2 / MySQLdb
+        ("SELECT * FROM users WHERE id = %(pk_1)s", True),  # pyformat, SQLAlchemy on psycopg2
+        ("SELECT * FROM users WHERE id = %b", True),  # psycopg 3 binary
+        ("SELECT * FROM users WHERE id = $1", True),  # asyncpg
+        ("SELECT * FROM users WHERE id = ?", True),  # sqlite3, JDBC
+        ("SELECT * FROM users WHERE id = :id", True),  # named, Oracle
+        ("SELECT * FROM users WHERE id = :1", True),  # numeric
+        ("SELECT * FROM users WHERE id = @p1", True),  # SQL Server
+        ("SELECT * FROM users WHERE name = 'a' AND id = %s", True),  # a string beside it
+        ('SELECT "users".id FROM "users" WHERE id = %s -- note', True),  # quotes and comment too
+        ("SELECT * FROM users WHERE id = 1", False),
+        ("SELECT * FROM users WHERE name = 'it''s %s, :x, $1 or ?'", False),  # all in a string
+        ("SELECT * FROM users /* id = %s */ WHERE id = 1", False),  # in a comment
+        ("SELECT * FROM users WHERE id = 1 -- :name", False),
+        ("SELECT $$ $1 ? $$ FROM users", False),  # dollar-quoted
+        ("SELECT id::text FROM users", False),  # a cast
+        ("SELECT arr[1:2] FROM users", False),  # an array slice
+        ("SELECT @@version", False),  # a system variable
+        ("SELECT 7 %% 2", False),  # an escaped percent
+        ("SELECT doc ?| array[?] FROM docs", True),  # jsonb ?| is not one, the other ? is
+        ("SELECT doc ?| array['a'] FROM docs", False),
+        ("SELECT true", False),
+    ],
+)
+def test_placeholders_are_told_from_literals(statement: str, placeholders: bool) -> None:
+    """What says whether two runs of one text may carry different values."""
+    assert parse_sql(statement).placeholders is placeholders
+    assert _parse_sql_uncached(statement).placeholders is placeholders

@@ -1,13 +1,17 @@
 """Analysis: detectors turn a Trace into Findings."""
 
 from otel_apm.detectors.base import Detector, Finding
+from otel_apm.detectors.mn_plus_one import MNPlusOneQueryDetector
 from otel_apm.detectors.n_plus_one import NPlusOneQueryDetector
 from otel_apm.detectors.n_plus_one_api import NPlusOneApiCallDetector
+from otel_apm.detectors.repeated_query import RepeatedIdenticalQueryDetector
 from otel_apm.detectors.slow_query import SlowQueryDetector
 from otel_apm.detectors.slow_request import SlowRequestDetector
 
 DEFAULT_DETECTORS: tuple[type[Detector], ...] = (
     NPlusOneQueryDetector,
+    MNPlusOneQueryDetector,
+    RepeatedIdenticalQueryDetector,
     NPlusOneApiCallDetector,
     SlowQueryDetector,
     SlowRequestDetector,

@@ -16,7 +16,12 @@ def db_shape(span: SpanView) -> SqlShape:
         shape = parse_sql(span.statement)
         if span.db_table and not shape.tables:
             return SqlShape(
-                shape.normalized, shape.fingerprint, shape.operation, (span.db_table,), shape.truncated
+                shape.normalized,
+                shape.fingerprint,
+                shape.operation,
+                (span.db_table,),
+                shape.truncated,
+                shape.placeholders,
             )
         return shape
     return parse_sql(" ".join(p for p in (span.db_operation, span.db_table) if p) or span.name)

@@ -1,100 +1,139 @@
-"""N+1 queries: the same statement shape run again and again under one parent span.
+"""N+1 queries: the same statement shape run again and again, back to back, under one parent span.
 
 The ORM shape of it: one query loads N rows (the "1", the source), then touching a lazy
 relationship on each row runs one more query per row.  All of them are children of the same
-request or function span, so grouping DB children by parent and shape finds the loop without
-any knowledge of the ORM.
+request or function span, one after the other, so runs of one shape among a parent's DB children
+find the loop without any knowledge of the ORM.
+
+Two other detectors claim some of these runs, and the better advice wins: a run inside a repeated
+sequence of statements is part of an MN+1, and a run of the very same values is a repeated
+identical query (cache it or hoist it out of the loop; eager loading does not apply).
 """
 
 from __future__ import annotations
 
-from otel_apm.detectors.base import (
-    EvidenceValue,
-    Finding,
-    SiblingsDetector,
-    by_start,
-    severity_for,
-    union_ms,
-)
-from otel_apm.detectors.dbshape import db_shape
+from itertools import chain
+
+from otel_apm.detectors.advice import eager_loading, guess_relation, stack_of
+from otel_apm.detectors.base import EvidenceValue, Finding, SiblingsDetector, severity_for, union_ms
+from otel_apm.detectors.loops import db_sequence, is_intentional, source_index
+from otel_apm.detectors.mn_plus_one import MNPlusOneQueryDetector, repetitions
+from otel_apm.detectors.repeated_query import RepeatedIdenticalQueryDetector, identical_key
 from otel_apm.model import DB, SpanView
 from otel_apm.sql import SqlShape
 
+Run = tuple[int, int]  # [start, end) indexes into the parent's DB sequence
+
 
 class NPlusOneQueryDetector(SiblingsDetector):
-    """APM_N_PLUS_ONE_THRESHOLD or more DB spans with one fingerprint under one parent."""
+    """A run of APM_N_PLUS_ONE_THRESHOLD or more consecutive DB siblings with one fingerprint."""
 
     type = "n_plus_one_query"
     categories = frozenset({DB})
 
     def on_complete(self) -> list[Finding]:
         threshold = self.config.n_plus_one_threshold
+        min_ms = self.config.n_plus_one_min_duration_ms
         findings = []
         for siblings in self.sibling_groups(threshold):
-            siblings.sort(key=by_start)
-            # Parse each distinct text once: an ORM's placeholders make the repeats identical.
-            by_text: dict[str | None, SqlShape] = {}
-            shapes = []
-            for s in siblings:
-                shape = by_text.get(s.statement)
-                if shape is None or s.statement is None:
-                    shape = by_text[s.statement] = db_shape(s)
-                shapes.append(shape)
-            groups: dict[str, list[int]] = {}
-            for i, shape in enumerate(shapes):
-                groups.setdefault(shape.fingerprint, []).append(i)
-            for indexes in groups.values():
-                if len(indexes) >= threshold:
-                    findings.append(self._finding(siblings, shapes, indexes))
+            spans, shapes = db_sequence(siblings)
+            # Runs of one parent with one fingerprint are one finding: one loop, one line to fix.
+            runs: dict[str, list[Run]] = {}
+            start = 0
+            n = len(shapes)
+            for i in range(1, n + 1):
+                if i == n or shapes[i].fingerprint != shapes[start].fingerprint:
+                    if (
+                        i - start >= threshold
+                        and not is_intentional(shapes[start])
+                        and union_ms(spans[start:i]) >= min_ms
+                    ):
+                        runs.setdefault(shapes[start].fingerprint, []).append((start, i))
+                    start = i
+            if not runs:
+                continue
+            loops = self._mn_plus_one_loops(shapes)
+            for found in runs.values():
+                kept = [run for run in found if not self._claimed_elsewhere(spans, shapes, run, loops)]
+                if kept:
+                    findings.append(self._finding(spans, shapes, kept))
         return findings
 
-    def _finding(self, siblings: list[SpanView], shapes: list[SqlShape], indexes: list[int]) -> Finding:
-        repeated = [siblings[i] for i in indexes]
-        shape = shapes[indexes[0]]
-        source_index = _source(siblings, shapes, indexes[0])
-        source = shapes[source_index] if source_index is not None else None
+    def _mn_plus_one_loops(self, shapes: list[SqlShape]) -> list[Run]:
+        """Where the MN+1 detector, when on, reports a repeated sequence in this parent."""
+        if MNPlusOneQueryDetector.type in self.config.disabled_detectors:
+            return []
+        fingerprints = [shape.fingerprint for shape in shapes]
+        threshold = self.config.mn_plus_one_threshold
+        return [
+            (first, first + period * reps) for first, period, reps in repetitions(fingerprints, threshold)
+        ]
+
+    def _claimed_elsewhere(
+        self, spans: list[SpanView], shapes: list[SqlShape], run: Run, loops: list[Run]
+    ) -> bool:
+        """The run is reported by the MN+1 or the repeated-query detector, when they are on."""
+        start, end = run
+        if any(first <= start and end <= last for first, last in loops):
+            return True
+        if RepeatedIdenticalQueryDetector.type not in self.config.disabled_detectors:
+            key = identical_key(spans[start], shapes[start])
+            if key is not None and all(
+                identical_key(spans[i], shapes[i]) == key for i in range(start + 1, end)
+            ):
+                same = sum(
+                    1
+                    for s in chain.from_iterable(self._by_parent.values())
+                    if not s.cached and (s.statement, s.db_params) == key
+                )
+                return same >= self.config.repeated_query_threshold
+        return False
+
+    def _finding(self, spans: list[SpanView], shapes: list[SqlShape], runs: list[Run]) -> Finding:
+        repeated = [spans[i] for start, end in runs for i in range(start, end)]
+        first = runs[0][0]
+        shape = shapes[first]
+        source_at = source_index(spans, shapes, first, (shape.fingerprint,))
+        source = None if source_at is None else shapes[source_at]
         count = len(repeated)
         total = union_ms(repeated)
-        table = ", ".join(shape.tables) or "the table"
+        # Eager loading leaves one query per loop: the union of each run less its average query.
+        impact = sum(
+            union_ms(spans[start:end]) - sum(s.duration_ms for s in spans[start:end]) / (end - start)
+            for start, end in runs
+        )
+        threshold = self.config.n_plus_one_threshold
         evidence: dict[str, EvidenceValue] = {
-            "threshold": self.config.n_plus_one_threshold,
+            "threshold": threshold,
             "db.system": repeated[0].db_system or "",
             "db.tables": shape.tables,
             "statement.fingerprint": shape.fingerprint,
         }
-        if source is not None and source_index is not None:
+        if len(runs) > 1:
+            evidence["runs"] = len(runs)
+        if source is not None and source_at is not None:
             evidence["source.statement"] = source.normalized
-            evidence["source.span_id"] = format(siblings[source_index].span_id, "016x")
+            evidence["source.span_id"] = format(spans[source_at].span_id, "016x")
+        table = ", ".join(shape.tables) or "the table"
+        after = f", one per row of `{source.normalized[:120]}`," if source is not None else ""
+        relation = guess_relation(source, shape)
+        fix = eager_loading(
+            stack_of(self.trace, repeated),
+            () if relation is None else (relation,),
+            ", ".join(source.tables) if source is not None and source.tables else "the rows",
+        )
         return self.finding(
             title=f"N+1 queries: {count} x {shape.operation or 'query'} on {table} ({total:.1f} ms)",
-            severity=severity_for(count, self.config.n_plus_one_threshold, self.config.critical_factor),
+            severity=severity_for(count, threshold, self.config.critical_factor),
             identity=(shape.fingerprint,),
             per_endpoint=True,
             spans=repeated,
             total_duration_ms=total,
-            impact_ms=total - total / count,
-            recommendation=_recommend(shape, source, count, total),
+            impact_ms=impact,
+            recommendation=(
+                f"{count} queries on {table}{after} took {total:.1f} ms; loading them in one query "
+                f"would save about {impact:.1f} ms per request. {fix}"
+            ),
             statement=shape.normalized,
             evidence=evidence,
         )
-
-
-def _source(siblings: list[SpanView], shapes: list[SqlShape], first: int) -> int | None:
-    """The "1": the last sibling query of another shape that ran before the loop began."""
-    loop_start = siblings[first].start_ns
-    fingerprint = shapes[first].fingerprint
-    for i in range(first - 1, -1, -1):
-        if shapes[i].fingerprint != fingerprint and siblings[i].end_ns <= loop_start:
-            return i
-    return None
-
-
-def _recommend(shape: SqlShape, source: SqlShape | None, count: int, total_ms: float) -> str:
-    table = ", ".join(shape.tables) or "the related table"
-    after = f" after `{source.normalized[:120]}`" if source is not None else ""
-    return (
-        f"{count} queries on {table}, one per row{after}, cost {total_ms:.1f} ms in round trips. "
-        f"Load them in one query: eager-load the relationship (SQLAlchemy selectinload()/"
-        f"joinedload(), Django prefetch_related()/select_related()), or fetch all rows at once "
-        f"with WHERE ... IN (...) and group them in code."
-    )
