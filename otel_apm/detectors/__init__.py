@@ -2,9 +2,11 @@
 
 from otel_apm.detectors.base import Detector, Finding
 from otel_apm.detectors.consecutive import ConsecutiveDbQueriesDetector, ConsecutiveHttpCallsDetector
+from otel_apm.detectors.large_payload import LargePayloadDetector
 from otel_apm.detectors.n_plus_one import NPlusOneQueryDetector
 from otel_apm.detectors.n_plus_one_api import NPlusOneApiCallDetector
 from otel_apm.detectors.slow_query import SlowQueryDetector
+from otel_apm.detectors.slow_query_outlier import SlowQueryOutlierDetector
 from otel_apm.detectors.slow_request import SlowRequestDetector
 
 DEFAULT_DETECTORS: tuple[type[Detector], ...] = (
@@ -12,9 +14,13 @@ DEFAULT_DETECTORS: tuple[type[Detector], ...] = (
     NPlusOneApiCallDetector,
     SlowQueryDetector,
     SlowRequestDetector,
-    # det-b: consecutive work.
+    # det-b: consecutive work, outliers against the query history, large bodies.  The outlier
+    # detector is the one writer of the query history and must come after SlowQueryDetector,
+    # which reads it: both then see only earlier traces.
     ConsecutiveDbQueriesDetector,
     ConsecutiveHttpCallsDetector,
+    SlowQueryOutlierDetector,
+    LargePayloadDetector,
 )
 
 __all__ = ["DEFAULT_DETECTORS", "Detector", "Finding"]
