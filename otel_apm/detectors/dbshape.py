@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from otel_apm.model import SpanView
 from otel_apm.sql import SqlShape, parse_sql
 
@@ -25,3 +27,23 @@ def db_shape(span: SpanView) -> SqlShape:
             )
         return shape
     return parse_sql(" ".join(p for p in (span.db_operation, span.db_table) if p) or span.name)
+
+
+def db_shapes(spans: Iterable[SpanView]) -> list[SqlShape]:
+    """The shape of each span, parsing each distinct statement text once.
+
+    An ORM sends the same placeholder text again and again within a trace, so a per-trace dict
+    spares even the parse cache's lookups.
+    """
+    by_text: dict[str, SqlShape] = {}
+    shapes = []
+    for s in spans:
+        text = s.statement
+        if text is None:
+            shapes.append(db_shape(s))
+            continue
+        shape = by_text.get(text)
+        if shape is None:
+            shape = by_text[text] = db_shape(s)
+        shapes.append(shape)
+    return shapes

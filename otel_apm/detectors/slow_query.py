@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from otel_apm.config import APMConfig
-from otel_apm.detectors.base import Detector, Finding, severity_for
+from otel_apm.detectors.base import Detector, EvidenceValue, Finding, severity_for
 from otel_apm.detectors.dbshape import db_shape
 from otel_apm.detectors.history import History
 from otel_apm.model import DB, SpanView, Trace
@@ -36,6 +36,7 @@ class SlowQueryDetector(Detector):
             shape = db_shape(span)
             groups.setdefault(shape.fingerprint, (shape, []))[1].append(span)
         threshold = self.config.slow_query_threshold_ms
+        min_samples = self.config.slow_query_outlier_min_samples
         findings = []
         for shape, spans in groups.values():
             worst = max(spans, key=lambda s: s.end_ns - s.start_ns)
@@ -44,6 +45,18 @@ class SlowQueryDetector(Detector):
                 if shape.tables
                 else (shape.operation or "query")
             )
+            evidence: dict[str, EvidenceValue] = {
+                "threshold_ms": threshold,
+                "db.system": worst.db_system or "",
+                "db.operation": shape.operation,
+                "db.tables": shape.tables,
+                "statement.fingerprint": shape.fingerprint,
+            }
+            # slow_query_outlier records durations and comes after this detector in
+            # DEFAULT_DETECTORS: the p95 is of earlier executions, without this trace's.
+            p95 = self.history.queries.p95((worst.service, shape.fingerprint), min_samples)
+            if p95 is not None:
+                evidence["recent_p95_ms"] = round(p95, 3)
             findings.append(
                 self.finding(
                     title=f"Slow {what}: {worst.duration_ms:.0f} ms (threshold {threshold:g} ms)",
@@ -55,13 +68,7 @@ class SlowQueryDetector(Detector):
                     impact_ms=sum(s.duration_ms for s in spans),
                     recommendation=recommend(shape, worst),
                     statement=shape.normalized,
-                    evidence={
-                        "threshold_ms": threshold,
-                        "db.system": worst.db_system or "",
-                        "db.operation": shape.operation,
-                        "db.tables": shape.tables,
-                        "statement.fingerprint": shape.fingerprint,
-                    },
+                    evidence=evidence,
                 )
             )
         return findings
