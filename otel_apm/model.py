@@ -146,9 +146,7 @@ class Trace:
         service (its server span, in the collector's cross-service traces; the local root
         in-process).  None when an ancestor is missing, as in a trace analyzed before its root.
         """
-        if self._by_id is None:
-            self._by_id = {s.span_id: s for s in self.spans}
-        by_id = self._by_id
+        by_id = self._spans_by_id()
         current = span
         for _ in range(len(by_id)):  # bounded: a malformed parent cycle cannot hang us
             if not current.parent_id:
@@ -160,6 +158,15 @@ class Trace:
                 return current
             current = parent
         return None
+
+    def parent_of(self, span: SpanView) -> SpanView | None:
+        """The span's parent when it is in this trace."""
+        return self._spans_by_id().get(span.parent_id) if span.parent_id else None
+
+    def _spans_by_id(self) -> dict[int, SpanView]:
+        if self._by_id is None:
+            self._by_id = {s.span_id: s for s in self.spans}
+        return self._by_id
 
     @property
     def services(self) -> list[str]:

@@ -115,7 +115,9 @@ def test_tail_mode_keeps_whole_traces_with_findings_or_errors(make_otel: Callabl
     assert len([s for s in otel.spans() if s.context.trace_id == with_finding]) == 8  # whole trace
     assert otel.processor.stats()["spans_sampled_out"] == 3
     assert plain not in exported
-    assert len(otel.events()) == 1  # analysis saw every trace; only the export was sampled
+    # analysis saw every trace (the N+1, and the failed request's error); only the export was sampled
+    assert [len(otel.events(t)) for t in ("n_plus_one_query", "error")] == [1, 1]
+    assert len(otel.events()) == 2
 
 
 def test_tail_mode_sample_rate_one_keeps_everything(make_otel: Callable[..., OTel]) -> None:

@@ -1,7 +1,10 @@
 """Analysis: detectors turn a Trace into Findings."""
 
 from otel_apm.detectors.base import Detector, Finding
+from otel_apm.detectors.bottleneck import BottleneckDetector
+from otel_apm.detectors.chatty import ChattyTransactionDetector
 from otel_apm.detectors.consecutive import ConsecutiveDbQueriesDetector, ConsecutiveHttpCallsDetector
+from otel_apm.detectors.errors import ErrorDetector
 from otel_apm.detectors.large_payload import LargePayloadDetector
 from otel_apm.detectors.mn_plus_one import MNPlusOneQueryDetector
 from otel_apm.detectors.n_plus_one import NPlusOneQueryDetector
@@ -24,6 +27,9 @@ DEFAULT_DETECTORS: tuple[type[Detector], ...] = (
     ConsecutiveHttpCallsDetector,
     SlowQueryOutlierDetector,
     LargePayloadDetector,
+    ChattyTransactionDetector,
+    BottleneckDetector,
+    ErrorDetector,
 )
 
 __all__ = ["DEFAULT_DETECTORS", "Detector", "Finding"]

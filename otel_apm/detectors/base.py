@@ -75,14 +75,19 @@ by_start = attrgetter("start_ns")
 
 def union_ms(spans: Iterable[SpanView]) -> float:
     """Wall time covered by the spans: overlapping work counts once, as a user waits for it once."""
+    return covered_ms([(s.start_ns, s.end_ns) for s in spans])
+
+
+def covered_ms(intervals: list[tuple[int, int]]) -> float:
+    """Milliseconds covered by (start_ns, end_ns) intervals, each instant once."""
     total = 0
     cur_start = cur_end = -1
-    for s in sorted(spans, key=by_start):
-        if s.start_ns > cur_end:
+    for start, end in sorted(intervals):
+        if start > cur_end:
             total += cur_end - cur_start
-            cur_start, cur_end = s.start_ns, s.end_ns
-        elif s.end_ns > cur_end:
-            cur_end = s.end_ns
+            cur_start, cur_end = start, end
+        elif end > cur_end:
+            cur_end = end
     total += cur_end - cur_start
     return total / 1e6
 
