@@ -43,6 +43,15 @@ def collector(args: argparse.Namespace) -> int:
     return run(load_config(args.config, overrides))
 
 
+def evaluate(args: argparse.Namespace) -> int:
+    """Score the detectors against a labelled corpus; exit 1 when any label fails."""
+    from otel_apm.evaluate import run
+
+    status, text = run(args.dir, as_json=args.json)
+    print(text, file=sys.stderr if status == 2 else sys.stdout)
+    return status
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="otel-apm", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -74,6 +83,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--metrics-endpoint", metavar="HOST:PORT", help="Prometheus /metrics listen address (localhost:8888)"
     )
     p.set_defaults(run=collector)
+    p = commands.add_parser(
+        "evaluate",
+        help="run the detectors over a labelled corpus of OTLP/JSON traces: precision and recall per type",
+    )
+    p.add_argument("dir", nargs="?", default="tests/corpus", help="corpus folder (default: tests/corpus)")
+    p.add_argument("--json", action="store_true", help="print the scores and mismatches as JSON")
+    p.set_defaults(run=evaluate)
     args = parser.parse_args(argv)
     try:
         return int(args.run(args))
