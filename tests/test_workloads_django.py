@@ -102,7 +102,7 @@ def library(request: pytest.FixtureRequest) -> Iterator[Library]:
         with db.schema_editor() as editor:
             editor.create_model(Author)
             editor.create_model(Book)
-        authors = Author.objects.bulk_create(Author(name=f"author {a}") for a in range(AUTHORS))
+        Author.objects.bulk_create(Author(name=f"author {a}") for a in range(AUTHORS))
         authors = list(Author.objects.order_by("id"))
         Book.objects.bulk_create(
             Book(title=f"book {a}.{b}", author=author)
