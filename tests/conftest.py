@@ -38,6 +38,9 @@ SERVICE_NAME = "test-svc"
 POSTGRES_ADDRESS = "127.0.0.1:5432"
 POSTGRES_DATABASE = "test"
 POSTGRES_USERS = ("postgres", "root")
+MARIADB_ADDRESS = "127.0.0.1:3306"
+MARIADB_DATABASE = "test"
+MARIADB_USER = "root"
 CONNECT_TIMEOUT_S = 2
 
 
@@ -97,6 +100,28 @@ def postgres_url() -> str:
 def require_postgres(postgres_url: str) -> str:
     """The name the brief uses; the same as ``postgres_url``."""
     return postgres_url
+
+
+def _probe_mariadb() -> str:
+    """The SQLAlchemy URL (PyMySQL driver) of the MariaDB test database, once a connection worked."""
+    import pymysql
+
+    host, port = MARIADB_ADDRESS.split(":")
+    conn = pymysql.connect(
+        host=host,
+        port=int(port),
+        user=MARIADB_USER,
+        database=MARIADB_DATABASE,
+        connect_timeout=CONNECT_TIMEOUT_S,
+    )
+    conn.close()
+    return f"mysql+pymysql://{MARIADB_USER}@{MARIADB_ADDRESS}/{MARIADB_DATABASE}"
+
+
+@pytest.fixture(scope="session")
+def mariadb_url() -> str:
+    """``mysql+pymysql://root@127.0.0.1:3306/test``; skips (fails in CI) when unreachable."""
+    return require_server("MariaDB", _probe_mariadb, address=MARIADB_ADDRESS)
 
 
 # -- the OTel pipeline ---------------------------------------------------------------------------
@@ -301,6 +326,26 @@ def instrument_requests() -> Iterator[Callable[[TracerProvider], None]]:
 
     yield instrument
     if used:
+        instrumentor.uninstrument()
+
+
+@pytest.fixture
+def instrument() -> Iterator[Callable[..., None]]:
+    """``instrument(SomeInstrumentor(), tracer_provider=tp, **options)``: any instrumentor, with
+    the options of its own (hooks, capture_parameters), undone after in reverse order."""
+    from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
+
+    done: list[BaseInstrumentor] = []
+
+    def run(instrumentor: BaseInstrumentor, **options: Any) -> None:
+        name = type(instrumentor).__name__
+        assert not instrumentor.is_instrumented_by_opentelemetry, f"{name} left instrumented"
+        instrumentor.instrument(**options)
+        assert instrumentor.is_instrumented_by_opentelemetry, f"{name} refused: {options}"
+        done.append(instrumentor)
+
+    yield run
+    for instrumentor in reversed(done):
         instrumentor.uninstrument()
 
 

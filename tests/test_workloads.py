@@ -1,4 +1,4 @@
-"""Real workloads through the APM processor: SQLAlchemy ORM on SQLite and PostgreSQL, a Flask app
+"""Real workloads through the APM processor: SQLAlchemy ORM on SQLite, PostgreSQL and MariaDB, a Flask app
 served by a real werkzeug server and called with ``requests``.
 
 Everything is asserted on what leaves the pipeline: spans from the in-memory span exporter, finding
@@ -22,7 +22,7 @@ from opentelemetry.sdk._logs import ReadableLogRecord
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.trace import SpanKind
 from opentelemetry.util.types import Attributes
-from sqlalchemy import Engine, create_engine, select, text
+from sqlalchemy import Engine, create_engine, make_url, select, text
 from sqlalchemy.orm import Session, joinedload, selectinload
 
 from otel_apm.demo.app import Author, add_authors
@@ -195,6 +195,36 @@ def pg_engine(postgres_url: str) -> Iterator[Engine]:
         admin.dispose()
 
 
+@pytest.fixture
+def mariadb_engine(mariadb_url: str) -> Iterator[Engine]:
+    """An engine (PyMySQL driver) on a fresh database holding the seeded tables, dropped after."""
+    database = f"otel_apm_wl_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(mariadb_url, connect_args={"connect_timeout": 5})
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE DATABASE {database}"))
+    engine = create_engine(make_url(mariadb_url).set(database=database), connect_args={"connect_timeout": 5})
+    try:
+        seed(engine)
+        yield engine
+    finally:
+        engine.dispose()
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP DATABASE {database}"))
+        admin.dispose()
+
+
+# The databases behind the ORM tests: (fixture giving the seeded engine, db.system reported).
+SERVER_DATABASES = {"postgresql": ("pg_engine", "postgresql"), "mariadb": ("mariadb_engine", "mysql")}
+
+
+@pytest.fixture(params=sorted(SERVER_DATABASES))
+def server_engine(request: pytest.FixtureRequest) -> tuple[Engine, str]:
+    """(seeded engine, its db.system) on PostgreSQL, then on MariaDB."""
+    fixture, system = SERVER_DATABASES[request.param]
+    engine: Engine = request.getfixturevalue(fixture)
+    return engine, system
+
+
 StartApp = Callable[["OTel"], str]
 
 
@@ -216,6 +246,15 @@ def start_app(
         return serve_wsgi(app)
 
     return start
+
+
+def assert_names_the_lazy_load(attrs: dict[str, Any]) -> None:
+    """The line to change: where the lazy relationship is touched, not SQLAlchemy's internals."""
+    lines, first = inspect.getsourcelines(list_authors)
+    lazy_line = first + next(i for i, text in enumerate(lines) if "for b in a.books" in text)
+    assert attrs["code.file.path"] == __file__
+    assert attrs["code.line.number"] == lazy_line
+    assert str(attrs["code.function.name"]).startswith("list_authors")
 
 
 def only(items: list[Any]) -> Any:
@@ -261,12 +300,7 @@ def test_n_plus_one_in_flask_route_on_sqlite(otel: OTel, start_app: StartApp) ->
     assert attrs[F + "evidence.db.system"] == "sqlite"
 
     assert list(attrs[F + "span_ids"]) == [hex_id(s) for s in book_spans]
-    # The line to change: where the lazy relationship is touched, not SQLAlchemy's internals.
-    lines, first = inspect.getsourcelines(list_authors)
-    lazy_line = first + next(i for i, text in enumerate(lines) if "for b in a.books" in text)
-    assert attrs["code.file.path"] == __file__
-    assert attrs["code.line.number"] == lazy_line
-    assert str(attrs["code.function.name"]).startswith("list_authors")
+    assert_names_the_lazy_load(attrs)
     assert event.log_record.trace_id == call.server.context.trace_id
     assert event.log_record.span_id == book_spans[0].context.span_id
 
@@ -430,19 +464,20 @@ def test_every_span_is_exported_once(make_otel: Callable[..., OTel], start_app: 
     )
 
 
-# -- PostgreSQL ----------------------------------------------------------------------------------
+# -- PostgreSQL and MariaDB ------------------------------------------------------------------------
 
 
-def test_n_plus_one_on_postgresql(
-    otel: OTel, pg_engine: Engine, instrument_sqlalchemy: Callable[..., None]
+def test_n_plus_one_on_a_database_server(
+    otel: OTel, server_engine: tuple[Engine, str], instrument_sqlalchemy: Callable[..., None]
 ) -> None:
-    instrument_sqlalchemy([pg_engine], otel.tracer_provider)
+    engine, db_system = server_engine
+    instrument_sqlalchemy([engine], otel.tracer_provider)
     with otel.tracer.start_as_current_span(
         "GET /authors",
         kind=SpanKind.SERVER,
         attributes={"http.request.method": "GET", "http.route": "/authors"},
     ) as root:
-        assert list_authors(pg_engine, "select") == EXPECTED_AUTHORS
+        assert list_authors(engine, "select") == EXPECTED_AUTHORS
     root_ctx = root.get_span_context()
 
     trace_spans = spans_of_trace(otel, root_ctx.trace_id)
@@ -453,10 +488,11 @@ def test_n_plus_one_on_postgresql(
     attrs = attrs_of(event)
     assert attrs[F + "count"] == AUTHORS
     assert attrs[F + "endpoint"] == "GET /authors"
-    assert attrs[F + "evidence.db.system"] == "postgresql"
+    assert attrs[F + "evidence.db.system"] == db_system
     assert attrs["db.query.text"] == BOOKS_BY_AUTHOR
     assert attrs[F + "evidence.source.statement"] == ALL_AUTHORS
     assert list(attrs[F + "span_ids"]) == [hex_id(s) for s in book_spans]
+    assert_names_the_lazy_load(attrs)
     assert event.log_record.trace_id == root_ctx.trace_id
 
     exported_root = only([s for s in trace_spans if s.context.span_id == root_ctx.span_id])
@@ -464,12 +500,13 @@ def test_n_plus_one_on_postgresql(
 
 
 @pytest.mark.parametrize("loader", ["selectin", "joined"])
-def test_eager_loading_on_postgresql_has_no_n_plus_one(
-    otel: OTel, pg_engine: Engine, instrument_sqlalchemy: Callable[..., None], loader: str
+def test_eager_loading_on_a_database_server_has_no_n_plus_one(
+    otel: OTel, server_engine: tuple[Engine, str], instrument_sqlalchemy: Callable[..., None], loader: str
 ) -> None:
-    instrument_sqlalchemy([pg_engine], otel.tracer_provider)
+    engine, _ = server_engine
+    instrument_sqlalchemy([engine], otel.tracer_provider)
     with otel.tracer.start_as_current_span("GET /authors", kind=SpanKind.SERVER) as root:
-        assert list_authors(pg_engine, loader) == EXPECTED_AUTHORS
+        assert list_authors(engine, loader) == EXPECTED_AUTHORS
     assert [s for s in spans_of_trace(otel, root.get_span_context().trace_id) if statement_of(s)] != []
     assert otel.events("n_plus_one_query") == []
     assert otel.processor.stats()["traces_analyzed"] == 1
