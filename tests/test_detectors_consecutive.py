@@ -148,6 +148,7 @@ def test_an_overlap_ends_one_run_and_starts_the_next(otel: OTel) -> None:
         "BEGIN",
         "COMMIT",
         "SELECT carts.id FROM carts WHERE carts.id = 1 FOR UPDATE",
+        "SELECT set_config('TimeZone', 'UTC', false)",  # Django's per-connection session setup
     ],
 )
 def test_a_write_transaction_control_or_locking_read_ends_the_run(otel: OTel, between: str) -> None:

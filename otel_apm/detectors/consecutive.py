@@ -26,7 +26,11 @@ from otel_apm.sql import SqlShape
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Reads that are not plain: they lock rows or store the result, so they belong to a transaction
 # (or a session) and cannot move to another connection.  Matched on the normalized text.
-_NOT_PLAIN_READ = re.compile(r"\bfor (?:no key )?update\b|\bfor (?:key )?share\b|\bin share mode\b|\binto\b")
+# A SELECT that calls set_config() (PostgreSQL's function form of SET, which Django runs on every
+# new connection) changes the session, like SET, so it is not a read either.
+_NOT_PLAIN_READ = re.compile(
+    r"\bfor (?:no key )?update\b|\bfor (?:key )?share\b|\bin share mode\b|\binto\b|\bset_config\s*\("
+)
 
 
 def could_save(siblings: list[SpanView], min_saved_ms: float) -> bool:
