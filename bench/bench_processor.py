@@ -125,6 +125,7 @@ class Variant:
     log_exporter: NoopLogRecordExporter | None = None
     metric_reader: InMemoryMetricReader | None = None
     ns_per_span: list[float] = field(default_factory=list)
+    extra_findings: int = 0  # beyond the workload's own: spans the machine stalled
 
     @property
     def tracer(self) -> trace.Tracer:
@@ -191,11 +192,14 @@ def timed_round(v: Variant, traces: int) -> float:
     exported = v.span_exporter.exported - sent
     if exported != traces * SPANS_PER_TRACE:
         raise SystemExit(f"variant {v.key}: {exported} spans exported, expected {traces * SPANS_PER_TRACE}")
-    if v.log_exporter is not None and v.log_exporter.exported - logged != traces * findings_per_trace:
+    # At least the workload's findings, none lost.  More happen when the machine stalls a span
+    # (a GC pause inside a query makes a real slow_query_outlier): counted, reported at the end.
+    events = v.log_exporter.exported - logged if v.log_exporter is not None else 0
+    if v.log_exporter is not None and events < traces * findings_per_trace:
         raise SystemExit(
-            f"variant {v.key}: {v.log_exporter.exported - logged} finding events exported, "
-            f"expected {traces * findings_per_trace}"
+            f"variant {v.key}: {events} finding events exported, expected {traces * findings_per_trace}"
         )
+    v.extra_findings += max(0, events - traces * findings_per_trace)
     return elapsed / (traces * SPANS_PER_TRACE)
 
 
@@ -398,7 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"  {v.key}: traces_analyzed={s['traces_analyzed']} findings={s['findings']} "
             f"finding events exported={v.log_exporter.exported} spans exported={v.span_exporter.exported} "
             f"sampled_out={s['spans_sampled_out']} errors={s['errors_intake'] + s['errors_analysis']}"
-            f"+{s['errors_emit']}"
+            f"+{s['errors_emit']} findings beyond the workload's (stalls)={v.extra_findings}"
         )
     for v in variants:
         v.shutdown()

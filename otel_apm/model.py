@@ -6,7 +6,10 @@ bytes per span rather than the SDK span with all its attributes and events.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterator
+from typing import Any, TypeVar, cast
+
+T = TypeVar("T")
 
 # Categories: what kind of work a span is, decided once at intake from its attributes.
 DB = "db"
@@ -109,7 +112,7 @@ class Trace:
     shutdown) or lost spans past ``max_spans_per_trace``; detectors that need the root skip it.
     """
 
-    __slots__ = ("_breakdown", "_by_id", "complete", "root", "spans", "trace_id")
+    __slots__ = ("_breakdown", "_by_id", "_derived", "_siblings", "complete", "root", "spans", "trace_id")
 
     def __init__(
         self, trace_id: int, spans: list[SpanView], root: SpanView | None, complete: bool = True
@@ -120,6 +123,34 @@ class Trace:
         self.complete = complete
         self._breakdown: dict[str, tuple[int, float]] | None = None
         self._by_id: dict[int, SpanView] | None = None
+        self._siblings: dict[str, dict[int, list[SpanView]]] = {}
+        self._derived: dict[Hashable, Any] = {}
+
+    def derived(self, key: Hashable, compute: Callable[[], T]) -> T:
+        """``compute()``, once per trace and key: what several detectors derive alike (the
+        per-parent statement sequence the N+1 and MN+1 detectors both walk) is made once."""
+        if key in self._derived:
+            return cast(T, self._derived[key])
+        value = self._derived[key] = compute()
+        return value
+
+    def siblings(self, category: str) -> dict[int, list[SpanView]]:
+        """The spans of ``category`` by parent span id, in arrival order, computed once per category.
+
+        Shared by every detector of repeated work under one parent; they may sort a parent's list
+        by start time in place (all of them read it in that order), but never change its members.
+        """
+        filed = self._siblings.get(category)
+        if filed is None:
+            filed = self._siblings[category] = {}
+            for s in self.spans:
+                if s.category == category:
+                    group = filed.get(s.parent_id)
+                    if group is None:
+                        filed[s.parent_id] = [s]
+                    else:
+                        group.append(s)
+        return filed
 
     def breakdown(self) -> dict[str, tuple[int, float]]:
         """(span count, summed milliseconds) per category below the root, computed once.

@@ -176,21 +176,21 @@ class Detector(ABC):
 
 
 class SiblingsDetector(Detector):
-    """A detector of repeated work under one parent: it files its spans by parent span id."""
+    """A detector of repeated work under one parent, reading the spans of ``sibling_category``
+    filed by parent span id.
 
-    def __init__(self, config: APMConfig, trace: Trace, history: History) -> None:
-        super().__init__(config, trace, history)
-        self._by_parent: dict[int, list[SpanView]] = {}
+    Five detectors need that filing; :meth:`Trace.siblings` makes it once per trace for all of
+    them, so these detectors take no ``visit_span`` calls at all.
+    """
 
-    def visit_span(self, span: SpanView) -> None:
-        siblings = self._by_parent.get(span.parent_id)
-        if siblings is None:
-            self._by_parent[span.parent_id] = [span]
-        else:
-            siblings.append(span)
+    sibling_category: ClassVar[str]
+
+    @property
+    def by_parent(self) -> dict[int, list[SpanView]]:
+        return self.trace.siblings(self.sibling_category)
 
     def sibling_groups(self, threshold: int) -> Iterator[list[SpanView]]:
         """The spans of each parent that has at least ``threshold`` of them."""
-        for siblings in self._by_parent.values():
+        for siblings in self.by_parent.values():
             if len(siblings) >= threshold:
                 yield siblings

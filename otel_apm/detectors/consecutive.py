@@ -104,7 +104,7 @@ class ConsecutiveDbQueriesDetector(SiblingsDetector):
     """
 
     type = "consecutive_db_queries"
-    categories = frozenset({DB})
+    sibling_category = DB
 
     def on_complete(self) -> list[Finding]:
         min_saved = self.config.consecutive_db_min_saved_ms
@@ -177,7 +177,7 @@ class ConsecutiveHttpCallsDetector(SiblingsDetector):
     """
 
     type = "consecutive_http_calls"
-    categories = frozenset({HTTP_CLIENT})
+    sibling_category = HTTP_CLIENT
 
     def on_complete(self) -> list[Finding]:
         min_saved = self.config.consecutive_http_min_saved_ms

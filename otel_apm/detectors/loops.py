@@ -12,7 +12,7 @@ from collections.abc import Container
 
 from otel_apm.detectors.base import by_start
 from otel_apm.detectors.dbshape import db_shape
-from otel_apm.model import SpanView
+from otel_apm.model import SpanView, Trace
 from otel_apm.sql import SqlShape
 
 # A range predicate before ORDER BY ... LIMIT: keyset pagination ("id > ? order by id limit ?").
@@ -20,13 +20,18 @@ from otel_apm.sql import SqlShape
 _RANGE_RE = re.compile(r"(?:<(?!>)|(?<!<)>)=? ?\?|\? ?(?:<(?!>)|(?<!<)>)|\bbetween\b")
 
 
-def db_sequence(siblings: list[SpanView]) -> tuple[list[SpanView], list[SqlShape]]:
-    """The round trips among one parent's DB children in start order, with their shapes.
+def db_sequence(trace: Trace, siblings: list[SpanView]) -> tuple[list[SpanView], list[SqlShape]]:
+    """The round trips among one parent's DB children in start order, with their shapes, made
+    once per trace and parent for both detectors.
 
     Cached spans paid no round trip, and a truncated statement may hide what differs: they are
     left out, so they neither count nor break a run.  Each distinct text is parsed once, since an
     ORM's placeholders make the repeats identical.
     """
+    return trace.derived(("db_sequence", siblings[0].parent_id), lambda: _sequence(siblings))
+
+
+def _sequence(siblings: list[SpanView]) -> tuple[list[SpanView], list[SqlShape]]:
     siblings.sort(key=by_start)
     by_text: dict[str, SqlShape] = {}
     spans: list[SpanView] = []

@@ -74,13 +74,13 @@ class MNPlusOneQueryDetector(SiblingsDetector):
     """A sequence of 2..8 DB statements repeated APM_MN_PLUS_ONE_THRESHOLD times under one parent."""
 
     type = "mn_plus_one_query"
-    categories = frozenset({DB})
+    sibling_category = DB
 
     def on_complete(self) -> list[Finding]:
         threshold = self.config.mn_plus_one_threshold
         findings = []
         for siblings in self.sibling_groups(MIN_PERIOD * threshold):
-            spans, shapes = db_sequence(siblings)
+            spans, shapes = db_sequence(self.trace, siblings)
             fingerprints = [shape.fingerprint for shape in shapes]
             for start, period, reps in repetitions(fingerprints, threshold):
                 findings.append(self._finding(spans, shapes, start, period, reps))

@@ -29,14 +29,14 @@ class NPlusOneQueryDetector(SiblingsDetector):
     """A run of APM_N_PLUS_ONE_THRESHOLD or more consecutive DB siblings with one fingerprint."""
 
     type = "n_plus_one_query"
-    categories = frozenset({DB})
+    sibling_category = DB
 
     def on_complete(self) -> list[Finding]:
         threshold = self.config.n_plus_one_threshold
         min_ms = self.config.n_plus_one_min_duration_ms
         findings = []
         for siblings in self.sibling_groups(threshold):
-            spans, shapes = db_sequence(siblings)
+            spans, shapes = db_sequence(self.trace, siblings)
             # Runs of one parent with one fingerprint are one finding: one loop, one line to fix.
             runs: dict[str, list[Run]] = {}
             start = 0
@@ -83,7 +83,7 @@ class NPlusOneQueryDetector(SiblingsDetector):
             ):
                 same = sum(
                     1
-                    for s in chain.from_iterable(self._by_parent.values())
+                    for s in chain.from_iterable(self.by_parent.values())
                     if not s.cached and (s.statement, s.db_params) == key
                 )
                 return same >= self.config.repeated_query_threshold

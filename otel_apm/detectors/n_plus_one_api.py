@@ -111,7 +111,7 @@ class NPlusOneApiCallDetector(SiblingsDetector):
     under one parent."""
 
     type = "n_plus_one_api_call"
-    categories = frozenset({HTTP_CLIENT})
+    sibling_category = HTTP_CLIENT
 
     def on_complete(self) -> list[Finding]:
         threshold = self.config.n_plus_one_api_threshold
