@@ -11,11 +11,9 @@ from conftest import OTel
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import NonRecordingSpan, Span, SpanKind, Status, StatusCode
+from test_otlp_ingest import record_spans
 
 from otel_apm.analyze import Analyzer
 from otel_apm.config import APMConfig
@@ -399,15 +397,6 @@ def test_no_error_where_nothing_failed_and_4xx_answers_are_not_errors(otel: OTel
 # -- the collector: one trace, two services, through OTLP ---------------------------------------
 
 
-def record(service: str, body: Callable[[trace.Tracer], None]) -> tuple[ReadableSpan, ...]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider(resource=Resource.create({"service.name": service}))
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    body(provider.get_tracer("tests"))
-    provider.shutdown()
-    return exporter.get_finished_spans()
-
-
 def views_of(*batches: tuple[ReadableSpan, ...]) -> list[SpanView]:
     """The views the collector makes of these spans, sent as OTLP protobuf."""
     req = ExportTraceServiceRequest()
@@ -437,8 +426,8 @@ def test_in_the_collector_each_service_entry_is_judged_alone() -> None:
             query(tracer, root, STATEMENTS[i % 10], 60 + i, 60.5 + i)
         root.end(end_time=at(550))
 
-    front = record("storefront", storefront)
-    back = record("shop", shop)
+    front = record_spans("storefront", storefront)
+    back = record_spans("shop", shop)
     (f,) = [f for f in collector_findings(front, back) if f.type == "chatty_transaction"]
     assert (f.service, f.endpoint, f.count) == ("shop", "GET /authors", 30)
     assert f.evidence["request.duration_ms"] == 490.0  # shop's server span, not storefront's root
@@ -466,7 +455,7 @@ def test_in_the_collector_the_bottleneck_is_where_the_time_is_spent() -> None:
         crunch.end(end_time=at(280))
         root.end(end_time=at(290))
 
-    found = collector_findings(record("storefront", storefront), record("shop", shop))
+    found = collector_findings(record_spans("storefront", storefront), record_spans("shop", shop))
     (f,) = [f for f in found if f.type == "bottleneck"]
     assert (f.service, f.endpoint, f.evidence["group"]) == ("shop", "GET /report", "crunch")
     assert f.evidence["breakdown.http.ms"] == 20.0  # the call's 290 ms less shop's 280 ms

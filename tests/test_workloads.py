@@ -262,6 +262,22 @@ def only(items: list[Any]) -> Any:
     return items[0]
 
 
+def line_of(function: Callable[..., Any], marker: str) -> int:
+    """The line of ``function`` whose text holds ``marker``: where a finding must point."""
+    lines, first = inspect.getsourcelines(function)
+    return first + only([i for i, text in enumerate(lines) if marker in text])
+
+
+def assert_points_at(attrs: dict[str, Any], function: Callable[..., Any], marker: str) -> None:
+    """The finding names the line of ``function`` that holds ``marker``."""
+    line = line_of(function, marker)
+    path = inspect.getsourcefile(function)
+    assert attrs["code.file.path"] == path
+    assert attrs["code.line.number"] == line
+    assert attrs["code.function.name"] == function.__name__
+    assert attrs[F + "code_location"] == f"{path}:{line}:{function.__name__}"
+
+
 def point_for(points: list[Any], **attributes: Any) -> Any:
     """The one data point whose attributes include ``attributes``."""
     return only([p for p in points if all((p.attributes or {}).get(k) == v for k, v in attributes.items())])

@@ -9,7 +9,6 @@ both databases, each in a schema (PostgreSQL) or database (MariaDB) of its own, 
 
 from __future__ import annotations
 
-import inspect
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,7 +20,14 @@ from apps import djangoapp
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
 from sqlalchemy.engine import make_url
-from test_workloads import findings_of_trace, hex_id, only, spans_of_trace, statement_of
+from test_workloads import (
+    assert_points_at,
+    findings_of_trace,
+    hex_id,
+    only,
+    spans_of_trace,
+    statement_of,
+)
 
 if TYPE_CHECKING:
     from conftest import OTel
@@ -48,21 +54,6 @@ BOOK_LIST = (
 )
 WAIT = {"postgresql": "select pg_sleep(?)", "mariadb": "select sleep(?)"}
 DB_SYSTEM = {"postgresql": "postgresql", "mariadb": "mysql"}
-
-
-def line_of(function: Callable[..., Any], marker: str) -> int:
-    """The line of ``function`` whose text holds ``marker``: where a finding must point."""
-    lines, first = inspect.getsourcelines(function)
-    return first + only([i for i, text in enumerate(lines) if marker in text])
-
-
-def assert_points_at(attrs: dict[str, Any], function: Callable[..., Any], marker: str) -> None:
-    line = line_of(function, marker)
-    path = inspect.getsourcefile(function)
-    assert attrs["code.file.path"] == path
-    assert attrs["code.line.number"] == line
-    assert attrs["code.function.name"] == function.__name__
-    assert attrs[F + "code_location"] == f"{path}:{line}:{function.__name__}"
 
 
 # -- the project, its database, its server ------------------------------------------------------

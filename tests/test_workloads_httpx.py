@@ -9,7 +9,6 @@ would; the service itself is not instrumented, so the only spans are the client'
 from __future__ import annotations
 
 import asyncio
-import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -20,7 +19,7 @@ import requests
 from apps import http_client, items_service
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
-from test_workloads import findings_of_trace, hex_id, only, spans_of_trace
+from test_workloads import assert_points_at, findings_of_trace, hex_id, only, spans_of_trace
 
 if TYPE_CHECKING:
     from conftest import OTel
@@ -28,17 +27,6 @@ if TYPE_CHECKING:
 F = "otel_apm.finding."
 ENDPOINT = "GET /dashboard"
 ITEMS = [items_service.item(i) for i in range(1, http_client.ITEMS + 1)]
-
-
-def assert_points_at(attrs: dict[str, Any], function: Callable[..., Any], marker: str) -> None:
-    """The finding names the line of ``function`` that holds ``marker``."""
-    lines, first = inspect.getsourcelines(function)
-    line = first + only([i for i, text in enumerate(lines) if marker in text])
-    path = inspect.getsourcefile(function)
-    assert attrs["code.file.path"] == path
-    assert attrs["code.line.number"] == line
-    assert attrs["code.function.name"] == function.__name__
-    assert attrs[F + "code_location"] == f"{path}:{line}:{function.__name__}"
 
 
 @dataclass
