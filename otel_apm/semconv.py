@@ -52,6 +52,10 @@ def fill_attributes(view: model.SpanView, attrs: Mapping[str, Any]) -> None:
     call per key costs more than the lookup itself.
     """
     get = attrs.get
+    if view.error:  # an exception event, read after this, names the type more precisely
+        kind = get("error.type")
+        if kind is not None:
+            view.exception_type = str(kind)
     db_system = get("db.system.name")
     if db_system is None:
         db_system = get("db.system")
@@ -79,8 +83,6 @@ def fill_attributes(view: model.SpanView, attrs: Mapping[str, Any]) -> None:
             view.db_params = str(params)
         if get("cache.hit") is True:
             view.cached = True
-        if view.error:
-            _error_type(view, get)
         return
     method = get("http.request.method")
     if method is None:
@@ -101,15 +103,11 @@ def fill_attributes(view: model.SpanView, attrs: Mapping[str, Any]) -> None:
             view.http_route = _str_or_none(get("http.route"))
         view.request_size = _int_or_none(_first(attrs, HTTP_REQUEST_SIZE))
         view.response_size = _int_or_none(_first(attrs, HTTP_RESPONSE_SIZE))
-        if view.error:
-            _error_type(view, get)
         return
     if _first(attrs, MESSAGING_SYSTEM) is not None:
         view.category = model.MESSAGING
     elif _first(attrs, RPC_SYSTEM) is not None:
         view.category = model.RPC
-    if view.error:
-        _error_type(view, get)
 
 
 def code_location(attrs: Mapping[str, Any]) -> str | None:
@@ -120,13 +118,6 @@ def code_location(attrs: Mapping[str, Any]) -> str | None:
     line = _first(attrs, CODE_LINE)
     function = _first(attrs, CODE_FUNCTION)
     return f"{path}:{'' if line is None else line}:{'' if function is None else function}"
-
-
-def _error_type(view: model.SpanView, get: Any) -> None:
-    if view.exception_type is None:
-        kind = get("error.type")
-        if kind is not None:
-            view.exception_type = str(kind)
 
 
 def _str_or_none(value: Any) -> str | None:
