@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 
 from otel_apm.detectors.base import Detector, EvidenceValue, Finding, severity_for, union_ms
-from otel_apm.detectors.dbshape import db_shape
+from otel_apm.detectors.dbshape import db_shapes
 from otel_apm.model import DB, DB_CONNECTION, SpanView, endpoint_of
 from otel_apm.sql import SqlShape
 
@@ -79,7 +79,7 @@ class ChattyTransactionDetector(Detector):
         by_share = duration >= config.chatty_min_duration_ms and share >= config.chatty_db_share
         if not (by_count or by_share):
             return None
-        shapes = _shapes(queries)
+        shapes = db_shapes(queries)
         top, top_count = (
             Counter(shape.fingerprint for shape in shapes).most_common(1)[0] if shapes else ("", 0)
         )
@@ -120,21 +120,6 @@ class ChattyTransactionDetector(Detector):
             ),
             evidence=evidence,
         )
-
-
-def _shapes(queries: list[SpanView]) -> list[SqlShape]:
-    """Each query's shape, parsing each distinct text once."""
-    by_text: dict[str, SqlShape] = {}
-    out = []
-    for s in queries:
-        if s.statement is None:
-            out.append(db_shape(s))
-            continue
-        shape = by_text.get(s.statement)
-        if shape is None:
-            shape = by_text[s.statement] = db_shape(s)
-        out.append(shape)
-    return out
 
 
 def _recommend(

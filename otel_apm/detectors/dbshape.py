@@ -39,7 +39,7 @@ def db_shapes(spans: Iterable[SpanView]) -> list[SqlShape]:
     shapes = []
     for s in spans:
         text = s.statement
-        if text is None:
+        if not text:  # without a text the shape comes from operation and table, which vary
             shapes.append(db_shape(s))
             continue
         shape = by_text.get(text)

@@ -11,7 +11,7 @@ import re
 from collections.abc import Container
 
 from otel_apm.detectors.base import by_start
-from otel_apm.detectors.dbshape import db_shape
+from otel_apm.detectors.dbshape import db_shapes
 from otel_apm.model import SpanView, Trace
 from otel_apm.sql import SqlShape
 
@@ -33,22 +33,9 @@ def db_sequence(trace: Trace, siblings: list[SpanView]) -> tuple[list[SpanView],
 
 def _sequence(siblings: list[SpanView]) -> tuple[list[SpanView], list[SqlShape]]:
     siblings.sort(key=by_start)
-    by_text: dict[str, SqlShape] = {}
-    spans: list[SpanView] = []
-    shapes: list[SqlShape] = []
-    for s in siblings:
-        if s.cached:
-            continue
-        text = s.statement
-        shape = by_text.get(text) if text else None
-        if shape is None:
-            shape = db_shape(s)
-            if text:  # without a text the shape comes from operation and table, which vary
-                by_text[text] = shape
-        if not shape.truncated:
-            spans.append(s)
-            shapes.append(shape)
-    return spans, shapes
+    paid = [s for s in siblings if not s.cached]
+    kept = [(s, shape) for s, shape in zip(paid, db_shapes(paid), strict=True) if not shape.truncated]
+    return [s for s, _ in kept], [shape for _, shape in kept]
 
 
 def is_intentional(shape: SqlShape) -> bool:
