@@ -11,6 +11,7 @@ import inspect
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -175,42 +176,50 @@ def sqlite_engine(tmp_path: Any) -> Iterator[Engine]:
     engine.dispose()
 
 
-@pytest.fixture
-def pg_engine(postgres_url: str) -> Iterator[Engine]:
-    """An engine whose search_path is a fresh schema holding the seeded tables, dropped after."""
-    schema = f"otel_apm_wl_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(postgres_url, connect_args={"connect_timeout": 5})
+@contextmanager
+def scratch_engine(
+    admin_url: str, create: str, drop: str, engine_url: str, **connect: Any
+) -> Iterator[Engine]:
+    """An engine on a scratch namespace (``create`` makes it, ``drop`` removes it after), seeded."""
+    admin = create_engine(admin_url, connect_args={"connect_timeout": 5})
     with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    engine = create_engine(
-        postgres_url, connect_args={"connect_timeout": 5, "options": f"-csearch_path={schema}"}
-    )
+        conn.execute(text(create))
+    engine = create_engine(engine_url, connect_args={"connect_timeout": 5, **connect})
     try:
         seed(engine)
         yield engine
     finally:
         engine.dispose()
         with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+            conn.execute(text(drop))
         admin.dispose()
+
+
+@pytest.fixture
+def pg_engine(postgres_url: str) -> Iterator[Engine]:
+    """An engine whose search_path is a fresh schema holding the seeded tables, dropped after."""
+    schema = f"otel_apm_wl_{uuid.uuid4().hex[:12]}"
+    with scratch_engine(
+        postgres_url,
+        f'CREATE SCHEMA "{schema}"',
+        f'DROP SCHEMA "{schema}" CASCADE',
+        postgres_url,
+        options=f"-csearch_path={schema}",
+    ) as engine:
+        yield engine
 
 
 @pytest.fixture
 def mariadb_engine(mariadb_url: str) -> Iterator[Engine]:
     """An engine (PyMySQL driver) on a fresh database holding the seeded tables, dropped after."""
     database = f"otel_apm_wl_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(mariadb_url, connect_args={"connect_timeout": 5})
-    with admin.begin() as conn:
-        conn.execute(text(f"CREATE DATABASE {database}"))
-    engine = create_engine(make_url(mariadb_url).set(database=database), connect_args={"connect_timeout": 5})
-    try:
-        seed(engine)
+    with scratch_engine(
+        mariadb_url,
+        f"CREATE DATABASE {database}",
+        f"DROP DATABASE {database}",
+        make_url(mariadb_url).set(database=database).render_as_string(hide_password=False),
+    ) as engine:
         yield engine
-    finally:
-        engine.dispose()
-        with admin.begin() as conn:
-            conn.execute(text(f"DROP DATABASE {database}"))
-        admin.dispose()
 
 
 # The databases behind the ORM tests: (fixture giving the seeded engine, db.system reported).
