@@ -34,7 +34,7 @@ from otel_apm.collector.config import CollectorConfig
 from otel_apm.collector.forwarder import Forwarder, Signal
 from otel_apm.collector.telemetry import Telemetry
 from otel_apm.contain import FailureLog
-from otel_apm.emit import Emitter
+from otel_apm.emit import Emitter, reporters, shutdown_emitters
 from otel_apm.ingest.otlp import has_valid_ids, views_from_request
 from otel_apm.model import SpanView, Trace
 from otel_apm.version import __version__
@@ -274,11 +274,10 @@ def _count_data_points(request: ExportMetricsServiceRequest) -> int:
 class Emission:
     """The emitters of findings and their providers: OTLP log records (events) and metrics sent to
     the downstream (same endpoint, protocol and headers), under the resource
-    ``service.name=otel-apm-collector``; none without a downstream.  Plus the console reporter
-    when ``analysis.console_enabled``."""
+    ``service.name=otel-apm-collector``; none without a downstream.  Plus the reporters that
+    ``analysis`` turns on (:func:`otel_apm.emit.reporters`)."""
 
     def __init__(self, config: CollectorConfig) -> None:
-        from otel_apm.emit.console import ConsoleReporter
         from otel_apm.emit.events import EventEmitter
         from otel_apm.emit.metrics import MetricsEmitter
 
@@ -311,8 +310,9 @@ class Emission:
                 meter_provider.shutdown(int(timeout_s * 1000))  # a last collection and export
 
             self._shutdowns += [shutdown_logs, shutdown_metrics]
-        if config.analysis.console_enabled:
-            self.emitters.append(ConsoleReporter(config.analysis.console_interval_s))
+        configured = reporters(config.analysis)
+        self.emitters += configured
+        self._shutdowns.append(lambda timeout_s: shutdown_emitters(configured, timeout_s))
 
     def shutdown(self, timeout_s: float) -> bool:
         """Flush and stop the providers within ``timeout_s``; True when they finished in time."""

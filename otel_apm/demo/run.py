@@ -27,8 +27,7 @@ from werkzeug.serving import make_server
 from otel_apm.config import APMConfig
 from otel_apm.demo.app import create_app, make_engine
 from otel_apm.detectors.base import Finding
-from otel_apm.emit import Emitter
-from otel_apm.emit.console import ConsoleReporter
+from otel_apm.emit import Emitter, reporters
 from otel_apm.emit.events import EventEmitter
 from otel_apm.emit.metrics import MetricsEmitter
 from otel_apm.model import Trace
@@ -66,8 +65,7 @@ def run_demo(db: str, otlp_endpoint: str | None) -> int:
         export, logger_provider, meter_provider = _otlp_pipeline(otlp_endpoint, resource)
     tally = _Tally()
     emitters: list[Emitter] = [EventEmitter(logger_provider), MetricsEmitter(meter_provider), tally]
-    if config.console_enabled:
-        emitters.append(ConsoleReporter(config.console_interval_s))
+    emitters += reporters(config)
     processor = APMSpanProcessor(
         BatchSpanProcessor(export) if export else None,
         config,

@@ -35,8 +35,7 @@ from otel_apm.config import APMConfig
 from otel_apm.contain import FailureLog
 from otel_apm.detectors import DEFAULT_DETECTORS
 from otel_apm.detectors.base import Detector, Finding
-from otel_apm.emit import Emitter
-from otel_apm.emit.console import ConsoleReporter
+from otel_apm.emit import Emitter, reporters, shutdown_emitters
 from otel_apm.emit.events import EventEmitter
 from otel_apm.emit.metrics import MetricsEmitter
 from otel_apm.emit.span_events import with_finding_events
@@ -51,6 +50,7 @@ _log = logging.getLogger(__name__)
 _NONE: tuple[ReadableSpan, ...] = ()
 _CLIENT = SpanKind.CLIENT
 _MAX_DROPPED_REMEMBERED = 4096
+_EMITTER_SHUTDOWN_S = 5.0
 
 
 class APMSpanProcessor(SpanProcessor):
@@ -59,7 +59,8 @@ class APMSpanProcessor(SpanProcessor):
     ``config`` defaults to :meth:`APMConfig.from_env`; keyword settings override it, e.g.
     ``APMSpanProcessor(BatchSpanProcessor(exporter), slow_query_threshold_ms=50)``.
     Emitters default to OTel events and metrics (through the global providers unless given)
-    and, when enabled, the console reporter; ``detectors`` to the built-in ones (a custom
+    and the reporters the config turns on (:func:`otel_apm.emit.reporters`), which
+    ``shutdown()`` lets finish their work; ``detectors`` to the built-in ones (a custom
     Detector subclass can be added).
     """
 
@@ -87,9 +88,7 @@ class APMSpanProcessor(SpanProcessor):
             config.max_traces_in_flight, config.max_spans_per_trace, self._tail, self._read_spans
         )
         if emitters is None:
-            emitters = [EventEmitter(logger_provider), MetricsEmitter(meter_provider)]
-            if config.console_enabled:
-                emitters.append(ConsoleReporter(config.console_interval_s))
+            emitters = [EventEmitter(logger_provider), MetricsEmitter(meter_provider), *reporters(config)]
         self._emitters = tuple(emitters)
         self._reader = SpanReader()
         self._callsite = CallSite() if config.code_location_enabled else None
@@ -177,6 +176,10 @@ class APMSpanProcessor(SpanProcessor):
         for lt in self._assembler.drain():
             self._count("traces_evicted")
             self._forward(self._finish(lt, None, None))
+        try:
+            shutdown_emitters(self._emitters, _EMITTER_SHUTDOWN_S)
+        except Exception as exc:
+            self._failed("emit", exc)
         if self._next is not None:
             self._next.shutdown()
 
