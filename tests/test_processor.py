@@ -159,7 +159,7 @@ class Exploding(Detector):
 
 
 class FailingEmitter:
-    def emit(self, trace: Trace, findings: Sequence[Finding]) -> None:
+    def emit(self, trace: Trace | None, findings: Sequence[Finding]) -> None:
         raise ValueError("emitter bug")
 
 
@@ -412,3 +412,33 @@ def test_the_pinned_sdk_gets_the_fast_span_reader(otel: OTel) -> None:
     assert otel.processor._reader.fast is True
     (finding_free_root,) = roots(otel)
     assert finding_free_root.name == "GET /authors"
+
+
+def test_findings_about_the_process_reach_every_emitter_without_a_trace(
+    make_otel: Callable[..., OTel], capsys: pytest.CaptureFixture[str]
+) -> None:
+    otel = make_otel(console_enabled=True)
+    finding = Finding(
+        type="memory_leak_suspected",
+        title="Memory grows 5 MB/min",
+        severity="warning",
+        fingerprint="f00d",
+        service="svc",
+        endpoint="process",
+        trace_id=0,
+        span_ids=(),
+        count=1,
+        total_duration_ms=0.0,
+        max_duration_ms=0.0,
+        recommendation="Look at the allocation sites that grew",
+    )
+    otel.processor.emit_findings([finding])
+    (event,) = otel.events("memory_leak_suspected")
+    assert event.log_record.trace_id == 0 and event.log_record.span_id == 0
+    assert event.log_record.attributes is not None
+    assert event.log_record.attributes["otel_apm.finding.span_ids"] == ()
+    line = capsys.readouterr().err
+    assert "memory_leak_suspected svc 'process'" in line and "trace " not in line
+    (point,) = otel.data_points("otel_apm.findings")
+    assert point.attributes["otel_apm.finding.type"] == "memory_leak_suspected"
+    assert otel.processor.stats()["findings"] == 1

@@ -45,7 +45,7 @@ class _Tally:
         self.examples: dict[tuple[str, str], Finding] = {}
         self._lock = threading.Lock()
 
-    def emit(self, trace: Trace, findings: Sequence[Finding]) -> None:
+    def emit(self, trace: Trace | None, findings: Sequence[Finding]) -> None:
         with self._lock:
             for f in findings:
                 key = (f.type, f.endpoint)

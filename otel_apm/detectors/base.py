@@ -29,6 +29,8 @@ class Finding:
     ``fingerprint`` names the problem, not the occurrence: the same N+1 in another request, or
     in another process, hashes the same, so stores and reporters can group and deduplicate.
     ``statement`` is always the normalized shape: literal values never leave the analyzer.
+    A finding about the process rather than one trace (memory growth, a CPU hot spot) has
+    ``trace_id`` 0 and names spans only when it has some.
     """
 
     type: str

@@ -13,13 +13,15 @@ if TYPE_CHECKING:
 
 
 class Emitter(Protocol):
-    """Told of every analyzed trace, with or without findings (metrics need them all).
+    """Told of every analyzed trace, with or without findings (metrics need them all), and of
+    findings about the process rather than one trace (memory, CPU hot spots) with ``trace``
+    None: those findings have ``trace_id`` 0 and may name no span.
 
     An emitter that holds work (a queue, a file) also has ``shutdown(timeout_s)``, which
     :func:`shutdown_emitters` calls when its deployment stops; emitters without one need none.
     """
 
-    def emit(self, trace: Trace, findings: Sequence[Finding]) -> None: ...
+    def emit(self, trace: Trace | None, findings: Sequence[Finding]) -> None: ...
 
 
 def reporters(config: APMConfig) -> list[Emitter]:

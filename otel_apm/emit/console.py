@@ -25,7 +25,7 @@ class ConsoleReporter:
         self._last: dict[str, float] = {}
         self._lock = threading.Lock()
 
-    def emit(self, trace: Trace, findings: Sequence[Finding]) -> None:
+    def emit(self, trace: Trace | None, findings: Sequence[Finding]) -> None:
         if not findings:
             return
         now = time.monotonic()
@@ -50,5 +50,5 @@ def format_line(f: Finding) -> str:
     return (
         f"[otel-apm] {f.severity.upper()} {f.type} {f.service} {f.endpoint!r}: {f.title}"
         f"{f' at {f.code_location}' if f.code_location else ''}. Fix: {f.recommendation} "
-        f"(trace {trace_id_hex(f.trace_id)}, fingerprint {f.fingerprint})\n"
+        f"({f'trace {trace_id_hex(f.trace_id)}, ' if f.trace_id else ''}fingerprint {f.fingerprint})\n"
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from opentelemetry._logs import LoggerProvider, SeverityNumber, get_logger
+from opentelemetry.context import Context
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
 
 from otel_apm.detectors.base import Finding
@@ -25,21 +26,29 @@ class EventEmitter:
     def __init__(self, logger_provider: LoggerProvider | None = None) -> None:
         self._logger = get_logger("otel_apm", __version__, logger_provider=logger_provider)
 
-    def emit(self, trace: Trace, findings: Sequence[Finding]) -> None:
-        end_ns = trace.root.end_ns if trace.root is not None else None
+    def emit(self, trace: Trace | None, findings: Sequence[Finding]) -> None:
+        end_ns = trace.root.end_ns if trace is not None and trace.root is not None else None
         for finding in findings:
-            span_context = SpanContext(
-                finding.trace_id,
-                finding.span_ids[0],
-                is_remote=False,
-                trace_flags=TraceFlags(TraceFlags.SAMPLED),
-            )
             self._logger.emit(
                 timestamp=end_ns,
-                context=set_span_in_context(NonRecordingSpan(span_context)),
+                context=_context_of(finding),
                 severity_number=_SEVERITY[finding.severity],
                 severity_text=finding.severity.upper(),
                 body=finding.title,
                 attributes=finding_attributes(finding),
                 event_name=EVENT_NAME,
             )
+
+
+def _context_of(finding: Finding) -> Context:
+    """The offending span's context, so the backend links the event to it; a finding about the
+    process (trace id 0) is emitted in no span's context rather than the caller's."""
+    if not finding.trace_id or not finding.span_ids:
+        return Context()
+    span_context = SpanContext(
+        finding.trace_id,
+        finding.span_ids[0],
+        is_remote=False,
+        trace_flags=TraceFlags(TraceFlags.SAMPLED),
+    )
+    return set_span_in_context(NonRecordingSpan(span_context))

@@ -72,12 +72,13 @@ class MetricsEmitter:
 
         return observe
 
-    def emit(self, trace: Trace, findings: Sequence[Finding]) -> None:
-        root = trace.root
+    def emit(self, trace: Trace | None, findings: Sequence[Finding]) -> None:
         with self._lock:
             for finding in findings:
                 self._findings.add((finding.type, finding.severity, finding.service, finding.endpoint), 1)
-            if root is None:
+            # No root: findings about the process, or a trace cut short by our bounds.
+            root = trace.root if trace is not None else None
+            if trace is None or root is None:
                 return
             where = (root.service, trace.endpoint)
             queries, db_ms = trace.breakdown().get(DB, (0, 0.0))

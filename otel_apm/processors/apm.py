@@ -281,12 +281,21 @@ class APMSpanProcessor(SpanProcessor):
         self._count("traces_analyzed")
         self._count("spans_analyzed", len(trace.spans))
         self._count("findings", len(findings))
+        self._emit(trace, findings)
+        return findings
+
+    def emit_findings(self, findings: Sequence[Finding]) -> None:
+        """Report findings about the process rather than one trace (memory growth, CPU hot
+        spots) through the same emitters as the traces' findings."""
+        self._count("findings", len(findings))
+        self._emit(None, findings)
+
+    def _emit(self, trace: Trace | None, findings: Sequence[Finding]) -> None:
         for emitter in self._emitters:
             try:
                 emitter.emit(trace, findings)
             except Exception as exc:
                 self._failed("emit", exc)
-        return findings
 
     def _forward(self, spans: Iterable[ReadableSpan]) -> None:
         if self._next is not None:
