@@ -7,8 +7,12 @@ import os
 import sys
 import tempfile
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from otel_apm.config import APMConfig, ConfigError
+
+if TYPE_CHECKING:
+    from otel_apm.store.db import FindingsStore
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -52,6 +56,47 @@ def evaluate(args: argparse.Namespace) -> int:
     return status
 
 
+def _store(url: str | None) -> FindingsStore:
+    """The store named by ``--store``, else by APM_STORE_URL."""
+    from otel_apm.store.db import FindingsStore
+
+    config = APMConfig.from_env(store_url=url) if url else APMConfig.from_env()
+    if not config.store_url:
+        raise ConfigError(
+            "no store: pass --store sqlite:///path.sqlite (or postgresql://...) or set APM_STORE_URL"
+        )
+    return FindingsStore.from_config(config)
+
+
+def report(args: argparse.Namespace) -> int:
+    """Print the performance report of a store for a window."""
+    from otel_apm.store.report import build_report, render
+
+    store = _store(args.store)
+    try:
+        data = build_report(store, args.window, limit=args.limit)
+    except ValueError as exc:
+        print(f"otel-apm report: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        store.close()
+    sys.stdout.write(render(data, args.format))
+    return 0
+
+
+def mute(args: argparse.Namespace) -> int:
+    """Mute (or unmute) a finding by fingerprint: the report lists it no more."""
+    store = _store(args.store)
+    try:
+        found = store.set_muted(args.fingerprint, not args.unmute)
+    finally:
+        store.close()
+    if not found:
+        print(f"otel-apm mute: no finding {args.fingerprint!r} in the store", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="otel-apm", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -90,6 +135,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("dir", nargs="?", default="tests/corpus", help="corpus folder (default: tests/corpus)")
     p.add_argument("--json", action="store_true", help="print the scores and mismatches as JSON")
     p.set_defaults(run=evaluate)
+    p = commands.add_parser("report", help="the performance report of a findings store, ranked by impact")
+    p.add_argument(
+        "--store", metavar="URL", help="sqlite:///file or postgresql://... (default: APM_STORE_URL)"
+    )
+    p.add_argument("--window", default="24h", help="how far back: 15m, 1h, 24h, 7d ... or all (default 24h)")
+    p.add_argument("--format", choices=("table", "json", "markdown"), default="table")
+    p.add_argument("--limit", type=int, default=10, help="problems listed per section (default 10)")
+    p.set_defaults(run=report)
+    p = commands.add_parser(
+        "mute", help="mute a finding in the store by fingerprint (it is no longer reported)"
+    )
+    p.add_argument("fingerprint")
+    p.add_argument(
+        "--store", metavar="URL", help="sqlite:///file or postgresql://... (default: APM_STORE_URL)"
+    )
+    p.add_argument("--unmute", action="store_true", help="report it again")
+    p.set_defaults(run=mute)
     args = parser.parse_args(argv)
     try:
         return int(args.run(args))

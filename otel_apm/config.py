@@ -248,6 +248,30 @@ class APMConfig:
     span_events_enabled: bool = _setting(
         True, "APM_SPAN_EVENTS_ENABLED", doc="attach findings to the local root as span events"
     )
+    store_url: str = _setting(
+        "",
+        "APM_STORE_URL",
+        doc="keep findings in a store: sqlite:///path/file.sqlite, or postgresql://user@host/db"
+        "?schema=name to share one; empty: no store",
+    )
+    store_retention_days: float = _setting(
+        30.0, "APM_STORE_RETENTION_DAYS", minimum=0.01, doc="findings not seen for this long are removed"
+    )
+    store_resolve_after_h: float = _setting(
+        24.0,
+        "APM_STORE_RESOLVE_AFTER_H",
+        minimum=0.0,
+        doc="an open finding not seen for this long is reported as resolved (open again when seen)",
+    )
+    store_examples: int = _setting(
+        5, "APM_STORE_EXAMPLES", minimum=1, doc="example trace ids kept per finding, the latest ones"
+    )
+    store_queue_size: int = _setting(
+        10000,
+        "APM_STORE_QUEUE_SIZE",
+        minimum=1,
+        doc="findings waiting for the store's writer; past it they are dropped and counted",
+    )
 
     def __post_init__(self) -> None:
         # Lists are accepted where tuples are kept (keyword arguments, the collector's YAML).
@@ -258,6 +282,10 @@ class APMConfig:
             object.__setattr__(self, "suppressions", rules)
         for f in dataclasses.fields(self):
             _validate(f, getattr(self, f.name))
+        if self.store_url:
+            from otel_apm.store.url import parse_store_url
+
+            parse_store_url(self.store_url)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> APMConfig:

@@ -33,6 +33,10 @@ def reporters(config: APMConfig) -> list[Emitter]:
     chosen: list[Emitter] = []
     if config.console_enabled:
         chosen.append(ConsoleReporter(config.console_interval_s))
+    if config.store_url:
+        from otel_apm.store.emitter import StoreEmitter
+
+        chosen.append(StoreEmitter(config))
     return chosen
 
 
