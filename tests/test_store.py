@@ -1,0 +1,477 @@
+"""The findings store on SQLite and PostgreSQL (the same tests for both), the StoreEmitter that
+feeds it from the processor, and ``otel-apm report`` / ``otel-apm mute`` over a store filled by a
+real Flask + SQLAlchemy workload."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import requests
+from flask import Flask
+from flask.typing import ResponseReturnValue
+from opentelemetry.trace import SpanKind
+from sqlalchemy import Engine, create_engine, event, text
+from test_workloads import list_authors, seed
+
+from otel_apm import cli
+from otel_apm.config import APMConfig, ConfigError
+from otel_apm.detectors.base import Finding
+from otel_apm.emit import reporters, shutdown_emitters
+from otel_apm.store.db import FindingsStore
+from otel_apm.store.emitter import StoreEmitter
+from otel_apm.store.report import build_report, parse_window
+
+if TYPE_CHECKING:
+    from conftest import OTel
+
+HOUR = 3600.0
+DAY = 86400.0
+
+
+# -- fixtures -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
+    """A fresh, empty store: a SQLite file, or a PostgreSQL schema of its own (dropped after)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'findings.sqlite'}"
+        return
+    import psycopg2
+
+    base: str = request.getfixturevalue("postgres_url")
+    schema = f"otel_apm_store_{uuid.uuid4().hex[:12]}"
+    yield f"{base}?schema={schema}"
+    conn = psycopg2.connect(base.replace("+psycopg2", ""))
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        conn.close()
+
+
+def config_for(url: str, **settings: Any) -> APMConfig:
+    return APMConfig(store_url=url, console_enabled=False, **settings)
+
+
+@pytest.fixture
+def open_store() -> Iterator[Callable[..., FindingsStore]]:
+    """``open_store(url, **settings)``: a reader of the store, closed after the test."""
+    opened: list[FindingsStore] = []
+
+    def open_(url: str, **settings: Any) -> FindingsStore:
+        store = FindingsStore.from_config(config_for(url, **settings))
+        opened.append(store)
+        return store
+
+    yield open_
+    for store in opened:
+        store.close()
+
+
+def finding(fingerprint: str, trace_id: int, impact_ms: float = 10.0, **fields: Any) -> Finding:
+    values: dict[str, Any] = {
+        "type": "n_plus_one_query",
+        "title": f"problem {fingerprint}",
+        "severity": "warning",
+        "fingerprint": fingerprint,
+        "service": "shop",
+        "endpoint": "GET /authors",
+        "trace_id": trace_id,
+        "span_ids": (1, 2),
+        "count": 2,
+        "total_duration_ms": impact_ms,
+        "max_duration_ms": impact_ms / 2,
+        "recommendation": "load them in one query",
+        "services": ("shop",),
+        "statement": "select * from books where author_id = ?",
+        "evidence": {"repetitions": 2, "tables": ("books",)},
+        "impact_ms": impact_ms,
+    }
+    values.update(fields)
+    return Finding(**values)
+
+
+def emit_all(config: APMConfig, batches: list[list[Finding]]) -> StoreEmitter:
+    """A StoreEmitter that was given ``batches`` and shut down (so everything is written)."""
+    emitter = StoreEmitter(config)
+    for batch in batches:
+        emitter.emit(None, batch)
+    emitter.shutdown(10.0)
+    assert emitter.stats() == {"written": sum(map(len, batches)), "dropped": 0, "errors": 0}
+    return emitter
+
+
+# -- the store ------------------------------------------------------------------------------------
+
+
+def test_findings_survive_a_restart(store_url: str, open_store: Callable[..., FindingsStore]) -> None:
+    config = config_for(store_url)
+    before = time.time()
+    emit_all(config, [[finding("a", 1), finding("b", 0, impact_ms=0)], [finding("a", 2)], [finding("a", 3)]])
+
+    store = open_store(store_url)  # a new connection: what the first process left is there
+    first = {f.fingerprint: f for f in store.findings()}
+    assert set(first) == {"a", "b"}
+    a = first["a"]
+    assert (a.occurrences, a.window_occurrences, a.total_impact_ms) == (3, 3, 30.0)
+    assert sorted(a.example_trace_ids) == [f"{i:032x}" for i in (1, 2, 3)]
+    assert a.state == "open" and a.services == ("shop",) and a.evidence["tables"] == ["books"]
+    assert before <= a.first_seen <= a.last_seen <= time.time()
+    b = first["b"]  # a finding about the process: stored, with no example trace
+    assert (b.occurrences, b.example_trace_ids) == (1, ())
+
+    emit_all(config, [[finding("a", 4, impact_ms=5.0, title="problem a again")]])  # "after a restart"
+    again = {f.fingerprint: f for f in store.findings()}["a"]
+    assert (again.occurrences, again.total_impact_ms, again.title) == (4, 35.0, "problem a again")
+    assert again.first_seen == a.first_seen and again.last_seen >= a.last_seen
+    assert [f.fingerprint for f in store.findings()] == ["a", "b"]  # costliest first
+
+
+def test_example_trace_ids_are_the_latest_few(
+    store_url: str, open_store: Callable[..., FindingsStore]
+) -> None:
+    store = open_store(store_url, store_examples=2)
+    now = time.time()
+    store.write([(now - 50 + i, [finding("a", 100 + i)]) for i in range(5)])
+    store.write([(now, [finding("a", 7)])])
+    (a,) = store.findings()
+    assert a.example_trace_ids == (f"{7:032x}", f"{104:032x}")
+    assert a.occurrences == 6
+
+
+def test_retention_removes_old_findings_and_their_counts(
+    store_url: str, open_store: Callable[..., FindingsStore]
+) -> None:
+    now = time.time()
+    store = open_store(store_url)
+    store.write(
+        [
+            (now - 3 * DAY, [finding("old", 1), finding("both", 2)]),
+            (now - 10, [finding("both", 3), finding("new", 4)]),
+        ]
+    )
+    assert {f.fingerprint for f in store.findings()} == {"old", "both", "new"}
+
+    # A StoreEmitter purges when it starts (then hourly): a day of retention keeps 1 of the 3 days.
+    emit_all(config_for(store_url, store_retention_days=1.0), [])
+    left = {f.fingerprint: f for f in store.findings()}
+    assert set(left) == {"both", "new"}
+    both = left["both"]
+    # The finding stays (seen lately) but its 3-day-old occurrence is gone from the counts by minute
+    assert (both.occurrences, both.window_occurrences) == (2, 1)
+    assert both.example_trace_ids == (f"{3:032x}", f"{2:032x}")
+
+
+def test_a_window_counts_what_happened_in_it(
+    store_url: str, open_store: Callable[..., FindingsStore]
+) -> None:
+    now = time.time()
+    store = open_store(store_url)
+    store.write(
+        [
+            (now - 2 * HOUR, [finding("a", 1), finding("a", 2), finding("gone", 3, impact_ms=99.0)]),
+            (now - 60, [finding("a", 4, impact_ms=1.0)]),
+        ]
+    )
+    hour = store.findings(now - HOUR, now=now)
+    assert [(f.fingerprint, f.window_occurrences, f.window_impact_ms, f.occurrences) for f in hour] == [
+        ("a", 1, 1.0, 3)
+    ]
+    ever = store.findings(now=now)
+    assert [f.fingerprint for f in ever] == ["gone", "a"]  # 99 ms lost against 21 ms
+    assert store.findings(types=["slow_query"]) == []
+    assert [f.fingerprint for f in store.findings(fingerprint="gone")] == ["gone"]
+
+
+def test_muted_resolved_and_open(store_url: str, open_store: Callable[..., FindingsStore]) -> None:
+    now = time.time()
+    store = open_store(store_url, store_resolve_after_h=1.0)
+    store.write([(now - 2 * HOUR, [finding("quiet", 1), finding("muted", 2)]), (now, [finding("loud", 3)])])
+    assert store.set_muted("muted", True) is True
+    assert store.set_muted("no-such-fingerprint", True) is False
+    states = {f.fingerprint: f.state for f in store.findings(now=now)}
+    assert states == {"quiet": "resolved", "muted": "muted", "loud": "open"}
+    assert [f.fingerprint for f in store.findings(state="resolved", now=now)] == ["quiet"]
+
+    store.write([(now, [finding("quiet", 4), finding("muted", 5)])])  # seen again
+    states = {f.fingerprint: f.state for f in store.findings(now=now)}
+    assert states == {"quiet": "open", "muted": "muted", "loud": "open"}
+    store.set_muted("muted", False)
+    assert {f.state for f in store.findings(now=now)} == {"open"}
+
+
+def test_analyzers_sharing_one_store_add_up(store_url: str, open_store: Callable[..., FindingsStore]) -> None:
+    config = config_for(store_url)
+    emitters = [StoreEmitter(config) for _ in range(3)]
+    start = threading.Barrier(len(emitters))
+
+    def run(emitter: StoreEmitter, base: int) -> None:
+        start.wait()
+        for i in range(40):
+            emitter.emit(None, [finding("shared", base + i + 1)])
+
+    threads = [threading.Thread(target=run, args=(e, 1000 * n)) for n, e in enumerate(emitters)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    shutdown_emitters(emitters, 10.0)
+    assert [e.stats()["written"] for e in emitters] == [40, 40, 40]
+    (shared,) = open_store(store_url).findings()
+    assert (shared.occurrences, shared.total_impact_ms) == (120, 1200.0)
+
+
+def test_a_full_queue_drops_and_counts_instead_of_waiting(
+    store_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    emitter = StoreEmitter(config_for(store_url, store_queue_size=2))
+    assert emitter.flush(10.0)  # the writer has connected and purged: it waits for findings now
+    with emitter.store._lock:  # the writer cannot write while we hold its connection
+        for i in range(10):
+            emitter.emit(None, [finding("burst", i + 1)])
+    emitter.shutdown(10.0)
+    stats = emitter.stats()
+    # the writer may have taken a few before it blocked; the queue holds 2 more; the rest are gone
+    assert stats["dropped"] >= 1 and stats["written"] + stats["dropped"] == 10, stats
+    assert caplog.text.count("the store's queue is full") == 1
+
+
+# -- configuration ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("mysql://root@localhost/test", "unknown scheme 'mysql'"),
+        ("findings.sqlite", "not a URL"),
+        ("sqlite://findings.sqlite", "three slashes"),
+        ("sqlite:///:memory:", "would not survive"),
+        ("postgresql://db.example/", "no database"),
+        ("postgresql:///apm", "no host"),
+        ("postgresql://db:port/apm", "port is not a number"),
+        ("postgresql://db/apm?schema=a;drop", "not a plain identifier"),
+    ],
+)
+def test_bad_store_urls_are_refused_naming_the_variable(url: str, why: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        APMConfig.from_env({"APM_STORE_URL": url})
+    message = str(caught.value)
+    assert message.startswith(f"APM_STORE_URL={url!r}: ") and why in message
+    assert "expected sqlite:///" in message
+
+
+def test_reporters_add_the_store_only_when_configured(tmp_path: Any) -> None:
+    assert not any(isinstance(r, StoreEmitter) for r in reporters(APMConfig()))
+    config = APMConfig.from_env({"APM_STORE_URL": f"sqlite:///{tmp_path / 's.sqlite'}"})
+    chosen = reporters(config)
+    try:
+        assert [type(r) for r in chosen if isinstance(r, StoreEmitter)] == [StoreEmitter]
+    finally:
+        shutdown_emitters(chosen, 5.0)
+
+
+# -- through the processor ----------------------------------------------------------------------------
+
+
+def n_plus_one_request(otel: OTel, queries: int = 6) -> None:
+    """One request span with ``queries`` identical SELECTs under it: an N+1."""
+    with otel.tracer.start_as_current_span(
+        "GET /authors",
+        kind=SpanKind.SERVER,
+        attributes={"http.route": "/authors", "http.request.method": "GET"},
+    ):
+        for i in range(queries):
+            with otel.tracer.start_as_current_span(
+                "SELECT books",
+                kind=SpanKind.CLIENT,
+                attributes={
+                    "db.system.name": "sqlite",
+                    "db.query.text": f"SELECT * FROM books WHERE author_id = {i}",
+                },
+            ):
+                pass
+
+
+@pytest.mark.parametrize("where", ["a directory", "a closed port"])
+def test_store_failures_never_reach_the_app(
+    where: str, tmp_path: Any, make_otel: Callable[..., OTel], caplog: pytest.LogCaptureFixture
+) -> None:
+    url = f"sqlite:///{tmp_path}" if where == "a directory" else "postgresql://127.0.0.1:1/test"
+    store = StoreEmitter(config_for(url))
+    otel = make_otel(emitters=[store])
+    for _ in range(3):
+        n_plus_one_request(otel)
+        assert store.flush(10.0)
+    otel.processor.shutdown()
+    assert len(otel.spans()) == 3 * 7  # every span went on to the exporter
+    assert otel.processor.stats()["findings"] == 3
+    stats = store.stats()
+    assert stats["written"] == 0 and stats["dropped"] == 3 and stats["errors"] >= 3
+    warnings = [
+        r for r in caplog.records if r.name == "otel_apm.store.emitter" and r.levelno == logging.WARNING
+    ]
+    # logged once per kind: the purge at start, the writes, the findings dropped for them
+    messages = [r.getMessage() for r in warnings]
+    assert [sum(text in m for m in messages) for text in ("store purge failed", "store write failed")] == [
+        1,
+        1,
+    ]
+    assert sum("findings not stored: writing to the store failed" in m for m in messages) == 1
+
+
+def test_processor_findings_reach_the_store(
+    store_url: str, make_otel: Callable[..., OTel], open_store: Callable[..., FindingsStore]
+) -> None:
+    otel = make_otel(store_url=store_url)
+    for _ in range(4):
+        n_plus_one_request(otel)
+    otel.processor.shutdown()  # shuts the reporters down: the store's writer flushes
+    (stored,) = open_store(store_url).findings()
+    assert (stored.type, stored.endpoint, stored.occurrences) == ("n_plus_one_query", "GET /authors", 4)
+    assert stored.statement == "select * from books where author_id = ?"
+    assert len(stored.example_trace_ids) == 4
+
+
+# -- otel-apm report over a real workload ----------------------------------------------------------------
+
+SHORT_PAUSE_MS = 110
+LONG_PAUSE_MS = 200
+
+
+def make_shop(engine: Engine) -> Flask:
+    """An N+1 (/authors) and two slow statements: a short one run often, a long one run once."""
+    app = Flask(__name__)
+
+    def authors() -> ResponseReturnValue:
+        return list_authors(engine, "select")
+
+    def report(kind: str) -> ResponseReturnValue:
+        pause = LONG_PAUSE_MS if kind == "long" else SHORT_PAUSE_MS
+        with engine.connect() as conn:
+            conn.execute(text(f"SELECT pause(:ms) AS {kind}"), {"ms": pause})
+        return "done"
+
+    app.add_url_rule("/authors", view_func=authors)
+    app.add_url_rule("/reports/<kind>", view_func=report)
+    return app
+
+
+@pytest.fixture
+def shop_engine(tmp_path: Any) -> Iterator[Engine]:
+    engine = create_engine(f"sqlite:///{tmp_path / 'shop.db'}", connect_args={"check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def add_pause(dbapi_connection: Any, _: Any) -> None:
+        dbapi_connection.create_function("pause", 1, lambda ms: time.sleep(ms / 1000) or 0)
+
+    seed(engine)
+    yield engine
+    engine.dispose()
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    status = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_report_on_a_real_workload_ranks_the_costliest_first(
+    store_url: str,
+    make_otel: Callable[..., OTel],
+    shop_engine: Engine,
+    instrument_sqlalchemy: Callable[..., None],
+    instrument_flask: Callable[..., None],
+    serve_wsgi: Callable[[Any], str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    otel = make_otel(store_url=store_url, service_name="shop")
+    instrument_sqlalchemy([shop_engine], otel.tracer_provider)
+    app = make_shop(shop_engine)
+    instrument_flask(app, otel.tracer_provider)
+    base = serve_wsgi(app)
+    paths = ["/authors"] * 4 + ["/reports/short"] * 5 + ["/reports/long"]
+    for path in paths:
+        requests.get(base + path, timeout=30).raise_for_status()
+    otel.wait_for(lambda: otel.processor.stats()["traces_analyzed"] == len(paths))
+    otel.processor.shutdown()
+
+    status, out, _ = run_cli(capsys, "report", "--store", store_url, "--window", "1h", "--format", "json")
+    assert status == 0
+    report = json.loads(out)
+    slow = [(f["statement"], f["endpoint"], f["window_occurrences"]) for f in report["slow_queries"]]
+    # five short pauses cost more than one long one: the frequent statement ranks first
+    assert slow == [
+        ("select pause(?) as short", "GET /reports/<kind>", 5),
+        ("select pause(?) as long", "GET /reports/<kind>", 1),
+    ]
+    assert report["slow_queries"][0]["window_impact_ms"] >= 5 * SHORT_PAUSE_MS
+    (n1,) = report["n_plus_one"]
+    assert (n1["type"], n1["endpoint"], n1["window_occurrences"], n1["service"]) == (
+        "n_plus_one_query",
+        "GET /authors",
+        4,
+        "shop",
+    )
+    assert report["memory_warnings"] == [] and report["summary"]["states"]["open"] >= 3
+    assert report["summary"]["by_type"]["slow_query"] == 2
+
+    status, out, _ = run_cli(capsys, "report", "--store", store_url, "--window", "1h")
+    assert status == 0
+    lines = out.splitlines()
+    top = lines[lines.index("Slow queries:") + 2]
+    assert "slow_query in shop GET /reports/<kind>" in top and "      5 warning" in top
+    assert "select pause(?) as short" in lines[lines.index("Slow queries:") + 3]
+    assert any("n_plus_one_query in shop GET /authors" in line for line in lines)
+
+    status, out, _ = run_cli(capsys, "report", "--store", store_url, "--format", "markdown")
+    assert status == 0
+    assert "## Slow queries" in out and "## N+1 issues" in out
+    assert "| 1 |" in out and "`select pause(?) as short`" in out
+
+    # mute the N+1: the report no longer lists it, the summary counts it as muted
+    status, _, _ = run_cli(capsys, "mute", n1["fingerprint"], "--store", store_url)
+    assert status == 0
+    status, out, _ = run_cli(capsys, "report", "--store", store_url, "--format", "json")
+    muted = json.loads(out)
+    assert muted["n_plus_one"] == [] and muted["summary"]["states"]["muted"] == 1
+
+
+def test_report_command_errors(tmp_path: Any, capsys: pytest.CaptureFixture[str], monkeypatch: Any) -> None:
+    monkeypatch.delenv("APM_STORE_URL", raising=False)
+    status, _, err = run_cli(capsys, "report")
+    assert status == 2 and "no store: pass --store" in err
+    url = f"sqlite:///{tmp_path / 'empty.sqlite'}"
+    status, _, err = run_cli(capsys, "report", "--store", url, "--window", "3 weeks")
+    assert status == 2 and "expected how far back" in err
+    status, out, _ = run_cli(capsys, "report", "--store", url)
+    assert status == 0 and "No problems found in this window." in out
+    status, _, err = run_cli(capsys, "mute", "0123", "--store", url)
+    assert status == 1 and "no finding '0123'" in err
+    status, _, err = run_cli(capsys, "report", "--store", "mysql://x/y")
+    assert status == 2 and "APM_STORE_URL='mysql://x/y'" in err
+
+
+def test_windows() -> None:
+    assert [parse_window(w) for w in ("15m", "1h", "24h", "7d", "all")] == [900, 3600, 86400, 604800, None]
+    for bad in ("0h", "1w", "h", ""):
+        with pytest.raises(ValueError, match="expected how far back"):
+            parse_window(bad)
+
+
+def test_report_of_an_empty_window(tmp_path: Any) -> None:
+    store = FindingsStore(f"sqlite:///{tmp_path / 'x.sqlite'}")
+    try:
+        store.write([(time.time() - 2 * DAY, [finding("a", 1)])])
+        report = build_report(store, "24h")
+        assert report["summary"]["findings"] == 0 and report["n_plus_one"] == []
+        assert [f["fingerprint"] for f in build_report(store, "7d")["n_plus_one"]] == ["a"]
+    finally:
+        store.close()
