@@ -122,23 +122,25 @@ def build_report(
     store: FindingsStore, window: str, *, limit: int = 10, now: float | None = None
 ) -> dict[str, Any]:
     """The whole report as plain data (the JSON format and the API's /report)."""
+    head, found = read_window(store, window, now=now)
+    sections: dict[str, list[dict[str, Any]]] = {key: [] for key, _, _ in SECTIONS}
+    for f in found:
+        rows = sections[section_of(f.type)]
+        if f.state != "muted" and len(rows) < limit:
+            rows.append(f.to_dict())
+    return {**head, "summary": summary(found), **sections}
+
+
+def read_window(
+    store: FindingsStore, window: str, *, now: float | None = None, **filters: Any
+) -> tuple[dict[str, Any], list[StoredFinding]]:
+    """The findings of a window (``filters`` as :meth:`FindingsStore.findings` takes them), and
+    the head every answer starts with: when, over which window, from which store."""
     now = time.time() if now is None else now
     window_s = parse_window(window)
-    found = store.findings(since_of(window_s, now), now=now)
-    active = [f for f in found if f.state != "muted"]
-    sections: dict[str, list[dict[str, Any]]] = {key: [] for key, _, _ in SECTIONS}
-    for f in active:
-        rows = sections[section_of(f.type)]
-        if len(rows) < limit:
-            rows.append(f.to_dict())
-    return {
-        "generated_at": now,
-        "window": window,
-        "since": None if window_s is None else now - window_s,
-        "store": str(store.url),
-        "summary": summary(found),
-        **sections,
-    }
+    since = since_of(window_s, now)
+    head = {"generated_at": now, "window": window, "since": since or None, "store": str(store.url)}
+    return head, store.findings(since, now=now, **filters)
 
 
 # -- rendering ------------------------------------------------------------------------------------------
