@@ -24,6 +24,7 @@ from otel_apm import cli
 from otel_apm.config import APMConfig, ConfigError
 from otel_apm.detectors.base import Finding
 from otel_apm.emit import reporters, shutdown_emitters
+from otel_apm.stats import Statistics
 from otel_apm.store.db import FindingsStore
 from otel_apm.store.emitter import StoreEmitter
 from otel_apm.store.report import build_report, parse_window
@@ -105,7 +106,8 @@ def emit_all(config: APMConfig, batches: list[list[Finding]]) -> StoreEmitter:
     for batch in batches:
         emitter.emit(None, batch)
     emitter.shutdown(10.0)
-    assert emitter.stats() == {"written": sum(map(len, batches)), "dropped": 0, "errors": 0}
+    stats = emitter.stats()
+    assert (stats["written"], stats["dropped"], stats["errors"]) == (sum(map(len, batches)), 0, 0)
     return emitter
 
 
@@ -227,6 +229,28 @@ def test_analyzers_sharing_one_store_add_up(store_url: str, open_store: Callable
     assert [e.stats()["written"] for e in emitters] == [40, 40, 40]
     (shared,) = open_store(store_url).findings()
     assert (shared.occurrences, shared.total_impact_ms) == (120, 1200.0)
+
+
+def test_stores_opened_at_once_create_the_tables_once(store_url: str) -> None:
+    stores = [FindingsStore(store_url) for _ in range(4)]
+    start = threading.Barrier(len(stores))
+    results: list[object] = []
+
+    def open_and_read(store: FindingsStore) -> None:
+        start.wait()
+        try:
+            results.append(store.findings())
+        except Exception as exc:
+            results.append(exc)
+
+    threads = [threading.Thread(target=open_and_read, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for store in stores:
+        store.close()
+    assert results == [[]] * len(stores)
 
 
 def test_a_full_queue_drops_and_counts_instead_of_waiting(
@@ -392,7 +416,11 @@ def test_report_on_a_real_workload_ranks_the_costliest_first(
     serve_wsgi: Callable[[Any], str],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    otel = make_otel(store_url=store_url, service_name="shop")
+    # The statistics' clock is ours, so the minute the workload ran in can be closed (and stored)
+    clock = [time.time()]
+    statistics = Statistics(clock=lambda: clock[0])
+    store = StoreEmitter(config_for(store_url, service_name="shop"), statistics)
+    otel = make_otel(emitters=[statistics, store], service_name="shop")
     instrument_sqlalchemy([shop_engine], otel.tracer_provider)
     app = make_shop(shop_engine)
     instrument_flask(app, otel.tracer_provider)
@@ -401,12 +429,19 @@ def test_report_on_a_real_workload_ranks_the_costliest_first(
     for path in paths:
         requests.get(base + path, timeout=30).raise_for_status()
     otel.wait_for(lambda: otel.processor.stats()["traces_analyzed"] == len(paths))
+    clock[0] += 120
     otel.processor.shutdown()
+    assert store.stats()["minutes_written"] >= 4  # 2 endpoints, 2+ statements
 
     status, out, _ = run_cli(capsys, "report", "--store", store_url, "--window", "1h", "--format", "json")
     assert status == 0
     report = json.loads(out)
-    slow = [(f["statement"], f["endpoint"], f["window_occurrences"]) for f in report["slow_queries"]]
+    # (a query of the N+1 stalled past the threshold on a loaded machine is one more slow query)
+    slow = [
+        (f["statement"], f["endpoint"], f["window_occurrences"])
+        for f in report["slow_queries"]
+        if "pause" in f["statement"]
+    ]
     # five short pauses cost more than one long one: the frequent statement ranks first
     assert slow == [
         ("select pause(?) as short", "GET /reports/<kind>", 5),
@@ -421,15 +456,33 @@ def test_report_on_a_real_workload_ranks_the_costliest_first(
         "shop",
     )
     assert report["memory_warnings"] == [] and report["summary"]["states"]["open"] >= 3
-    assert report["summary"]["by_type"]["slow_query"] == 2
+    assert report["summary"]["by_type"]["slow_query"] >= 2
+    # the statistics of the same minutes, read back from the store
+    transactions = report["summary"]["transactions"]
+    assert transactions["count"] == len(paths) and transactions["errors"] == 0
+    assert transactions["max_ms"] >= LONG_PAUSE_MS * 0.99 > transactions["p50_ms"]
+    by_endpoint = {e["endpoint"]: e for e in report["endpoints"]}
+    assert by_endpoint["GET /reports/<kind>"]["stats"]["count"] == 6
+    assert "slow_query" in by_endpoint["GET /reports/<kind>"]["problems"]["types"]
+    authors = by_endpoint["GET /authors"]
+    assert (authors["stats"]["count"], authors["stats"]["queries_per_request"]) == (4, 11)
+    assert "n_plus_one_query" in authors["problems"]["types"]
+    short = next(s for s in report["statements"] if s["statement"] == "select pause(?) as short")
+    assert (short["stats"]["count"], short["stats"]["endpoints"]) == (5, ["GET /reports/<kind>"])
+    assert short["stats"]["mean_ms"] >= SHORT_PAUSE_MS * 0.99 and short["problems"]["findings"] == 1
 
     status, out, _ = run_cli(capsys, "report", "--store", store_url, "--window", "1h")
     assert status == 0
     lines = out.splitlines()
+    assert lines[2].startswith(f"{len(paths)} transactions, ")
     top = lines[lines.index("Slow queries:") + 2]
-    assert "slow_query in shop GET /reports/<kind>" in top and "      5 warning" in top
-    assert "select pause(?) as short" in lines[lines.index("Slow queries:") + 3]
+    assert "slow_query in shop GET /reports/<kind>" in top and top.split()[:5:2] == ["1", "5", "open"]
+    assert lines[lines.index("Slow queries:") + 3].strip() == "select pause(?) as short"
     assert any("n_plus_one_query in shop GET /authors" in line for line in lines)
+    endpoints_at = lines.index("Endpoints, busiest first:")
+    assert lines[endpoints_at + 1].split() == [
+        *("endpoint", "requests", "mean", "p95", "errors", "db", "share", "queries", "problems")
+    ]
 
     status, out, _ = run_cli(capsys, "report", "--store", store_url, "--format", "markdown")
     assert status == 0

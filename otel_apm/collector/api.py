@@ -23,14 +23,26 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from otel_apm.collector.httpserver import BackgroundHTTPServer
 from otel_apm.contain import FailureLog
-from otel_apm.store.db import STATES, FindingsStore
-from otel_apm.store.report import build_report, endpoints, parse_window, read_window, statements, summary
+from otel_apm.stats import Snapshot
+from otel_apm.store.db import STATES, FindingsStore, StoredFinding
+from otel_apm.store.report import (
+    build_report,
+    endpoints,
+    parse_window,
+    read_statistics,
+    read_window,
+    statements,
+    summary,
+)
 
 _log = logging.getLogger(__name__)
 
 PREFIX = "/api/v1/"
 DEFAULT_WINDOW = "24h"
 DEFAULT_LIMIT = 100
+
+
+Route = Callable[[FindingsStore, dict[str, list[str]]], dict[str, Any]]
 
 
 class BadRequest(ValueError):
@@ -58,17 +70,14 @@ def _limit(query: dict[str, list[str]], default: int) -> int:
     return int(text)
 
 
-def _listing(key: str, rows: Callable[[list[Any]], list[dict[str, Any]]]) -> Callable[..., dict[str, Any]]:
+def _listing(key: str, rows: Callable[[list[StoredFinding], Snapshot], Any]) -> Route:
+    """A route answering ``rows(findings, statistics)`` of the window under ``key``."""
+
     def answer(store: FindingsStore, query: dict[str, list[str]]) -> dict[str, Any]:
         head, found = read_window(store, _window(query, DEFAULT_WINDOW))
-        return {**head, key: rows(found)}
+        return {**head, key: rows(found, read_statistics(store, head))}
 
     return answer
-
-
-def _summary(store: FindingsStore, query: dict[str, list[str]]) -> dict[str, Any]:
-    head, found = read_window(store, _window(query, DEFAULT_WINDOW))
-    return {**head, "summary": summary(found)}
 
 
 def _findings(store: FindingsStore, query: dict[str, list[str]]) -> dict[str, Any]:
@@ -84,8 +93,8 @@ def _report(store: FindingsStore, query: dict[str, list[str]]) -> dict[str, Any]
     return build_report(store, _window(query, DEFAULT_WINDOW), limit=_limit(query, 10))
 
 
-ROUTES: dict[str, Callable[[FindingsStore, dict[str, list[str]]], dict[str, Any]]] = {
-    "summary": _summary,
+ROUTES: dict[str, Route] = {
+    "summary": _listing("summary", summary),
     "endpoints": _listing("endpoints", endpoints),
     "statements": _listing("statements", statements),
     "findings": _findings,

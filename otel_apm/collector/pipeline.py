@@ -37,6 +37,7 @@ from otel_apm.contain import FailureLog
 from otel_apm.emit import Emitter, reporters, shutdown_emitters
 from otel_apm.ingest.otlp import has_valid_ids, views_from_request
 from otel_apm.model import SpanView, Trace
+from otel_apm.stats import statistics_of
 from otel_apm.version import __version__
 
 _log = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ class Pipeline:
         self.telemetry = telemetry
         self.forwarder = forwarder
         self.emitters = tuple(emitters)
+        self.statistics = statistics_of(self.emitters)  # the JSON API's rolling statistics
         self.analyzing = config.analysis.enabled
         self.analyzer = Analyzer(config.analysis)
         assembly = config.assembly

@@ -26,17 +26,22 @@ class Emitter(Protocol):
 
 def reporters(config: APMConfig) -> list[Emitter]:
     """The reporters the configuration turns on, the same for the in-process processor, the demo
-    and the collector; the OTel events and metrics are built by each deployment, which owns
+    and the collector, including the rolling statistics (:func:`otel_apm.stats.statistics_of`
+    finds them); the OTel events and metrics are built by each deployment, which owns
     their providers."""
     from otel_apm.emit.console import ConsoleReporter
+    from otel_apm.stats import statistics_from_config
 
     chosen: list[Emitter] = []
     if config.console_enabled:
         chosen.append(ConsoleReporter(config.console_interval_s))
+    statistics = statistics_from_config(config) if config.stats_enabled else None
+    if statistics is not None:
+        chosen.append(statistics)
     if config.store_url:
         from otel_apm.store.emitter import StoreEmitter
 
-        chosen.append(StoreEmitter(config))
+        chosen.append(StoreEmitter(config, statistics))
     return chosen
 
 

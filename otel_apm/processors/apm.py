@@ -43,6 +43,7 @@ from otel_apm.ingest.callsite import CODE_FILE_PATH, CallSite
 from otel_apm.ingest.sdk import SpanReader, add_attributes, plain_attributes
 from otel_apm.model import SpanView, Trace
 from otel_apm.semconv import SERVICE_NAME
+from otel_apm.stats import Statistics, statistics_of
 from otel_apm.version import __version__
 
 _log = logging.getLogger(__name__)
@@ -200,6 +201,13 @@ class APMSpanProcessor(SpanProcessor):
             "errors_detector": self._analyzer.failures.total,
             "findings_suppressed": self._analyzer.suppressed,
         }
+
+    @property
+    def statistics(self) -> Statistics | None:
+        """The rolling statistics per endpoint and statement (``snapshot(window)``,
+        ``closed_minutes()``), or None when APM_STATS_ENABLED is off or emitters were given
+        without them."""
+        return statistics_of(self._emitters)
 
     # -- internals -----------------------------------------------------------------------------
 

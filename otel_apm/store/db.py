@@ -1,5 +1,6 @@
 """The findings store: one table of findings grouped by fingerprint, their occurrences per minute
-(so a report over the last hour counts the last hour only) and a few example trace ids each.
+(so a report over the last hour counts the last hour only) and a few example trace ids each; and
+the rolled-up statistics (:mod:`otel_apm.stats`) as one record per key and closed minute.
 
 The SQL is written once for both backends: SQLite (3.24+) and PostgreSQL share ``INSERT ... ON
 CONFLICT DO UPDATE`` and ``excluded``, and counters are incremented in SQL, so analyzers sharing
@@ -26,9 +27,11 @@ from typing import Any, Protocol
 from otel_apm.config import APMConfig, ConfigError
 from otel_apm.detectors.base import Finding
 from otel_apm.emit.attributes import trace_id_hex
+from otel_apm.stats import MinuteRecord, Snapshot, merge_records, summarize
 from otel_apm.store.url import StoreURL, parse_store_url
 
 State = str  # "open", "resolved" or "muted"
+_WAL_ATTEMPTS = 100
 STATES = ("open", "resolved", "muted")
 
 _SCHEMA = (
@@ -60,6 +63,16 @@ _SCHEMA = (
         PRIMARY KEY (fingerprint, minute)
     )""",
     "CREATE INDEX IF NOT EXISTS apm_finding_minutes_minute ON apm_finding_minutes (minute)",
+    # One row per analyzer, key and closed minute: analyzers sharing a store each add theirs,
+    # and a read merges every row of the window (the sketches merge exactly).
+    """CREATE TABLE IF NOT EXISTS apm_stats_minutes (
+        kind TEXT NOT NULL,
+        service TEXT NOT NULL,
+        name TEXT NOT NULL,
+        minute BIGINT NOT NULL,
+        record TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS apm_stats_minutes_minute ON apm_stats_minutes (minute)",
     """CREATE TABLE IF NOT EXISTS apm_finding_examples (
         fingerprint TEXT NOT NULL,
         trace_id TEXT NOT NULL,
@@ -163,8 +176,18 @@ class _SQLite:
         directory = os.path.dirname(os.path.abspath(path))
         os.makedirs(directory, exist_ok=True)
         self._conn = sqlite3.connect(path, timeout=10.0, check_same_thread=False)
-        # WAL: readers (the report, the API) never wait for the writer, nor it for them.
-        self._conn.execute("PRAGMA journal_mode=WAL")
+        # WAL: readers (the report, the API) never wait for the writer, nor it for them.  Turning
+        # it on takes the file exclusively, and SQLite answers "locked" at once rather than wait
+        # when another connection is doing the same: so it is tried again for a while.
+        for attempt in range(_WAL_ATTEMPTS):
+            try:
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError:
+                if attempt == _WAL_ATTEMPTS - 1:
+                    self._conn.close()
+                    raise
+                time.sleep(0.05)
         self._conn.execute("PRAGMA synchronous=NORMAL")
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
@@ -195,14 +218,16 @@ class _Postgres:
                 f"store {url}: PostgreSQL needs psycopg2: pip install 'otel-apm[postgres]'"
             ) from None
         self._conn = psycopg2.connect(url.target, connect_timeout=5, application_name="otel-apm")
-        # CREATE SCHEMA IF NOT EXISTS can still collide when two analyzers start together.
+        # CREATE ... IF NOT EXISTS still collides when two connections create the same thing at
+        # once (analyzers starting together, the collector's API and writer): the tables are
+        # created under a lock held until the transaction the store commits after them.
         try:
+            self.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (f"otel_apm schema {url.schema}",))
             self.execute(f'CREATE SCHEMA IF NOT EXISTS "{url.schema}"')
-            self.commit()
-        except psycopg2.IntegrityError:
-            self.rollback()
-        self.execute(f'SET search_path TO "{url.schema}"')
-        self.commit()
+            self.execute(f'SET search_path TO "{url.schema}"')
+        except BaseException:
+            self._conn.close()
+            raise
 
     def _cursor(self) -> Any:
         return self._conn.cursor()
@@ -247,6 +272,7 @@ class FindingsStore:
         self.config = config or APMConfig()
         self._lock = threading.Lock()
         self._conn: _Connection | None = None
+        self.unreadable = 0
 
     @classmethod
     def from_config(cls, config: APMConfig) -> FindingsStore:
@@ -323,14 +349,31 @@ class FindingsStore:
         self._transaction(work)
         return sum(m.occurrences for m in merged.values())
 
+    def write_minutes(self, records: Sequence[MinuteRecord]) -> int:
+        """Store the rolled-up statistics' closed minutes (:meth:`Statistics.closed_minutes`)."""
+        if not records:
+            return 0
+        rows = [
+            (r.kind, r.service, r.name, int(r.start // 60), json.dumps(r.to_dict(), separators=(",", ":")))
+            for r in records
+        ]
+        self._transaction(
+            lambda conn: conn.executemany(
+                "INSERT INTO apm_stats_minutes (kind, service, name, minute, record) VALUES (?, ?, ?, ?, ?)",
+                rows,
+            )
+        )
+        return len(rows)
+
     def purge(self, before: float) -> int:
         """Remove findings last seen before ``before`` (epoch seconds) and every per-minute count
-        older than that; returns the findings removed."""
+        and statistic older than that; returns the findings removed."""
         minute = int(before // 60)
 
         def work(conn: _Connection) -> int:
             gone = conn.query("SELECT count(*) FROM apm_findings WHERE last_seen < ?", (before,))[0][0]
             conn.execute("DELETE FROM apm_finding_minutes WHERE minute < ?", (minute,))
+            conn.execute("DELETE FROM apm_stats_minutes WHERE minute < ?", (minute,))
             conn.execute(
                 "DELETE FROM apm_finding_examples WHERE fingerprint IN "
                 "(SELECT fingerprint FROM apm_findings WHERE last_seen < ?)",
@@ -357,6 +400,26 @@ class FindingsStore:
         return changed
 
     # -- reading ---------------------------------------------------------------------------------------
+
+    def statistics(self, window: str, since: float = 0.0, now: float | None = None) -> Snapshot:
+        """The rolled-up statistics of the minutes since ``since`` (0: all kept), merged: the
+        same Snapshot a live :class:`Statistics` gives, percentiles from the merged sketches.
+        A record this version cannot read is skipped and counted in ``unreadable``."""
+        now = time.time() if now is None else now
+        rows = self._transaction(
+            lambda conn: conn.query(
+                "SELECT record FROM apm_stats_minutes WHERE minute >= ? ORDER BY minute", (int(since // 60),)
+            )
+        )
+        records = []
+        for (text,) in rows:
+            try:
+                records.append(MinuteRecord.from_dict(json.loads(text)))
+            except ValueError:
+                self.unreadable += 1
+        endpoints, statements = merge_records(records, self.config.stats_max_endpoints_per_statement)
+        start = since if since else min((r.start for r in records), default=now)
+        return summarize(window, start, now, endpoints, statements)
 
     def findings(
         self,

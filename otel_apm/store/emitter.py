@@ -5,7 +5,9 @@ queued at once and writes it in one transaction, so a burst costs one commit, no
 request.  When the queue is full (the store is slower than the findings come) the findings are
 dropped and counted rather than block a request.  A failing store (disk full, PostgreSQL down)
 costs the batch being written: counted, logged once, and the next batch opens a new connection.
-Retention runs on the writer thread too, at start and then every ``PURGE_INTERVAL_S``.
+Retention runs on the writer thread too, at start and then every ``PURGE_INTERVAL_S``; and so
+does the persistence of the rolled-up statistics: their closed minutes, every ``STATS_INTERVAL_S``
+and at each flush and at shutdown.  The minute still open at shutdown is not stored.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from otel_apm.config import APMConfig
 from otel_apm.contain import FailureLog
 from otel_apm.detectors.base import Finding
 from otel_apm.model import Trace
+from otel_apm.stats import Statistics
 from otel_apm.store.db import FindingsStore, check_driver
 from otel_apm.store.url import parse_store_url
 
@@ -30,21 +33,25 @@ _log = logging.getLogger(__name__)
 PURGE_INTERVAL_S = 3600.0
 # Findings written per transaction at most: a long backlog is written in bounded steps.
 BATCH_SIZE = 1000
+# How often the writer collects the statistics' closed minutes (each closes once a minute).
+STATS_INTERVAL_S = 15.0
 
 _Item = tuple[float, Sequence[Finding]] | threading.Event | None
 
 
 class StoreEmitter:
-    def __init__(self, config: APMConfig) -> None:
+    def __init__(self, config: APMConfig, statistics: Statistics | None = None) -> None:
         url = parse_store_url(config.store_url)
         check_driver(url)
         self.store = FindingsStore(url, config)
         self._retention_s = config.store_retention_days * 86400
+        self._statistics = statistics
         self._queue: queue.Queue[_Item] = queue.Queue(config.store_queue_size)
         self.failures = FailureLog(_log)
         self._lock = threading.Lock()
         self.written = 0
         self.dropped = 0
+        self.minutes_written = 0
         self._dropped_logged = False
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="otel-apm-store", daemon=True)
@@ -87,19 +94,28 @@ class StoreEmitter:
 
     def stats(self) -> dict[str, int]:
         with self._lock:
-            return {"written": self.written, "dropped": self.dropped, "errors": self.failures.total}
+            return {
+                "written": self.written,
+                "dropped": self.dropped,
+                "errors": self.failures.total,
+                "minutes_written": self.minutes_written,
+            }
 
     # -- the writer thread -----------------------------------------------------------------------------
 
     def _run(self) -> None:
-        next_purge = time.monotonic()
+        next_purge = next_stats = time.monotonic()
         stop = False
         while not stop:
-            if time.monotonic() >= next_purge:
+            now = time.monotonic()
+            if now >= next_purge:
                 self._guarded("purge", lambda: self.store.purge(time.time() - self._retention_s))
-                next_purge = time.monotonic() + PURGE_INTERVAL_S
+                next_purge = now + PURGE_INTERVAL_S
+            if now >= next_stats:
+                self._write_minutes()
+                next_stats = now + STATS_INTERVAL_S
             try:
-                item = self._queue.get(timeout=max(0.01, next_purge - time.monotonic()))
+                item = self._queue.get(timeout=max(0.01, min(next_purge, next_stats) - time.monotonic()))
             except queue.Empty:
                 continue
             items = [item]
@@ -111,11 +127,22 @@ class StoreEmitter:
             batch = [i for i in items if isinstance(i, tuple)]
             if batch:
                 self._write(batch)
+            stop = any(i is None for i in items)
+            if stop or any(isinstance(i, threading.Event) for i in items):
+                self._write_minutes()
             for i in items:
                 if isinstance(i, threading.Event):
                     i.set()
-            stop = any(i is None for i in items)
         self.store.close()
+
+    def _write_minutes(self) -> None:
+        statistics = self._statistics
+        if statistics is None:
+            return
+        records = statistics.closed_minutes()
+        if records and self._guarded("statistics", lambda: self.store.write_minutes(records)):
+            with self._lock:
+                self.minutes_written += len(records)
 
     def _write(self, batch: list[tuple[float, Sequence[Finding]]]) -> None:
         n = sum(len(findings) for _, findings in batch)
