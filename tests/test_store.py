@@ -364,6 +364,40 @@ def test_processor_findings_reach_the_store(
     assert len(stored.example_trace_ids) == 4
 
 
+def test_statistics_survive_a_restart_and_retention(
+    store_url: str, make_otel: Callable[..., OTel], open_store: Callable[..., FindingsStore]
+) -> None:
+    now = time.time()
+    clock = [now - 3 * DAY]
+    statistics = Statistics(clock=lambda: clock[0])
+    otel = make_otel(emitters=[statistics])
+    for _ in range(2):
+        n_plus_one_request(otel)
+    clock[0] = now - 600
+    for _ in range(3):
+        n_plus_one_request(otel)
+    clock[0] = now + 120  # both minutes are closed now
+    live = statistics.snapshot("all")
+    store = StoreEmitter(config_for(store_url), statistics)
+    store.shutdown(10.0)
+    assert store.stats()["minutes_written"] == 4  # 2 minutes x (1 endpoint + 1 statement)
+
+    stored = open_store(store_url).statistics("all", now=now)  # another connection: "after a restart"
+    assert stored.overall.count == live.overall.count == 5
+    assert stored.overall.p95_ms == pytest.approx(live.overall.p95_ms)
+    assert stored.overall.queries_per_request == 6
+    (statement,) = stored.statements
+    assert (statement.statement, statement.count, statement.endpoints) == (
+        "select * from books where author_id = ?",
+        30,
+        ("GET /authors",),
+    )
+    assert open_store(store_url).statistics("1h", now - HOUR, now).overall.count == 3
+
+    emit_all(config_for(store_url, store_retention_days=1.0), [])  # purges at start
+    assert open_store(store_url).statistics("all", now=now).overall.count == 3
+
+
 # -- otel-apm report over a real workload ----------------------------------------------------------------
 
 SHORT_PAUSE_MS = 110
