@@ -82,6 +82,8 @@ def test_findings_over_the_json_api_survive_a_restart(
     assert (stored["statement"], stored["state"], stored["window_occurrences"]) == (N1_STATEMENT, "open", 3)
     assert len(stored["example_trace_ids"]) == 3 and all(len(t) == 32 for t in stored["example_trace_ids"])
 
+    assert api.service.telemetry.value("store_findings_written_total") == 3
+    assert api.service.telemetry.value("store_findings_dropped_total") == 0
     one = api.get(f"findings/{stored['fingerprint']}")
     assert one["window"] == "all" and one["finding"]["occurrences"] == 3
 
@@ -137,6 +139,7 @@ def test_a_failing_store_answers_503_and_the_collector_keeps_going(
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert api.service.running
+    assert api.service.telemetry.value("store_findings_dropped_total") == 1  # the N+1 of that trace
     assert caplog.text.count("otel-apm: api failed") == 1
 
 

@@ -30,6 +30,7 @@ from otel_apm.collector.pipeline import Emission, Pipeline
 from otel_apm.collector.receivers import GrpcReceiver, HttpReceiver
 from otel_apm.collector.telemetry import Telemetry, TelemetryServer
 from otel_apm.store.db import FindingsStore
+from otel_apm.store.emitter import StoreEmitter
 
 _log = logging.getLogger("otel_apm.collector")
 
@@ -69,6 +70,10 @@ class CollectorService:
         config = self.config
         self.emission = Emission(config)
         self.pipeline = Pipeline(config, self.telemetry, self.forwarder, self.emission.emitters)
+        store = next((e for e in self.emission.emitters if isinstance(e, StoreEmitter)), None)
+        if store is not None:
+            self.telemetry.observe("store_findings_written_total", lambda: store.stats()["written"])
+            self.telemetry.observe("store_findings_dropped_total", lambda: store.stats()["dropped"])
         try:
             self._grpc = GrpcReceiver(config, self.pipeline)
             self._http = HttpReceiver(config, self.pipeline, self.telemetry)

@@ -72,6 +72,13 @@ METRICS: dict[str, tuple[Kind, str, str | None, tuple[str, ...]]] = {
         tuple(d.type for d in DEFAULT_DETECTORS),
     ),
     "findings_suppressed_total": ("counter", "Findings silenced by a suppression rule", None, ()),
+    "store_findings_written_total": ("counter", "Findings written to the findings store", None, ()),
+    "store_findings_dropped_total": (
+        "counter",
+        "Findings not stored: the store's queue was full or writing failed (logged once)",
+        None,
+        (),
+    ),
     "analysis_errors_total": (
         "counter",
         "Failures of our own (receivers, ingest, analysis, emission), contained and logged once per kind",
