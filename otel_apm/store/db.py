@@ -237,8 +237,11 @@ class _Postgres:
             cur.execute(sql.replace("?", "%s"), tuple(params))
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        from psycopg2.extras import execute_batch
+
+        # executemany is a round trip per row; a page of statements per round trip instead.
         with self._cursor() as cur:
-            cur.executemany(sql.replace("?", "%s"), [tuple(r) for r in rows])
+            execute_batch(cur, sql.replace("?", "%s"), [tuple(r) for r in rows], page_size=200)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._cursor() as cur:
@@ -323,17 +326,17 @@ class FindingsStore:
     def write(self, batch: Sequence[tuple[float, Sequence[Finding]]]) -> int:
         """Store findings seen at the given times (epoch seconds), in one transaction.  Returns
         the number of findings written."""
+        keep = self.config.store_examples
         merged: dict[str, _Merged] = {}
         for seen, findings in batch:
             for finding in findings:
                 entry = merged.get(finding.fingerprint)
                 if entry is None:
-                    merged[finding.fingerprint] = _Merged(finding, seen)
+                    merged[finding.fingerprint] = _Merged(finding, seen, keep)
                 else:
                     entry.add(finding, seen)
         if not merged:
             return 0
-        keep = self.config.store_examples
 
         def work(conn: _Connection) -> None:
             conn.executemany(_UPSERT_FINDING, [m.row() for m in merged.values()])
@@ -504,7 +507,8 @@ class FindingsStore:
 class _Merged:
     """The occurrences of one fingerprint in one batch, as one row per table."""
 
-    def __init__(self, finding: Finding, seen: float) -> None:
+    def __init__(self, finding: Finding, seen: float, keep: int) -> None:
+        self.keep = keep
         self.latest = finding
         self.first = self.last = seen
         self.occurrences = 0
@@ -526,6 +530,8 @@ class _Merged:
         self.minutes[minute] = (n + 1, ms + finding.impact_ms)
         if finding.trace_id:  # findings about the process have no trace to show
             self.examples[trace_id_hex(finding.trace_id)] = seen
+            if len(self.examples) > self.keep:  # only the latest few can be kept anyway
+                del self.examples[min(self.examples, key=self.examples.__getitem__)]
 
     def row(self) -> tuple[Any, ...]:
         f = self.latest
