@@ -16,8 +16,8 @@ import pytest
 import requests
 from flask import Flask
 from flask.typing import ResponseReturnValue
-from opentelemetry.trace import SpanKind
 from sqlalchemy import Engine, create_engine, event, text
+from test_collector import n_plus_one_trace
 from test_workloads import list_authors, seed
 
 from otel_apm import cli
@@ -305,25 +305,6 @@ def test_reporters_add_the_store_only_when_configured(tmp_path: Any) -> None:
 # -- through the processor ----------------------------------------------------------------------------
 
 
-def n_plus_one_request(otel: OTel, queries: int = 6) -> None:
-    """One request span with ``queries`` identical SELECTs under it: an N+1."""
-    with otel.tracer.start_as_current_span(
-        "GET /authors",
-        kind=SpanKind.SERVER,
-        attributes={"http.route": "/authors", "http.request.method": "GET"},
-    ):
-        for i in range(queries):
-            with otel.tracer.start_as_current_span(
-                "SELECT books",
-                kind=SpanKind.CLIENT,
-                attributes={
-                    "db.system.name": "sqlite",
-                    "db.query.text": f"SELECT * FROM books WHERE author_id = {i}",
-                },
-            ):
-                pass
-
-
 @pytest.mark.parametrize("where", ["a directory", "a closed port"])
 def test_store_failures_never_reach_the_app(
     where: str, tmp_path: Any, make_otel: Callable[..., OTel], caplog: pytest.LogCaptureFixture
@@ -332,10 +313,10 @@ def test_store_failures_never_reach_the_app(
     store = StoreEmitter(config_for(url))
     otel = make_otel(emitters=[store])
     for _ in range(3):
-        n_plus_one_request(otel)
+        n_plus_one_trace(otel.tracer_provider)
         assert store.flush(10.0)
     otel.processor.shutdown()
-    assert len(otel.spans()) == 3 * 7  # every span went on to the exporter
+    assert len(otel.spans()) == 3 * 8  # every span went on to the exporter
     assert otel.processor.stats()["findings"] == 3
     stats = store.stats()
     assert stats["written"] == 0 and stats["dropped"] == 3 and stats["errors"] >= 3
@@ -356,11 +337,11 @@ def test_processor_findings_reach_the_store(
 ) -> None:
     otel = make_otel(store_url=store_url)
     for _ in range(4):
-        n_plus_one_request(otel)
+        n_plus_one_trace(otel.tracer_provider)
     otel.processor.shutdown()  # shuts the reporters down: the store's writer flushes
     (stored,) = open_store(store_url).findings()
     assert (stored.type, stored.endpoint, stored.occurrences) == ("n_plus_one_query", "GET /authors", 4)
-    assert stored.statement == "select * from books where author_id = ?"
+    assert stored.statement == "select id, title from books where author_id = ?"
     assert len(stored.example_trace_ids) == 4
 
 
@@ -372,23 +353,23 @@ def test_statistics_survive_a_restart_and_retention(
     statistics = Statistics(clock=lambda: clock[0])
     otel = make_otel(emitters=[statistics])
     for _ in range(2):
-        n_plus_one_request(otel)
+        n_plus_one_trace(otel.tracer_provider)
     clock[0] = now - 600
     for _ in range(3):
-        n_plus_one_request(otel)
+        n_plus_one_trace(otel.tracer_provider)
     clock[0] = now + 120  # both minutes are closed now
     live = statistics.snapshot("all")
     store = StoreEmitter(config_for(store_url), statistics)
     store.shutdown(10.0)
-    assert store.stats()["minutes_written"] == 4  # 2 minutes x (1 endpoint + 1 statement)
+    assert store.stats()["minutes_written"] == 6  # 2 minutes x (1 endpoint + 2 statements)
 
     stored = open_store(store_url).statistics("all", now=now)  # another connection: "after a restart"
     assert stored.overall.count == live.overall.count == 5
     assert stored.overall.p95_ms == pytest.approx(live.overall.p95_ms)
-    assert stored.overall.queries_per_request == 6
-    (statement,) = stored.statements
+    assert stored.overall.queries_per_request == 7
+    statement = next(s for s in stored.statements if "books" in s.statement)
     assert (statement.statement, statement.count, statement.endpoints) == (
-        "select * from books where author_id = ?",
+        "select id, title from books where author_id = ?",
         30,
         ("GET /authors",),
     )

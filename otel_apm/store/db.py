@@ -171,7 +171,22 @@ class _Connection(Protocol):
     def close(self) -> None: ...
 
 
-class _SQLite:
+class _DBAPI:
+    """What both connections do alike."""
+
+    _conn: Any
+
+    def commit(self) -> None:
+        self._conn.commit()
+
+    def rollback(self) -> None:
+        self._conn.rollback()
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+class _SQLite(_DBAPI):
     def __init__(self, path: str) -> None:
         directory = os.path.dirname(os.path.abspath(path))
         os.makedirs(directory, exist_ok=True)
@@ -199,24 +214,12 @@ class _SQLite:
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return self._conn.execute(sql, params).fetchall()
 
-    def commit(self) -> None:
-        self._conn.commit()
 
-    def rollback(self) -> None:
-        self._conn.rollback()
-
-    def close(self) -> None:
-        self._conn.close()
-
-
-class _Postgres:
+class _Postgres(_DBAPI):
     def __init__(self, url: StoreURL) -> None:
-        try:
-            import psycopg2
-        except ImportError:
-            raise ConfigError(
-                f"store {url}: PostgreSQL needs psycopg2: pip install 'otel-apm[postgres]'"
-            ) from None
+        check_driver(url)
+        import psycopg2
+
         self._conn = psycopg2.connect(url.target, connect_timeout=5, application_name="otel-apm")
         # CREATE ... IF NOT EXISTS still collides when two connections create the same thing at
         # once (analyzers starting together, the collector's API and writer): the tables are
@@ -247,15 +250,6 @@ class _Postgres:
         with self._cursor() as cur:
             cur.execute(sql.replace("?", "%s"), tuple(params))
             return list(cur.fetchall())
-
-    def commit(self) -> None:
-        self._conn.commit()
-
-    def rollback(self) -> None:
-        self._conn.rollback()
-
-    def close(self) -> None:
-        self._conn.close()
 
 
 def check_driver(url: StoreURL) -> None:
