@@ -187,6 +187,8 @@ class _DBAPI:
 
 
 class _SQLite(_DBAPI):
+    _conn: sqlite3.Connection
+
     def __init__(self, path: str) -> None:
         directory = os.path.dirname(os.path.abspath(path))
         os.makedirs(directory, exist_ok=True)
