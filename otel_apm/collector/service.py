@@ -100,8 +100,8 @@ class CollectorService:
                 server.start()
         self._started = True
         _log.info(
-            "otel-apm collector listening: OTLP/gRPC %s, OTLP/HTTP %s%s; downstream %s; /metrics %s; "
-            "store %s; JSON API %s",
+            "otel-apm collector listening: OTLP/gRPC %s, OTLP/HTTP %s%s; downstream %s; /metrics %s "
+            "(findings store %s, JSON API %s)",
             _address(config.receivers.grpc.endpoint, self.grpc_port),
             _address(config.receivers.http.endpoint, self.http_port),
             " (TLS)" if config.receivers.tls.enabled else "",
