@@ -286,6 +286,20 @@ class APMConfig:
         minimum=1,
         doc="statement fingerprints with statistics of their own; later ones share an overflow entry",
     )
+    metrics_max_endpoints: int = _setting(
+        500,
+        "APM_METRICS_MAX_ENDPOINTS",
+        minimum=1,
+        doc="service+endpoint pairs with metric series of their own; later ones share the "
+        "otel.metric.overflow=true series",
+    )
+    metrics_max_statements: int = _setting(
+        500,
+        "APM_METRICS_MAX_STATEMENTS",
+        minimum=1,
+        doc="statement fingerprints with metric series of their own; later ones share the "
+        "otel.metric.overflow=true series",
+    )
     stats_max_endpoints_per_statement: int = _setting(
         20, "APM_STATS_MAX_ENDPOINTS_PER_STATEMENT", minimum=1, doc="endpoints listed per statement"
     )

@@ -30,7 +30,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from otel_apm.analyze import Analyzer
 from otel_apm.assemble.distributed import TraceAssembler
-from otel_apm.collector.config import CollectorConfig
+from otel_apm.collector.config import CollectorConfig, DownstreamConfig
 from otel_apm.collector.forwarder import Forwarder, Signal
 from otel_apm.collector.telemetry import Telemetry
 from otel_apm.contain import FailureLog
@@ -302,7 +302,7 @@ class Emission:
             reader = PeriodicExportingMetricReader(metric_exporter)
             meter_provider = MeterProvider(resource=resource, metric_readers=[reader])
             self.emitters.append(EventEmitter(logger_provider))
-            self.emitters.append(MetricsEmitter(meter_provider))
+            self.emitters.append(MetricsEmitter(meter_provider, config.analysis))
 
             def shutdown_logs(timeout_s: float) -> None:
                 logger_provider.force_flush(int(timeout_s * 1000))
@@ -365,7 +365,7 @@ def _exporters(config: CollectorConfig) -> tuple[Any, Any]:
             "timeout": downstream.timeout_s,
             "compression": compression,
         }
-        return OTLPLogExporter(**common), OTLPMetricExporter(**common)
+        return OTLPLogExporter(**common), OTLPMetricExporter(**common, **_histograms(downstream))
     from opentelemetry.exporter.otlp.proto.http import Compression as HttpCompression
     from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter as HttpLogExporter
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
@@ -384,5 +384,23 @@ def _exporters(config: CollectorConfig) -> tuple[Any, Any]:
     base = downstream.endpoint
     return (
         HttpLogExporter(endpoint=f"{base}/v1/logs", **http_common),
-        HttpMetricExporter(endpoint=f"{base}/v1/metrics", **http_common),
+        HttpMetricExporter(endpoint=f"{base}/v1/metrics", **http_common, **_histograms(downstream)),
     )
+
+
+def _histograms(downstream: DownstreamConfig) -> dict[str, Any]:
+    """The metric exporter's histogram aggregation, unless left to its environment variable."""
+    from opentelemetry.sdk.metrics import Histogram
+    from opentelemetry.sdk.metrics.view import (
+        ExplicitBucketHistogramAggregation,
+        ExponentialBucketHistogramAggregation,
+    )
+
+    if downstream.histograms == "env":
+        return {}
+    aggregation = (
+        ExponentialBucketHistogramAggregation()
+        if downstream.histograms == "exponential"
+        else ExplicitBucketHistogramAggregation()
+    )
+    return {"preferred_aggregation": {Histogram: aggregation}}

@@ -64,7 +64,7 @@ def run_demo(db: str, otlp_endpoint: str | None) -> int:
     if otlp_endpoint:
         export, logger_provider, meter_provider = _otlp_pipeline(otlp_endpoint, resource)
     tally = _Tally()
-    emitters: list[Emitter] = [EventEmitter(logger_provider), MetricsEmitter(meter_provider), tally]
+    emitters: list[Emitter] = [EventEmitter(logger_provider), MetricsEmitter(meter_provider, config), tally]
     emitters += reporters(config)
     processor = APMSpanProcessor(
         BatchSpanProcessor(export) if export else None,

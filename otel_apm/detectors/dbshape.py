@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from otel_apm.model import SpanView
+from otel_apm.model import DB, SpanView, Trace
 from otel_apm.sql import SqlShape, parse_sql
 
 
@@ -47,3 +47,22 @@ def db_shapes(spans: Iterable[SpanView]) -> list[SqlShape]:
             shape = by_text[text] = db_shape(s)
         shapes.append(shape)
     return shapes
+
+
+def statements_of(trace: Trace) -> dict[tuple[str, str], tuple[SqlShape, list[SpanView]]]:
+    """The trace's queries by (service, statement fingerprint), in arrival order, made once per
+    trace for every reader (the statistics and the metrics both group them so)."""
+    return trace.derived("statements", lambda: _group_statements(trace))
+
+
+def _group_statements(trace: Trace) -> dict[tuple[str, str], tuple[SqlShape, list[SpanView]]]:
+    spans = [s for s in trace.spans if s.category == DB]
+    out: dict[tuple[str, str], tuple[SqlShape, list[SpanView]]] = {}
+    for span, shape in zip(spans, db_shapes(spans), strict=True):
+        key = (span.service, shape.fingerprint)
+        filed = out.get(key)
+        if filed is None:
+            out[key] = (shape, [span])
+        else:
+            filed[1].append(span)
+    return out

@@ -89,7 +89,11 @@ class APMSpanProcessor(SpanProcessor):
             config.max_traces_in_flight, config.max_spans_per_trace, self._tail, self._read_spans
         )
         if emitters is None:
-            emitters = [EventEmitter(logger_provider), MetricsEmitter(meter_provider), *reporters(config)]
+            emitters = [
+                EventEmitter(logger_provider),
+                MetricsEmitter(meter_provider, config),
+                *reporters(config),
+            ]
         self._emitters = tuple(emitters)
         self._reader = SpanReader()
         self._callsite = CallSite() if config.code_location_enabled else None

@@ -19,8 +19,9 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal, get_args
 
 from otel_apm.detectors.base import Finding
-from otel_apm.detectors.dbshape import db_shapes
+from otel_apm.detectors.dbshape import statements_of
 from otel_apm.model import DB, HTTP_CLIENT, SpanView, Trace, endpoint_of
+from otel_apm.sql import SqlShape
 from otel_apm.stats.sketch import DDSketch
 
 Window = Literal["minute", "hour", "day", "all"]
@@ -298,7 +299,7 @@ class Statistics:
         queries, db_ms = breakdown.get(DB, (0, 0.0))
         external_ms = breakdown.get(HTTP_CLIENT, (0, 0.0))[1]
         endpoint = trace.endpoint
-        statements = _statements(trace, root, endpoint) if queries else {}
+        statements = _statements(trace, root, endpoint) if queries else []
         tick = math.floor(self._clock() / self._tick_s)
         with self._lock:
             tally = self._rolling_endpoint((root.service, endpoint), tick).tick
@@ -308,8 +309,8 @@ class Statistics:
             tally.db_ms += db_ms
             tally.db_queries += queries
             tally.external_ms += external_ms
-            for (service, fingerprint), (info, spans, endpoints) in statements.items():
-                tally = self._rolling_statement(service, fingerprint, info, tick).tick
+            for service, shape, spans, endpoints in statements:
+                tally = self._rolling_statement(service, shape, spans[0].db_system or "", tick).tick
                 tally.count += len(spans)
                 add = tally.duration.add
                 for s in spans:
@@ -334,14 +335,18 @@ class Statistics:
         self._advance("endpoint", key, None, rolling, tick)
         return rolling
 
-    def _rolling_statement(self, service: str, fingerprint: str, info: StatementInfo, tick: int) -> _Rolling:
-        key = (service, fingerprint)
+    def _rolling_statement(self, service: str, shape: SqlShape, db_system: str, tick: int) -> _Rolling:
+        key = (service, shape.fingerprint)
         filed = self._statements.get(key)
         if filed is None:
             if len(self._statements) >= self._max_statements:
                 key = ("", OVERFLOW)
                 info = StatementInfo(OVERFLOW, "", "", (), "")
                 filed = self._statements.get(key)
+            else:
+                info = StatementInfo(
+                    shape.fingerprint, shape.normalized, shape.operation, shape.tables, db_system
+                )
             if filed is None:
                 filed = self._statements[key] = (info, self._new_rolling(tick))
         self._advance("statement", key, filed[0], filed[1], tick)
@@ -451,25 +456,19 @@ class Statistics:
 
 def _statements(
     trace: Trace, root: SpanView, endpoint: str
-) -> dict[tuple[str, str], tuple[StatementInfo, list[SpanView], dict[str, None]]]:
-    """The trace's DB spans by (service, statement fingerprint), with the endpoints that ran them:
-    the trace's own, or in a cross-service trace the entry of the statement's service."""
-    spans = [s for s in trace.spans if s.category == DB]
-    out: dict[tuple[str, str], tuple[StatementInfo, list[SpanView], dict[str, None]]] = {}
-    for span, shape in zip(spans, db_shapes(spans), strict=True):
-        key = (span.service, shape.fingerprint)
-        filed = out.get(key)
-        if filed is None:
-            info = StatementInfo(
-                shape.fingerprint, shape.normalized, shape.operation, shape.tables, span.db_system or ""
-            )
-            filed = out[key] = (info, [], {})
-        filed[1].append(span)
-        if span.service == root.service:
-            filed[2][endpoint] = None
+) -> list[tuple[str, SqlShape, list[SpanView], dict[str, None]]]:
+    """The trace's statements by service with the endpoints that ran them: the trace's own, or
+    in a cross-service trace the entry of the statement's service."""
+    out = []
+    for (service, _), (shape, spans) in statements_of(trace).items():
+        if service == root.service:
+            endpoints = {endpoint: None}
         else:
-            entry = trace.entry_of(span)
-            filed[2][endpoint_of(entry) if entry is not None else endpoint] = None
+            endpoints = {}
+            for span in spans:
+                entry = trace.entry_of(span)
+                endpoints[endpoint_of(entry) if entry is not None else endpoint] = None
+        out.append((service, shape, spans, endpoints))
     return out
 
 
