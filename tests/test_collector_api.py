@@ -109,6 +109,11 @@ def test_findings_over_the_json_api_survive_a_restart(
     assert api.service.shutdown()
     again = start_api(store_url)  # a new collector process on the same store
     assert again.get("findings")["findings"][0]["occurrences"] == 3
+    # the statistics too: the minute in progress was stored when the first collector stopped
+    transactions = again.get("summary", window="1h")["summary"]["transactions"]
+    assert (transactions["count"], transactions["queries_per_request"]) == (3, 7)
+    (endpoint,) = again.get("endpoints", window="1h")["endpoints"]
+    assert (endpoint["stats"]["count"], endpoint["problems"]["occurrences"]) == (3, 3)
     again.send_n_plus_one(1)
     (after,) = again.wait_for_occurrences(1, 4)
     assert after["first_seen"] == stored["first_seen"] and after["last_seen"] >= stored["last_seen"]

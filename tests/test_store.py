@@ -339,8 +339,11 @@ def test_processor_findings_reach_the_store(
     for _ in range(4):
         n_plus_one_trace(otel.tracer_provider)
     otel.processor.shutdown()  # shuts the reporters down: the store's writer flushes
-    (stored,) = open_store(store_url).findings()
+    store = open_store(store_url)
+    (stored,) = store.findings()
     assert (stored.type, stored.endpoint, stored.occurrences) == ("n_plus_one_query", "GET /authors", 4)
+    # and the statistics of the minute in progress, closed at shutdown
+    assert store.statistics("all").overall.count == 4
     assert stored.statement == "select id, title from books where author_id = ?"
     assert len(stored.example_trace_ids) == 4
 

@@ -7,7 +7,7 @@ dropped and counted rather than block a request.  A failing store (disk full, Po
 costs the batch being written: counted, logged once, and the next batch opens a new connection.
 Retention runs on the writer thread too, at start and then every ``PURGE_INTERVAL_S``; and so
 does the persistence of the rolled-up statistics: their closed minutes, every ``STATS_INTERVAL_S``
-and at each flush and at shutdown.  The minute still open at shutdown is not stored.
+and at each flush, and at shutdown with the minute still in progress.
 """
 
 from __future__ import annotations
@@ -129,17 +129,17 @@ class StoreEmitter:
                 self._write(batch)
             stop = any(i is None for i in items)
             if stop or any(isinstance(i, threading.Event) for i in items):
-                self._write_minutes()
+                self._write_minutes(final=stop)
             for i in items:
                 if isinstance(i, threading.Event):
                     i.set()
         self.store.close()
 
-    def _write_minutes(self) -> None:
+    def _write_minutes(self, final: bool = False) -> None:
         statistics = self._statistics
         if statistics is None:
             return
-        records = statistics.closed_minutes()
+        records = statistics.closed_minutes(final)
         if records and self._guarded("statistics", lambda: self.store.write_minutes(records)):
             with self._lock:
                 self.minutes_written += len(records)
