@@ -318,6 +318,12 @@ class APMConfig:
         minimum=0.0,
         doc="an open finding not seen for this long is reported as resolved (open again when seen)",
     )
+    store_minute_stats_h: float = _setting(
+        2.0,
+        "APM_STORE_MINUTE_STATS_H",
+        minimum=1.0,
+        doc="statistics older than this are kept by the hour instead of by the minute",
+    )
     store_examples: int = _setting(
         5, "APM_STORE_EXAMPLES", minimum=1, doc="example trace ids kept per finding, the latest ones"
     )

@@ -382,6 +382,49 @@ def test_statistics_survive_a_restart_and_retention(
     assert open_store(store_url).statistics("all", now=now).overall.count == 3
 
 
+def test_old_minutes_roll_up_into_hours_once(
+    store_url: str, make_otel: Callable[..., OTel], open_store: Callable[..., FindingsStore]
+) -> None:
+    hour = int(time.time() // 3600) * 3600 - 4 * 3600  # four whole hours back
+    clock = [float(hour)]
+    statistics = Statistics(clock=lambda: clock[0])
+    otel = make_otel(emitters=[statistics])
+    for minute in range(0, 180, 10):  # a trace every 10 minutes for 3 hours: 18 minutes with data
+        clock[0] = hour + minute * 60 + 5
+        n_plus_one_trace(otel.tracer_provider)
+    clock[0] = hour + 4 * 3600
+    records = statistics.closed_minutes()
+    assert len(records) == 18 * 3  # the endpoint and two statements, each minute
+    writer = open_store(store_url)
+    writer.write_minutes(records)
+    before = writer.statistics("all")
+
+    # two analyzers sharing the store roll up at once: each minute is taken by one of them
+    stores = [open_store(store_url), open_store(store_url)]
+    start = threading.Barrier(2)
+    taken: list[int] = []
+
+    def compact(store: FindingsStore) -> None:
+        start.wait()
+        taken.append(store.compact(hour + 3 * 3600))
+
+    threads = [threading.Thread(target=compact, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(taken) == len(records) and writer.compact(hour + 3 * 3600) == 0
+
+    after = writer.statistics("all")
+    assert after.overall.count == before.overall.count == 18
+    assert after.overall.p95_ms == pytest.approx(before.overall.p95_ms)
+    assert [(s.statement, s.count) for s in after.statements] == [
+        (s.statement, s.count) for s in before.statements
+    ]
+    # one row per key and hour now: a window from the middle of the second hour sees the third
+    assert writer.statistics("2h", hour + 90 * 60).overall.count == 6
+
+
 # -- otel-apm report over a real workload ----------------------------------------------------------------
 
 SHORT_PAUSE_MS = 110

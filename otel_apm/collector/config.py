@@ -359,6 +359,9 @@ class StoreConfig:
     resolve_after_h: float = field(
         default=_apm_default("store_resolve_after_h"), metadata=_m(_apm_setting("store_resolve_after_h"))
     )
+    minute_stats_h: float = field(
+        default=_apm_default("store_minute_stats_h"), metadata=_m(_apm_setting("store_minute_stats_h"))
+    )
     examples: int = field(default=_apm_default("store_examples"), metadata=_m(_apm_setting("store_examples")))
     queue_size: int = field(
         default=_apm_default("store_queue_size"), metadata=_m(_apm_setting("store_queue_size"))

@@ -65,11 +65,13 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS apm_finding_minutes_minute ON apm_finding_minutes (minute)",
     # One row per analyzer, key and closed minute: analyzers sharing a store each add theirs,
     # and a read merges every row of the window (the sketches merge exactly).
+    # ``minutes``: 1, or 60 once the minutes of an hour are rolled up into one row (compact()).
     """CREATE TABLE IF NOT EXISTS apm_stats_minutes (
         kind TEXT NOT NULL,
         service TEXT NOT NULL,
         name TEXT NOT NULL,
         minute BIGINT NOT NULL,
+        minutes INTEGER NOT NULL,
         record TEXT NOT NULL
     )""",
     "CREATE INDEX IF NOT EXISTS apm_stats_minutes_minute ON apm_stats_minutes (minute)",
@@ -352,17 +354,51 @@ class FindingsStore:
         """Store the rolled-up statistics' closed minutes (:meth:`Statistics.closed_minutes`)."""
         if not records:
             return 0
-        rows = [
-            (r.kind, r.service, r.name, int(r.start // 60), json.dumps(r.to_dict(), separators=(",", ":")))
-            for r in records
-        ]
-        self._transaction(
-            lambda conn: conn.executemany(
-                "INSERT INTO apm_stats_minutes (kind, service, name, minute, record) VALUES (?, ?, ?, ?, ?)",
-                rows,
+        self._transaction(lambda conn: _insert_records(conn, records, 1))
+        return len(records)
+
+    def compact(self, before: float) -> int:
+        """Roll the statistics' minutes of every hour that ended before ``before`` up into one
+        row per key and hour (the sketches merge exactly; only the time resolution is lost), so
+        a week's report reads 60 times fewer rows.  Returns the minutes rolled up.
+
+        The minutes are taken with ``DELETE ... RETURNING`` in the transaction that inserts the
+        hours: two analyzers compacting one store at once cannot both take the same minute."""
+        hour_start = int(before // 3600) * 60
+
+        def work(conn: _Connection) -> int:
+            rows = conn.query(
+                "DELETE FROM apm_stats_minutes WHERE minutes = 1 AND minute < ? RETURNING record",
+                (hour_start,),
             )
-        )
-        return len(rows)
+            by_hour: dict[float, list[MinuteRecord]] = {}
+            for record in self._readable(rows):
+                by_hour.setdefault(record.start // 3600 * 3600, []).append(record)
+            cap = self.config.stats_max_endpoints_per_statement
+            hours: list[MinuteRecord] = []
+            for start, records in by_hour.items():
+                endpoints, statements = merge_records(records, cap)
+                hours += [MinuteRecord("endpoint", start, s, n, t) for (s, n), t in endpoints.items()]
+                hours += [
+                    MinuteRecord("statement", start, s, n, t, info)
+                    for (s, n), (info, t) in statements.items()
+                ]
+            _insert_records(conn, hours, 60)
+            return len(rows)
+
+        compacted: int = self._transaction(work)
+        return compacted
+
+    def _readable(self, rows: Iterable[tuple[Any, ...]]) -> list[MinuteRecord]:
+        """The records of ``(record,)`` rows; one this version cannot read is skipped and
+        counted in ``unreadable``."""
+        records = []
+        for (text,) in rows:
+            try:
+                records.append(MinuteRecord.from_dict(json.loads(text)))
+            except ValueError:
+                self.unreadable += 1
+        return records
 
     def purge(self, before: float) -> int:
         """Remove findings last seen before ``before`` (epoch seconds) and every per-minute count
@@ -410,12 +446,7 @@ class FindingsStore:
                 "SELECT record FROM apm_stats_minutes WHERE minute >= ? ORDER BY minute", (int(since // 60),)
             )
         )
-        records = []
-        for (text,) in rows:
-            try:
-                records.append(MinuteRecord.from_dict(json.loads(text)))
-            except ValueError:
-                self.unreadable += 1
+        records = self._readable(rows)
         endpoints, statements = merge_records(records, self.config.stats_max_endpoints_per_statement)
         start = since if since else min((r.start for r in records), default=now)
         return summarize(window, start, now, endpoints, statements)
@@ -498,6 +529,24 @@ class FindingsStore:
             )
         out.sort(key=lambda f: (-f.window_impact_ms, -f.window_occurrences, f.fingerprint))
         return out
+
+
+def _insert_records(conn: _Connection, records: Iterable[MinuteRecord], minutes: int) -> None:
+    conn.executemany(
+        "INSERT INTO apm_stats_minutes (kind, service, name, minute, minutes, record) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        [
+            (
+                r.kind,
+                r.service,
+                r.name,
+                int(r.start // 60),
+                minutes,
+                json.dumps(r.to_dict(), separators=(",", ":")),
+            )
+            for r in records
+        ],
+    )
 
 
 class _Merged:

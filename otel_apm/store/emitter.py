@@ -5,7 +5,8 @@ queued at once and writes it in one transaction, so a burst costs one commit, no
 request.  When the queue is full (the store is slower than the findings come) the findings are
 dropped and counted rather than block a request.  A failing store (disk full, PostgreSQL down)
 costs the batch being written: counted, logged once, and the next batch opens a new connection.
-Retention runs on the writer thread too, at start and then every ``PURGE_INTERVAL_S``; and so
+Retention and the roll-up of old statistics into hours run on the writer thread too, at start
+and then every ``PURGE_INTERVAL_S``; and so
 does the persistence of the rolled-up statistics: their closed minutes, every ``STATS_INTERVAL_S``
 and at each flush, and at shutdown with the minute still in progress.
 """
@@ -45,6 +46,7 @@ class StoreEmitter:
         check_driver(url)
         self.store = FindingsStore(url, config)
         self._retention_s = config.store_retention_days * 86400
+        self._minutes_s = config.store_minute_stats_h * 3600
         self._statistics = statistics
         self._queue: queue.Queue[_Item] = queue.Queue(config.store_queue_size)
         self.failures = FailureLog(_log)
@@ -110,6 +112,7 @@ class StoreEmitter:
             now = time.monotonic()
             if now >= next_purge:
                 self._guarded("purge", lambda: self.store.purge(time.time() - self._retention_s))
+                self._guarded("compaction", lambda: self.store.compact(time.time() - self._minutes_s))
                 next_purge = now + PURGE_INTERVAL_S
             if now >= next_stats:
                 self._write_minutes()
