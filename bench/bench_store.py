@@ -14,6 +14,10 @@ Writer, per finding (median µs of R rounds of N findings):
   a  one transaction per finding (the same loop as above, seen from the writer)
   d  FindingsStore.write of everything queued at once (ours: the writer takes up to 1000)
 
+Reading a day of statistics, E endpoints x 1440 minutes (median s of 3 reads):
+  e  one row per key and minute
+  f  after compact(): one row per key and hour, but for the last 2 hours
+
 Each round starts from the same store; ``--store`` defaults to a SQLite file in a temporary
 folder (a postgresql:// URL measures PostgreSQL: it must name a schema of its own).
 """
@@ -29,6 +33,7 @@ import time
 
 from otel_apm.config import APMConfig
 from otel_apm.detectors.base import Finding
+from otel_apm.stats import DDSketch, MinuteRecord, Tally
 from otel_apm.store.db import FindingsStore
 from otel_apm.store.emitter import StoreEmitter
 
@@ -63,6 +68,30 @@ def make_findings(n: int, seed: int = 7) -> list[Finding]:
     return out
 
 
+def day_of_minutes(store: FindingsStore, endpoints: int, now: float) -> None:
+    """A day of per-minute statistics records, 20 requests per endpoint and minute."""
+    rng = random.Random(11)
+    first = int(now // 60) - 1440
+    for minute in range(first, first + 1440):
+        records = []
+        for e in range(endpoints):
+            tally = Tally(DDSketch())
+            for _ in range(20):
+                tally.duration.add(rng.lognormvariate(3, 1))
+            tally.count = 20
+            records.append(MinuteRecord("endpoint", minute * 60.0, "shop", f"GET /e{e}", tally))
+        store.write_minutes(records)
+
+
+def median_read_s(store: FindingsStore, now: float) -> float:
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        store.statistics("24h", now - 86400, now)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def per_item_us(start: int, items: int) -> float:
     return (time.perf_counter_ns() - start) / 1e3 / items
 
@@ -72,6 +101,7 @@ def main() -> None:
     parser.add_argument("--findings", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--store", help="store URL (default: a SQLite file in a temporary folder)")
+    parser.add_argument("--endpoints", type=int, default=20, help="E, for the read of a day")
     args = parser.parse_args()
     folder = tempfile.mkdtemp(prefix="bench-store-")
     url = args.store or f"sqlite:///{os.path.join(folder, 'findings.sqlite')}"
@@ -98,6 +128,12 @@ def main() -> None:
         for i in range(0, len(findings), 1000):
             store.write([(now, findings[i : i + 1000])])
         samples["d"].append(per_item_us(start, len(findings)))
+
+    now = time.time()
+    day_of_minutes(store, args.endpoints, now)
+    read_minutes = median_read_s(store, now)
+    store.compact(now - 2 * 3600)
+    read_hours = median_read_s(store, now)
     store.close()
 
     med = {k: statistics.median(v) for k, v in samples.items()}
@@ -107,6 +143,10 @@ def main() -> None:
     print(f"app path   a: write on the request path {med['a']:8.1f} µs/finding")
     print(f"           b: StoreEmitter.emit         {med['b']:8.1f} µs/finding   b/a = {ratio_ba:.3f}")
     print(f"writer     d: batched (1000)            {med['d']:8.1f} µs/finding   d/a = {ratio_da:.3f}")
+    print(f"read a day e: by the minute             {read_minutes:8.3f} s ({args.endpoints} endpoints)")
+    print(
+        f"           f: by the hour               {read_hours:8.3f} s   f/e = {read_hours / read_minutes:.3f}"
+    )
 
 
 if __name__ == "__main__":
