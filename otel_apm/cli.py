@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from otel_apm.config import APMConfig, ConfigError
@@ -56,45 +56,58 @@ def evaluate(args: argparse.Namespace) -> int:
     return status
 
 
-def _store(url: str | None) -> FindingsStore:
-    """The store named by ``--store``, else by APM_STORE_URL."""
+def _using_store(args: argparse.Namespace, work: Callable[[FindingsStore], int]) -> int:
+    """``work(store)`` on the store named by ``--store``, else by APM_STORE_URL: a bad argument
+    exits 2, a store that cannot be read 1, each with one line saying why."""
     from otel_apm.store.db import FindingsStore
 
-    config = APMConfig.from_env(store_url=url) if url else APMConfig.from_env()
+    config = APMConfig.from_env(store_url=args.store) if args.store else APMConfig.from_env()
     if not config.store_url:
         raise ConfigError(
             "no store: pass --store sqlite:///path.sqlite (or postgresql://...) or set APM_STORE_URL"
         )
-    return FindingsStore.from_config(config)
+    store = FindingsStore.from_config(config)
+    if store.url.backend == "sqlite" and not os.path.isfile(store.url.target):
+        raise ConfigError(f"no store at {store.url.target!r} (a reader does not create one)")
+    try:
+        return work(store)
+    except ValueError as exc:
+        print(f"otel-apm {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        print(f"otel-apm {args.command}: cannot read the store {store.url}: {exc!r}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
 
 
 def report(args: argparse.Namespace) -> int:
     """Print the performance report of a store for a window."""
     from otel_apm.store.report import build_report, render
 
-    store = _store(args.store)
-    try:
-        data = build_report(store, args.window, limit=args.limit)
-    except ValueError as exc:
-        print(f"otel-apm report: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        store.close()
-    sys.stdout.write(render(data, args.format))
-    return 0
+    def run(store: FindingsStore) -> int:
+        sys.stdout.write(render(build_report(store, args.window, limit=args.limit), args.format))
+        return 0
+
+    return _using_store(args, run)
 
 
 def mute(args: argparse.Namespace) -> int:
     """Mute (or unmute) a finding by fingerprint: the report lists it no more."""
-    store = _store(args.store)
-    try:
-        found = store.set_muted(args.fingerprint, not args.unmute)
-    finally:
-        store.close()
-    if not found:
+
+    def run(store: FindingsStore) -> int:
+        if store.set_muted(args.fingerprint, not args.unmute):
+            return 0
         print(f"otel-apm mute: no finding {args.fingerprint!r} in the store", file=sys.stderr)
         return 1
-    return 0
+
+    return _using_store(args, run)
+
+
+def _at_least_one(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -141,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--window", default="24h", help="how far back: 15m, 1h, 24h, 7d ... or all (default 24h)")
     p.add_argument("--format", choices=("table", "json", "markdown"), default="table")
-    p.add_argument("--limit", type=int, default=10, help="problems listed per section (default 10)")
+    p.add_argument("--limit", type=_at_least_one, default=10, help="rows listed per section (default 10)")
     p.set_defaults(run=report)
     p = commands.add_parser(
         "mute", help="mute a finding in the store by fingerprint (it is no longer reported)"

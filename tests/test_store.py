@@ -563,6 +563,11 @@ def test_report_command_errors(tmp_path: Any, capsys: pytest.CaptureFixture[str]
     status, _, err = run_cli(capsys, "report")
     assert status == 2 and "no store: pass --store" in err
     url = f"sqlite:///{tmp_path / 'empty.sqlite'}"
+    status, _, err = run_cli(capsys, "report", "--store", url)
+    assert status == 2 and "no store at" in err and not (tmp_path / "empty.sqlite").exists()
+    empty = FindingsStore(url)
+    assert empty.findings() == []  # the first use creates the tables
+    empty.close()
     status, _, err = run_cli(capsys, "report", "--store", url, "--window", "3 weeks")
     assert status == 2 and "expected how far back" in err
     status, out, _ = run_cli(capsys, "report", "--store", url)
@@ -571,6 +576,13 @@ def test_report_command_errors(tmp_path: Any, capsys: pytest.CaptureFixture[str]
     assert status == 1 and "no finding '0123'" in err
     status, _, err = run_cli(capsys, "report", "--store", "mysql://x/y")
     assert status == 2 and "APM_STORE_URL='mysql://x/y'" in err
+    status, _, err = run_cli(capsys, "report", "--store", "postgresql://127.0.0.1:1/test")
+    assert status == 1 and err.startswith(
+        "otel-apm report: cannot read the store postgresql://127.0.0.1:1/test"
+    )
+    with pytest.raises(SystemExit):
+        cli.main(["report", "--store", url, "--limit", "0"])
+    assert "expected a whole number >= 1, got '0'" in capsys.readouterr().err
 
 
 def test_windows() -> None:
