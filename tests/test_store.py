@@ -338,14 +338,21 @@ def test_processor_findings_reach_the_store(
     otel = make_otel(store_url=store_url)
     for _ in range(4):
         n_plus_one_trace(otel.tracer_provider)
+    # a finding about the process (trace id 0), as the memory monitor reports one
+    memory = finding("memory", 0, type="memory_high", endpoint="process", statement=None, impact_ms=0.0)
+    otel.processor.emit_findings([memory])
     otel.processor.shutdown()  # shuts the reporters down: the store's writer flushes
     store = open_store(store_url)
-    (stored,) = store.findings()
+    stored, high = store.findings()
     assert (stored.type, stored.endpoint, stored.occurrences) == ("n_plus_one_query", "GET /authors", 4)
-    # and the statistics of the minute in progress, closed at shutdown
-    assert store.statistics("all").overall.count == 4
     assert stored.statement == "select id, title from books where author_id = ?"
     assert len(stored.example_trace_ids) == 4
+    assert (high.type, high.occurrences, high.example_trace_ids) == ("memory_high", 1, ())
+    # and the statistics of the minute in progress, closed at shutdown
+    assert store.statistics("all").overall.count == 4
+    report = build_report(store, "1h")
+    assert [f["fingerprint"] for f in report["memory_warnings"]] == ["memory"]
+    assert [f["type"] for f in report["n_plus_one"]] == ["n_plus_one_query"]
 
 
 def test_statistics_survive_a_restart_and_retention(

@@ -5,10 +5,10 @@ queued at once and writes it in one transaction, so a burst costs one commit, no
 request.  When the queue is full (the store is slower than the findings come) the findings are
 dropped and counted rather than block a request.  A failing store (disk full, PostgreSQL down)
 costs the batch being written: counted, logged once, and the next batch opens a new connection.
-Retention and the roll-up of old statistics into hours run on the writer thread too, at start
-and then every ``PURGE_INTERVAL_S``; and so
-does the persistence of the rolled-up statistics: their closed minutes, every ``STATS_INTERVAL_S``
-and at each flush, and at shutdown with the minute still in progress.
+
+The writer thread also keeps the rolled-up statistics: it stores their closed minutes every
+``STATS_INTERVAL_S``, at each flush, and at shutdown with the minute still in progress.  And it
+applies retention and rolls old statistics up into hours, at start and every ``PURGE_INTERVAL_S``.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ _log = logging.getLogger(__name__)
 
 # Retention is counted in days: an hourly pass keeps the tables within an hour of it.
 PURGE_INTERVAL_S = 3600.0
-# Findings written per transaction at most: a long backlog is written in bounded steps.
+# Emitted batches (a trace's findings each) written per transaction at most: a long backlog is
+# written in bounded steps.
 BATCH_SIZE = 1000
 # How often the writer collects the statistics' closed minutes (each closes once a minute).
 STATS_INTERVAL_S = 15.0
