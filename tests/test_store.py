@@ -405,6 +405,15 @@ def test_old_minutes_roll_up_into_hours_once(
     writer = open_store(store_url)
     writer.write_minutes(records)
     before = writer.statistics("all")
+    # a record of a later version of the format, which this one cannot read: kept, not rolled up
+    later = ("endpoint", "shop", "GET /x", hour // 60, 1, '{"version": 99}')
+    writer._transaction(
+        lambda c: c.execute(
+            "INSERT INTO apm_stats_minutes (kind, service, name, minute, minutes, record) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            later,
+        )
+    )
 
     # two analyzers sharing the store roll up at once: each minute is taken by one of them
     stores = [open_store(store_url), open_store(store_url)]
@@ -420,7 +429,12 @@ def test_old_minutes_roll_up_into_hours_once(
         t.start()
     for t in threads:
         t.join()
-    assert sum(taken) == len(records) and writer.compact(hour + 3 * 3600) == 0
+    # (the unreadable row, put back by one, may be taken by the other too)
+    assert len(records) + 1 <= sum(taken) <= len(records) + 2
+    assert writer.compact(hour + 3 * 3600) == 1  # only the unreadable one, put back each time
+    assert writer._transaction(
+        lambda c: c.query("SELECT minutes, record FROM apm_stats_minutes WHERE name = ?", ("GET /x",))
+    ) == [(1, later[-1])]
 
     after = writer.statistics("all")
     assert after.overall.count == before.overall.count == 18

@@ -368,11 +368,15 @@ class FindingsStore:
 
         def work(conn: _Connection) -> int:
             rows = conn.query(
-                "DELETE FROM apm_stats_minutes WHERE minutes = 1 AND minute < ? RETURNING record",
+                "DELETE FROM apm_stats_minutes WHERE minutes = 1 AND minute < ? "
+                "RETURNING kind, service, name, minute, minutes, record",
                 (hour_start,),
             )
+            readable, unreadable = self._readable(rows)
+            if unreadable:  # another version's: put back as they were, for it to read
+                conn.executemany(_INSERT_RECORD, unreadable)
             by_hour: dict[float, list[MinuteRecord]] = {}
-            for record in self._readable(rows):
+            for record in readable:
                 by_hour.setdefault(record.start // 3600 * 3600, []).append(record)
             cap = self.config.stats_max_endpoints_per_statement
             hours: list[MinuteRecord] = []
@@ -389,16 +393,18 @@ class FindingsStore:
         compacted: int = self._transaction(work)
         return compacted
 
-    def _readable(self, rows: Iterable[tuple[Any, ...]]) -> list[MinuteRecord]:
-        """The records of ``(record,)`` rows; one this version cannot read is skipped and
-        counted in ``unreadable``."""
+    def _readable(self, rows: Iterable[tuple[Any, ...]]) -> tuple[list[MinuteRecord], list[tuple[Any, ...]]]:
+        """The records in the last column of ``rows``, and the rows this version cannot read
+        (counted in ``unreadable``)."""
         records = []
-        for (text,) in rows:
+        unreadable = []
+        for row in rows:
             try:
-                records.append(MinuteRecord.from_dict(json.loads(text)))
+                records.append(MinuteRecord.from_dict(json.loads(row[-1])))
             except ValueError:
                 self.unreadable += 1
-        return records
+                unreadable.append(row)
+        return records, unreadable
 
     def purge(self, before: float) -> int:
         """Remove findings last seen before ``before`` (epoch seconds) and every per-minute count
@@ -446,7 +452,7 @@ class FindingsStore:
                 "SELECT record FROM apm_stats_minutes WHERE minute >= ? ORDER BY minute", (int(since // 60),)
             )
         )
-        records = self._readable(rows)
+        records, _ = self._readable(rows)
         endpoints, statements = merge_records(records, self.config.stats_max_endpoints_per_statement)
         start = since if since else min((r.start for r in records), default=now)
         return summarize(window, start, now, endpoints, statements)
@@ -531,10 +537,14 @@ class FindingsStore:
         return out
 
 
+_INSERT_RECORD = (
+    "INSERT INTO apm_stats_minutes (kind, service, name, minute, minutes, record) VALUES (?, ?, ?, ?, ?, ?)"
+)
+
+
 def _insert_records(conn: _Connection, records: Iterable[MinuteRecord], minutes: int) -> None:
     conn.executemany(
-        "INSERT INTO apm_stats_minutes (kind, service, name, minute, minutes, record) "
-        "VALUES (?, ?, ?, ?, ?, ?)",
+        _INSERT_RECORD,
         [
             (
                 r.kind,
