@@ -248,6 +248,12 @@ def _problems_text(report: dict[str, Any]) -> str:
 _Table = tuple[str, list[str], list[tuple[list[str], list[str]]]]
 
 
+class _Code(str):
+    """Text that Markdown shows as code (a statement, a code location); plain on a terminal."""
+
+    __slots__ = ()
+
+
 def _tables(report: dict[str, Any]) -> list[_Table]:
     tables: list[_Table] = []
     rows: list[tuple[list[str], list[str]]] = []
@@ -273,7 +279,7 @@ def _tables(report: dict[str, Any]) -> list[_Table]:
     for key, title, _ in SECTIONS:
         rows = []
         for i, f in enumerate(report[key], 1):
-            detail = [f["statement"] or f["code_location"] or "", f"fix: {f['recommendation']}"]
+            detail = [_Code(f["statement"] or f["code_location"] or ""), f"fix: {f['recommendation']}"]
             cells = [str(i), _impact(f["window_impact_ms"]), str(f["window_occurrences"]), f["severity"]]
             cells += [f["state"], f"{f['type']} in {f['service']} {f['endpoint']}: {f['title']}"]
             rows.append((cells, [d for d in detail if d] + [f"fingerprint {f['fingerprint']}"]))
@@ -286,7 +292,7 @@ def _tables(report: dict[str, Any]) -> list[_Table]:
         if st is not None:
             cells += [_ms(st["mean_ms"]), _ms(st["p95_ms"]), _ms(st["max_ms"])]
         endpoints = ", ".join(st["endpoints"]) if st else ""
-        rows.append(([*cells, st_row["statement"]], [f"in {endpoints}"] if endpoints else []))
+        rows.append(([*cells, _Code(st_row["statement"])], [f"in {endpoints}"] if endpoints else []))
     if rows:
         tables.append(
             ("Statements, most time first", ["runs", "total", "mean", "p95", "max", "statement"], rows)
@@ -315,7 +321,8 @@ def _table(report: dict[str, Any]) -> str:
 
 
 def _md(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    escaped = text.replace("|", "\\|").replace("\n", " ")
+    return f"`{escaped}`" if isinstance(text, _Code) else escaped
 
 
 def _markdown(report: dict[str, Any]) -> str:
@@ -329,7 +336,7 @@ def _markdown(report: dict[str, Any]) -> str:
     for title, header, rows in _tables(report):
         lines += ["", f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for cells, under in rows:
-            last = "<br>".join([_md(cells[-1]), *(f"`{_md(text)}`" for text in under)])
+            last = "<br>".join(_md(text) for text in [cells[-1], *under])
             lines.append("| " + " | ".join([*(_md(c) for c in cells[:-1]), last]) + " |")
     if not any(report[key] for key, _, _ in SECTIONS):
         lines += ["", "No problems found in this window."]
