@@ -569,7 +569,7 @@ def test_report_on_a_real_workload_ranks_the_costliest_first(
     status, out, _ = run_cli(capsys, "report", "--store", store_url, "--format", "markdown")
     assert status == 0
     assert "## Slow queries" in out and "## N+1 issues" in out
-    assert "| 1 |" in out and "`select pause(?) as short`" in out
+    assert "| 1 |" in out and "<br>`select pause(?) as short`<br>fix: " in out
 
     # mute the N+1: the report no longer lists it, the summary counts it as muted
     status, _, _ = run_cli(capsys, "mute", n1["fingerprint"], "--store", store_url)
