@@ -9,7 +9,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -98,6 +98,28 @@ def finding(fingerprint: str, trace_id: int, impact_ms: float = 10.0, **fields: 
     }
     values.update(fields)
     return Finding(**values)
+
+
+def at_once(work: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
+    """``work(item)`` for every item, each on a thread of its own, all let go at once; the
+    results (or the exceptions raised) in the order of the items."""
+    items = list(items)
+    start = threading.Barrier(len(items))
+    results: list[Any] = [None] * len(items)
+
+    def run(i: int) -> None:
+        start.wait()
+        try:
+            results[i] = work(items[i])
+        except Exception as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(items))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
 
 
 def emit_all(config: APMConfig, batches: list[list[Finding]]) -> StoreEmitter:
@@ -213,18 +235,12 @@ def test_muted_resolved_and_open(store_url: str, open_store: Callable[..., Findi
 def test_analyzers_sharing_one_store_add_up(store_url: str, open_store: Callable[..., FindingsStore]) -> None:
     config = config_for(store_url)
     emitters = [StoreEmitter(config) for _ in range(3)]
-    start = threading.Barrier(len(emitters))
 
-    def run(emitter: StoreEmitter, base: int) -> None:
-        start.wait()
+    def run(n: int) -> None:
         for i in range(40):
-            emitter.emit(None, [finding("shared", base + i + 1)])
+            emitters[n].emit(None, [finding("shared", 1000 * n + i + 1)])
 
-    threads = [threading.Thread(target=run, args=(e, 1000 * n)) for n, e in enumerate(emitters)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    at_once(run, range(len(emitters)))
     shutdown_emitters(emitters, 10.0)
     assert [e.stats()["written"] for e in emitters] == [40, 40, 40]
     (shared,) = open_store(store_url).findings()
@@ -233,21 +249,7 @@ def test_analyzers_sharing_one_store_add_up(store_url: str, open_store: Callable
 
 def test_stores_opened_at_once_create_the_tables_once(store_url: str) -> None:
     stores = [FindingsStore(store_url) for _ in range(4)]
-    start = threading.Barrier(len(stores))
-    results: list[object] = []
-
-    def open_and_read(store: FindingsStore) -> None:
-        start.wait()
-        try:
-            results.append(store.findings())
-        except Exception as exc:
-            results.append(exc)
-
-    threads = [threading.Thread(target=open_and_read, args=(s,)) for s in stores]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = at_once(FindingsStore.findings, stores)
     for store in stores:
         store.close()
     assert results == [[]] * len(stores)
@@ -416,19 +418,9 @@ def test_old_minutes_roll_up_into_hours_once(
     )
 
     # two analyzers sharing the store roll up at once: each minute is taken by one of them
-    stores = [open_store(store_url), open_store(store_url)]
-    start = threading.Barrier(2)
-    taken: list[int] = []
-
-    def compact(store: FindingsStore) -> None:
-        start.wait()
-        taken.append(store.compact(hour + 3 * 3600))
-
-    threads = [threading.Thread(target=compact, args=(s,)) for s in stores]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    taken = at_once(
+        lambda store: store.compact(hour + 3 * 3600), [open_store(store_url), open_store(store_url)]
+    )
     # (the unreadable row, put back by one, may be taken by the other too)
     assert len(records) + 1 <= sum(taken) <= len(records) + 2
     assert writer.compact(hour + 3 * 3600) == 1  # only the unreadable one, put back each time
