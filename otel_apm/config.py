@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any, Literal, get_args
@@ -86,18 +86,8 @@ def _setting(
     minimum: float | None = None,
     maximum: float | None = None,
     doc: str = "",
-    shown: Callable[[Any], str] = str,
 ) -> Any:
-    """A setting; ``shown`` is how ``otel-apm config`` prints its value (without a password)."""
-    return field(
-        default=default, metadata={"env": env, "min": minimum, "max": maximum, "doc": doc, "shown": shown}
-    )
-
-
-def _store_shown(url: str) -> str:
-    from otel_apm.store.url import parse_store_url
-
-    return str(parse_store_url(url)) if url else ""
+    return field(default=default, metadata={"env": env, "min": minimum, "max": maximum, "doc": doc})
 
 
 @dataclass(frozen=True)
@@ -318,7 +308,6 @@ class APMConfig:
         "APM_STORE_URL",
         doc="keep findings in a store: sqlite:///path/file.sqlite, or postgresql://user@host/db"
         "?schema=name to share one; empty: no store",
-        shown=_store_shown,
     )
     store_retention_days: float = _setting(
         30.0, "APM_STORE_RETENTION_DAYS", minimum=0.01, doc="findings not seen for this long are removed"
@@ -377,7 +366,7 @@ class APMConfig:
     def describe(self) -> list[tuple[str, str, str]]:
         """(variable, current value, meaning) rows, for ``otel-apm config`` and the README."""
         return [
-            (f.metadata["env"], f.metadata["shown"](getattr(self, f.name)), f.metadata["doc"])
+            (f.metadata["env"], str(getattr(self, f.name)), f.metadata["doc"])
             for f in dataclasses.fields(self)
         ]
 
