@@ -31,6 +31,7 @@ from otel_apm.collector.receivers import GrpcReceiver, HttpReceiver
 from otel_apm.collector.telemetry import Telemetry, TelemetryServer
 from otel_apm.store.db import FindingsStore
 from otel_apm.store.emitter import StoreEmitter
+from otel_apm.store.url import parse_store_url
 
 _log = logging.getLogger("otel_apm.collector")
 
@@ -109,7 +110,7 @@ class CollectorService:
             if config.downstream.endpoint
             else "none (analyze only)",
             _address(config.telemetry.endpoint, self.metrics_port) if config.telemetry.endpoint else "off",
-            self._api.store.url if self._api is not None else config.store.url or "none",
+            parse_store_url(config.store.url) if config.store.url else "none",
             _address(config.api.endpoint, self.api_port) if self._api and config.api.endpoint else "off",
         )
         return self
