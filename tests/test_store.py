@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 import uuid
@@ -253,6 +254,30 @@ def test_stores_opened_at_once_create_the_tables_once(store_url: str) -> None:
     for store in stores:
         store.close()
     assert results == [[]] * len(stores)
+
+
+def test_a_forked_worker_writes_with_a_thread_and_connection_of_its_own(
+    store_url: str, open_store: Callable[..., FindingsStore]
+) -> None:
+    emitter = StoreEmitter(config_for(store_url))  # built before the fork, as with gunicorn --preload
+    emitter.emit(None, [finding("parent", 1)])
+    assert emitter.flush(10.0)  # the parent's writer has its connection open
+    pid = os.fork()
+    if pid == 0:  # the worker
+        status = 1
+        try:
+            emitter.emit(None, [finding("worker", 2)])
+            emitter.shutdown(10.0)
+            status = 0 if emitter.stats()["written"] == 1 else 1
+        finally:
+            os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    emitter.emit(None, [finding("parent", 3)])  # the parent's writer and connection still work
+    emitter.shutdown(10.0)
+    assert emitter.stats()["written"] == 2 and emitter.stats()["errors"] == 0
+    found = {f.fingerprint: f.occurrences for f in open_store(store_url).findings()}
+    assert found == {"parent": 2, "worker": 1}
 
 
 def test_a_full_queue_drops_and_counts_instead_of_waiting(

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 
 from otel_apm.config import APMConfig
@@ -40,6 +42,9 @@ STATS_INTERVAL_S = 15.0
 
 _Item = tuple[float, Sequence[Finding]] | threading.Event | None
 
+# In a forked child: the stores its parent opened, never to be used nor closed by it.
+_INHERITED: list[FindingsStore] = []
+
 
 class StoreEmitter:
     def __init__(self, config: APMConfig, statistics: Statistics | None = None) -> None:
@@ -57,6 +62,13 @@ class StoreEmitter:
         self.minutes_written = 0
         self._dropped_logged = False
         self._closed = False
+        self._start_writer()
+        # A worker forked from a process that built us (gunicorn --preload) has our queue but not
+        # our thread, nor a connection it may use: it gets both of its own.
+        me = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _after_fork(me))
+
+    def _start_writer(self) -> None:
         self._thread = threading.Thread(target=self._run, name="otel-apm-store", daemon=True)
         self._thread.start()
 
@@ -139,6 +151,19 @@ class StoreEmitter:
                     i.set()
         self.store.close()
 
+    def _forked(self) -> None:
+        """In a forked child: what the parent's writer had queued is the parent's to write."""
+        # The parent's connection is left open and alive: closing it here would close the
+        # parent's session (PostgreSQL) or checkpoint its WAL file (SQLite).
+        _INHERITED.append(self.store)
+        self.store = FindingsStore(self.store.url, self.store.config)
+        self._queue = queue.Queue(self._queue.maxsize)
+        self._lock = threading.Lock()
+        self.failures = FailureLog(_log)
+        self.written = self.dropped = self.minutes_written = 0
+        if not self._closed:
+            self._start_writer()
+
     def _write_minutes(self, final: bool = False) -> None:
         statistics = self._statistics
         if statistics is None:
@@ -163,3 +188,9 @@ class StoreEmitter:
             self.failures.record(f"store {what}", exc)
             return False
         return True
+
+
+def _after_fork(ref: weakref.ref[StoreEmitter]) -> None:
+    emitter = ref()
+    if emitter is not None:
+        emitter._forked()
