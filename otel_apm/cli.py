@@ -41,6 +41,8 @@ def collector(args: argparse.Namespace) -> int:
             ("downstream.endpoint", args.downstream),
             ("downstream.protocol", args.downstream_protocol),
             ("telemetry.endpoint", args.metrics_endpoint),
+            ("store.url", args.store),
+            ("api.endpoint", args.api_endpoint),
         )
         if value is not None
     }
@@ -140,6 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--metrics-endpoint", metavar="HOST:PORT", help="Prometheus /metrics listen address (localhost:8888)"
     )
+    p.add_argument("--store", metavar="URL", help="findings store: sqlite:///file or postgresql://...; none")
+    p.add_argument("--api-endpoint", metavar="HOST:PORT", help="JSON API over the store (localhost:8889)")
     p.set_defaults(run=collector)
     p = commands.add_parser(
         "evaluate",

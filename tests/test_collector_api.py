@@ -177,6 +177,15 @@ def test_store_and_api_settings_are_validated(overrides: dict[str, Any], message
     assert str(caught.value).startswith(message)
 
 
+def test_collector_flags_set_the_store_and_the_api(capsys: pytest.CaptureFixture[str]) -> None:
+    from otel_apm import cli
+
+    assert cli.main(["collector", "--store", "mysql://x/y", "--api-endpoint", "127.0.0.1:0"]) == 2
+    assert "store.url: unknown scheme 'mysql'" in capsys.readouterr().err
+    assert cli.main(["collector", "--store", "sqlite:///x.sqlite", "--api-endpoint", "8889"]) == 2
+    assert "api.endpoint: expected host:port" in capsys.readouterr().err
+
+
 def test_the_store_section_becomes_the_analysis_settings(tmp_path: Any) -> None:
     default = load_config(environ={})
     assert (default.store.url, default.analysis.store_url, default.api.endpoint) == (
