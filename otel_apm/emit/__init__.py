@@ -30,13 +30,13 @@ def reporters(config: APMConfig) -> list[Emitter]:
     finds them); the OTel events and metrics are built by each deployment, which owns
     their providers."""
     from otel_apm.emit.console import ConsoleReporter
-    from otel_apm.stats import statistics_from_config
+    from otel_apm.stats import Statistics
 
     chosen: list[Emitter] = []
     if config.console_enabled:
         chosen.append(ConsoleReporter(config.console_interval_s))
     if config.stats_enabled:
-        chosen.append(statistics_from_config(config))
+        chosen.append(Statistics(config))
     return chosen
 
 
