@@ -268,7 +268,7 @@ class APMConfig:
         doc="buckets per percentile sketch; past it the lowest are merged (low percentiles lose accuracy)",
     )
     stats_slots: int = _setting(
-        12,
+        6,
         "APM_STATS_SLOTS",
         minimum=2,
         maximum=60,

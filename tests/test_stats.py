@@ -147,7 +147,7 @@ class Clock:
 def test_windows_roll_and_closed_minutes_merge_back(make_otel: Callable[..., OTel]) -> None:
     t0 = 1_800_000_000.0 - 1_800_000_000.0 % 86400  # a day's start: the rings are aligned on it
     clock = Clock(t0)
-    stats = Statistics(clock=clock)
+    stats = Statistics(APMConfig(), clock=clock)
     otel = make_otel(emitters=[stats])
     assert otel.processor.statistics is stats
     base = time.time_ns()  # span times are the spans' own; the windows follow the clock

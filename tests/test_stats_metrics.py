@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 from conftest import SERVICE_NAME, OTel
+from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 from otlp_sink import OTLPSink, attributes
 from test_collector import Collector, collector_config, n_plus_one_trace, start_collector, tracer_provider
 from test_stats import INSERT, ORDERS, USERS, request
@@ -109,3 +111,51 @@ def test_collector_histograms_and_statistics_from_otlp(
 def test_histogram_choice_is_validated() -> None:
     with pytest.raises(CollectorConfigError, match=r"downstream\.histograms"):
         collector_config(None, downstream__histograms="log-linear")
+
+
+def test_collector_files_a_downstream_statement_under_its_own_service_entry(
+    start_collector: Callable[..., Collector],
+) -> None:
+    """One trace across two services: the endpoint is the trace root's, and the back service's
+    statement names the endpoint where it ran (its service's entry), not the front's."""
+    col = start_collector(None)
+    exporter = OTLPSpanExporter(endpoint=col.grpc_endpoint, insecure=True)
+    front, _ = tracer_provider(exporter, service="front")
+    back, _ = tracer_provider(exporter, service="back")
+    front_tracer, back_tracer = front.get_tracer("tests"), back.get_tracer("tests")
+    with (
+        front_tracer.start_as_current_span(
+            "GET /page",
+            kind=SpanKind.SERVER,
+            attributes={"http.request.method": "GET", "http.route": "/page"},
+        ),
+        front_tracer.start_as_current_span("GET", kind=SpanKind.CLIENT) as call,
+    ):
+        ctx = call.get_span_context()
+        remote = SpanContext(ctx.trace_id, ctx.span_id, is_remote=True, trace_flags=TraceFlags(1))
+        with (
+            back_tracer.start_as_current_span(
+                "GET /items",
+                context=trace.set_span_in_context(NonRecordingSpan(remote)),
+                kind=SpanKind.SERVER,
+                attributes={"http.request.method": "GET", "http.route": "/items"},
+            ),
+            back_tracer.start_as_current_span(
+                "SELECT",
+                kind=SpanKind.CLIENT,
+                attributes={"db.system": "postgresql", "db.statement": USERS},
+            ),
+        ):
+            pass
+    back.shutdown()
+    front.shutdown()
+    pipeline = col.service.pipeline
+    assert pipeline is not None and pipeline.statistics is not None
+    stats = pipeline.statistics
+    deadline = time.monotonic() + 10
+    while stats.snapshot("all").overall.count < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    snap = stats.snapshot("all")
+    assert [(e.service, e.endpoint, e.count) for e in snap.endpoints] == [("front", "GET /page", 1)]
+    (statement,) = snap.statements
+    assert (statement.service, statement.endpoints, statement.tables) == ("back", ("GET /items",), ("users",))

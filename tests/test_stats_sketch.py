@@ -81,6 +81,16 @@ def test_collapsing_keeps_the_bound_and_the_high_quantiles() -> None:
     # The low quantiles are what collapsing gives up: folded upwards, never below the exact value.
     low = sketch.quantile(0.01)
     assert low is not None and low >= _exact(ordered, 0.01) * 0.99
+    # Parts collapsed apart merge into what the whole collapsed into, and survive JSON.
+    parts = [DDSketch(0.01, max_buckets=1000) for _ in range(4)]
+    for i, v in enumerate(values):
+        parts[i % 4].add(v)
+    merged = DDSketch(0.01, max_buckets=1000)
+    for part in parts:
+        merged.merge(DDSketch.from_dict(json.loads(json.dumps(part.to_dict()))))
+    a, b = sketch.to_dict(), merged.to_dict()
+    assert a.pop("sum") == pytest.approx(b.pop("sum"))
+    assert a == b
 
 
 def test_json_round_trip_keeps_every_count() -> None:

@@ -30,12 +30,12 @@ def reporters(config: APMConfig) -> list[Emitter]:
     finds them); the OTel events and metrics are built by each deployment, which owns
     their providers."""
     from otel_apm.emit.console import ConsoleReporter
-    from otel_apm.stats import statistics_from_config
+    from otel_apm.stats import Statistics
 
     chosen: list[Emitter] = []
     if config.console_enabled:
         chosen.append(ConsoleReporter(config.console_interval_s))
-    statistics = statistics_from_config(config) if config.stats_enabled else None
+    statistics = Statistics(config) if config.stats_enabled else None
     if statistics is not None:
         chosen.append(statistics)
     if config.store_url:

@@ -19,7 +19,6 @@ API (stable; the findings store builds on it):
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 from otel_apm.stats.rollup import (
     OVERFLOW,
@@ -37,9 +36,6 @@ from otel_apm.stats.rollup import (
 )
 from otel_apm.stats.sketch import DDSketch
 
-if TYPE_CHECKING:
-    from otel_apm.config import APMConfig
-
 __all__ = [
     "OVERFLOW",
     "WINDOWS",
@@ -53,21 +49,9 @@ __all__ = [
     "Tally",
     "Window",
     "merge_records",
-    "statistics_from_config",
     "statistics_of",
     "summarize",
 ]
-
-
-def statistics_from_config(config: APMConfig) -> Statistics:
-    return Statistics(
-        relative_accuracy=config.stats_relative_accuracy,
-        max_buckets=config.stats_max_buckets,
-        slots=config.stats_slots,
-        max_endpoints=config.stats_max_endpoints,
-        max_statements=config.stats_max_statements,
-        max_endpoints_per_statement=config.stats_max_endpoints_per_statement,
-    )
 
 
 def statistics_of(emitters: Iterable[object]) -> Statistics | None:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, get_args
 
+from otel_apm.config import APMConfig
 from otel_apm.detectors.base import Finding
 from otel_apm.detectors.dbshape import statements_of
 from otel_apm.model import DB, HTTP_CLIENT, SpanView, Trace, endpoint_of
@@ -30,6 +31,8 @@ RECORD_FORMAT_VERSION = 1
 # Ticks per sub-interval of the minute, hour and day rings: a tick is 1/slots of a minute.
 _RING_TICKS = (1, 60, 1440)
 _MINUTE_S = 60.0
+# Closed minutes kept for a store that has not collected them, per key: older ones are dropped.
+_PENDING_MINUTES = 5
 #: The key of everything past the bound on endpoints or statements, as spanmetrics does.
 OVERFLOW = "otel.metric.overflow"
 
@@ -257,35 +260,27 @@ class Statistics:
     """Rolling statistics fed by analyzed traces: an Emitter (findings are not its business).
 
     ``snapshot(window)`` reads them; ``closed_minutes()`` hands over (and forgets) the per-minute
-    records closed since its last call, oldest first, at most ``max_pending`` of them (the
-    oldest are dropped past it, counted in ``minutes_dropped``).  Thread-safe.
+    records closed since its last call, oldest first: five minutes' worth of every key at most
+    (older ones are dropped, counted in ``minutes_dropped``).  Settings: ``APM_STATS_*``.
+    Thread-safe.
     """
 
-    def __init__(
-        self,
-        *,
-        relative_accuracy: float = 0.01,
-        max_buckets: int = 2048,
-        slots: int = 12,
-        max_endpoints: int = 1000,
-        max_statements: int = 1000,
-        max_endpoints_per_statement: int = 20,
-        max_pending: int | None = None,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self._alpha = relative_accuracy
-        self._max_buckets = max_buckets
-        self._slots = slots
-        self._tick_s = _MINUTE_S / slots
-        self._max_endpoints = max_endpoints
-        self._max_statements = max_statements
-        self._max_endpoints_per_statement = max_endpoints_per_statement
+    def __init__(self, config: APMConfig | None = None, *, clock: Callable[[], float] = time.time) -> None:
+        config = config if config is not None else APMConfig()
+        self._alpha = config.stats_relative_accuracy
+        self._max_buckets = config.stats_max_buckets
+        self._slots = config.stats_slots
+        self._tick_s = _MINUTE_S / self._slots
+        self._max_endpoints = config.stats_max_endpoints
+        self._max_statements = config.stats_max_statements
+        self._max_endpoints_per_statement = config.stats_max_endpoints_per_statement
         self._clock = clock
         self.started = clock()
         self._endpoints: dict[tuple[str, str], _Rolling] = {}
         self._statements: dict[tuple[str, str], tuple[StatementInfo, _Rolling]] = {}
-        pending = max_pending if max_pending is not None else 5 * (max_endpoints + max_statements + 2)
-        self._pending: deque[MinuteRecord] = deque(maxlen=pending)
+        self._pending: deque[MinuteRecord] = deque(
+            maxlen=_PENDING_MINUTES * (self._max_endpoints + self._max_statements + 2)
+        )
         self.minutes_dropped = 0
         self._lock = threading.Lock()
 

@@ -18,6 +18,7 @@ version or a shape it does not know with a ValueError rather than reading it wro
 from __future__ import annotations
 
 import math
+from array import array
 from typing import Any
 
 FORMAT_VERSION = 1
@@ -26,9 +27,10 @@ MIN_VALUE = 1e-9
 
 class DDSketch:
     __slots__ = (
-        "_bins",
+        "_counts",
         "_gamma",
         "_inv_log_gamma",
+        "_offset",
         "alpha",
         "count",
         "max",
@@ -47,7 +49,10 @@ class DDSketch:
         self.max_buckets = max_buckets
         self._gamma = (1 + alpha) / (1 - alpha)
         self._inv_log_gamma = 1 / math.log(self._gamma)
-        self._bins: dict[int, int] = {}
+        # Dense counts of buckets _offset, _offset + 1, ...: 8 bytes a bucket, where a dict entry
+        # costs five times that, and a sketch's buckets are mostly contiguous.
+        self._counts = array("q")
+        self._offset = 0
         self.zero_count = 0
         self.count = 0
         self.sum = 0.0
@@ -58,14 +63,13 @@ class DDSketch:
         """Count one value; NaN and infinities are refused (ValueError), they have no rank."""
         if MIN_VALUE < value < math.inf:
             key = math.ceil(math.log(value) * self._inv_log_gamma)
-            bins = self._bins
-            seen = bins.get(key)
-            if seen is None:
-                bins[key] = 1
-                if len(bins) > self.max_buckets:
-                    self._collapse()
+            i = key - self._offset
+            counts = self._counts
+            if 0 <= i < len(counts):
+                counts[i] += 1
             else:
-                bins[key] = seen + 1
+                i = self._reserve(key)  # may replace the array: index it after
+                self._counts[i] += 1
         elif -math.inf < value <= MIN_VALUE:
             value = max(value, 0.0)
             self.zero_count += 1
@@ -78,17 +82,45 @@ class DDSketch:
         if value > self.max:
             self.max = value
 
+    def _reserve(self, key: int) -> int:
+        """The index that counts ``key``, widening the range to take it; past ``max_buckets`` the
+        lowest buckets fold into the lowest one kept (and a key below them is counted there)."""
+        counts = self._counts
+        if not counts:
+            self._offset = key
+            counts.append(0)
+            return 0
+        low, high = self._offset, self._offset + len(counts) - 1
+        if key > high:
+            counts.frombytes(bytes(8 * (key - high)))
+            high = key
+            if high - low + 1 > self.max_buckets:
+                cut = high - self.max_buckets + 1 - low  # buckets folded into the new lowest
+                counts[cut] += sum(counts[:cut])
+                del counts[:cut]
+                self._offset = low = low + cut
+        elif key < low:
+            floor = max(key, high - self.max_buckets + 1)
+            if floor < low:
+                self._counts = array("q", bytes(8 * (low - floor))) + counts
+                self._offset = low = floor
+        return max(key, low) - low
+
     def merge(self, other: DDSketch) -> None:
         """Add ``other``'s counts to this sketch; both must have the same relative accuracy."""
         if other.alpha != self.alpha:
             raise ValueError(f"cannot merge sketches of relative accuracy {other.alpha} and {self.alpha}")
         if not other.count:
             return
-        bins = self._bins
-        for key, n in other._bins.items():
-            bins[key] = bins.get(key, 0) + n
-        if len(bins) > self.max_buckets:
-            self._collapse()
+        theirs = other._counts
+        if theirs:
+            first = other._offset
+            self._reserve(first + len(theirs) - 1)  # widen once for both ends, then add in place
+            self._reserve(first)
+            counts, offset = self._counts, self._offset
+            for i, n in enumerate(theirs):
+                if n:
+                    counts[max(first + i, offset) - offset] += n
         self.zero_count += other.zero_count
         self.count += other.count
         self.sum += other.sum
@@ -111,10 +143,10 @@ class DDSketch:
         if seen > rank:
             return max(self.min, 0.0)
         estimate = self.max
-        for key in sorted(self._bins):
-            seen += self._bins[key]
+        for i, n in enumerate(self._counts):
+            seen += n
             if seen > rank:
-                estimate = 2 * self._gamma**key / (self._gamma + 1)
+                estimate = 2 * self._gamma ** (self._offset + i) / (self._gamma + 1)
                 break
         # The exact extremes are known: an estimate never leaves them.
         return min(max(estimate, self.min), self.max)
@@ -125,19 +157,13 @@ class DDSketch:
 
     def __len__(self) -> int:
         """Buckets held (the memory this sketch costs), not values counted."""
-        return len(self._bins)
-
-    def _collapse(self) -> None:
-        """Fold the lowest buckets into one so that ``max_buckets`` remain."""
-        keys = sorted(self._bins)
-        excess = len(keys) - self.max_buckets + 1
-        target = keys[excess]
-        folded = sum(self._bins.pop(k) for k in keys[:excess])
-        self._bins[target] += folded
+        return len(self._counts)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able: ``{"version": 1, "alpha", "max_buckets", "count", "sum", "min", "max",
-        "zero_count", "bins": [[index, count], ...]}`` with ``min``/``max`` null when empty."""
+        "zero_count", "bins": [[index, count], ...]}`` (non-empty buckets, ascending) with
+        ``min``/``max`` null when empty."""
+        offset = self._offset
         return {
             "version": FORMAT_VERSION,
             "alpha": self.alpha,
@@ -147,7 +173,7 @@ class DDSketch:
             "min": self.min if self.count else None,
             "max": self.max if self.count else None,
             "zero_count": self.zero_count,
-            "bins": [[k, self._bins[k]] for k in sorted(self._bins)],
+            "bins": [[offset + i, n] for i, n in enumerate(self._counts) if n],
         }
 
     @classmethod
@@ -156,11 +182,13 @@ class DDSketch:
             if data["version"] != FORMAT_VERSION:
                 raise ValueError(f"unknown sketch format version {data['version']!r}")
             out = cls(float(data["alpha"]), int(data["max_buckets"]))
-            bins = {int(k): int(n) for k, n in data["bins"]}
+            bins = [(int(k), int(n)) for k, n in data["bins"]]
             zero, count = int(data["zero_count"]), int(data["count"])
-            if count != zero + sum(bins.values()) or any(n <= 0 for n in bins.values()) or zero < 0:
+            if count != zero + sum(n for _, n in bins) or any(n <= 0 for _, n in bins) or zero < 0:
                 raise ValueError("sketch counts do not add up")
-            out._bins = bins
+            for key, n in sorted(bins):
+                i = out._reserve(key)
+                out._counts[i] += n
             out.zero_count, out.count, out.sum = zero, count, float(data["sum"])
             if count:
                 out.min, out.max = float(data["min"]), float(data["max"])
