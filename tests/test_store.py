@@ -17,7 +17,9 @@ import pytest
 import requests
 from flask import Flask
 from flask.typing import ResponseReturnValue
+from otlp_sink import OTLPSink
 from sqlalchemy import Engine, create_engine, event, text
+from test_autoinstrument import _run_app, sink  # noqa: F401 - sink: the OTLP receiver fixture
 from test_collector import n_plus_one_trace
 from test_workloads import list_authors, seed
 
@@ -461,6 +463,32 @@ def test_old_minutes_roll_up_into_hours_once(
     ]
     # one row per key and hour now: a window from the middle of the second hour sees the third
     assert writer.statistics("2h", hour + 90 * 60).overall.count == 6
+
+
+def test_an_app_under_opentelemetry_instrument_fills_the_store(
+    sink: OTLPSink,  # noqa: F811 - the fixture imported above
+    tmp_path: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    url = f"sqlite:///{tmp_path / 'app-store.sqlite'}"
+    run = _run_app(sink, tmp_path, APM_STORE_URL=url)
+    assert run.returncode == 0, run.stderr
+    # the process has exited: what it stored was written by the time its providers shut down
+    store = FindingsStore(url)
+    try:
+        (n1,) = store.findings(types=["n_plus_one_query"])
+        assert (n1.service, n1.occurrences, n1.example_trace_ids) == (
+            "nplusone-app",
+            1,
+            (run.report["trace_id"],),
+        )
+        # its one request (the seeding's statements are roots of their own), the minute closed at exit
+        per_endpoint = {e.endpoint: e.count for e in store.statistics("all").endpoints}
+        assert per_endpoint["GET /authors"] == 1
+    finally:
+        store.close()
+    status, out, _ = run_cli(capsys, "report", "--store", url, "--window", "1h")
+    assert status == 0 and "n_plus_one_query in nplusone-app GET /authors" in out
 
 
 # -- otel-apm report over a real workload ----------------------------------------------------------------
