@@ -88,7 +88,8 @@ def report(args: argparse.Namespace) -> int:
     from otel_apm.store.report import build_report, render
 
     def run(store: FindingsStore) -> int:
-        sys.stdout.write(render(build_report(store, args.window, limit=args.limit), args.format))
+        report = build_report(store, args.window, limit=args.limit, service=args.service)
+        sys.stdout.write(render(report, args.format))
         return 0
 
     return _using_store(args, run)
@@ -157,6 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--store", metavar="URL", help="sqlite:///file or postgresql://... (default: APM_STORE_URL)"
     )
     p.add_argument("--window", default="24h", help="how far back: 15m, 1h, 24h, 7d ... or all (default 24h)")
+    p.add_argument("--service", help="one service's problems and statistics (default: every service)")
     p.add_argument("--format", choices=("table", "json", "markdown"), default="table")
     p.add_argument("--limit", type=_at_least_one, default=10, help="rows listed per section (default 10)")
     p.set_defaults(run=report)

@@ -104,6 +104,11 @@ def test_findings_over_the_json_api_survive_a_restart(
     assert [f["fingerprint"] for f in report["n_plus_one"]] == [stored["fingerprint"]]
     assert report["slow_queries"] == [] and report["summary"]["findings"] == 1
     assert api.get("findings", type="slow_query")["findings"] == []
+    assert (
+        api.get("findings", service="shop")["total"] == 1 and api.get("findings", service="x")["total"] == 0
+    )
+    other = api.get("report", service="another-service")
+    assert (other["service"], other["summary"]["findings"], other["n_plus_one"]) == ("another-service", 0, [])
     assert api.get("findings", state="resolved")["total"] == 0
 
     assert api.service.shutdown()
@@ -112,6 +117,8 @@ def test_findings_over_the_json_api_survive_a_restart(
     # the statistics too: the minute in progress was stored when the first collector stopped
     transactions = again.get("summary", window="1h")["summary"]["transactions"]
     assert (transactions["count"], transactions["queries_per_request"]) == (3, 7)
+    assert again.get("summary", window="1h", service="shop")["summary"]["transactions"]["count"] == 3
+    assert again.get("summary", window="1h", service="x")["summary"]["transactions"] is None
     (endpoint,) = again.get("endpoints", window="1h")["endpoints"]
     assert (endpoint["stats"]["count"], endpoint["problems"]["occurrences"]) == (3, 3)
     again.send_n_plus_one(1)

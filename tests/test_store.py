@@ -611,6 +611,10 @@ def test_report_on_a_real_workload_ranks_the_costliest_first(
         *("endpoint", "requests", "mean", "p95", "errors", "db", "share", "queries", "problems")
     ]
 
+    status, out, _ = run_cli(capsys, "report", "--store", store_url, "--service", "elsewhere")
+    assert status == 0 and "service elsewhere" in out.splitlines()[0]
+    assert "No transaction statistics in this window." in out and "No problems found" in out
+
     status, out, _ = run_cli(capsys, "report", "--store", store_url, "--format", "markdown")
     assert status == 0
     assert "## Slow queries" in out and "## N+1 issues" in out

@@ -1,11 +1,11 @@
 """The collector's JSON API over the findings store, for dashboards and scripts (docs/api.md).
 
-    GET /api/v1/summary      ?window=24h
-    GET /api/v1/endpoints    ?window=24h
-    GET /api/v1/statements   ?window=24h
-    GET /api/v1/findings     ?window=24h&type=slow_query&state=open&limit=100
+    GET /api/v1/summary      ?window=24h&service=shop
+    GET /api/v1/endpoints    ?window=24h&service=shop
+    GET /api/v1/statements   ?window=24h&service=shop
+    GET /api/v1/findings     ?window=24h&service=shop&type=slow_query&state=open&limit=100
     GET /api/v1/findings/<fingerprint>?window=all
-    GET /api/v1/report       ?window=24h&limit=10
+    GET /api/v1/report       ?window=24h&service=shop&limit=10
 
 Every answer is the same data ``otel-apm report`` prints, built by :mod:`otel_apm.store.report`.
 Read only: muting stays with the ``otel-apm mute`` command, as the API has no authentication.
@@ -63,6 +63,11 @@ def _window(query: dict[str, list[str]], default: str) -> str:
     return text
 
 
+def _service(query: dict[str, list[str]]) -> str | None:
+    values = query.get("service")
+    return values[-1] if values else None
+
+
 def _limit(query: dict[str, list[str]], default: int) -> int:
     text = _one(query, "limit", str(default))
     if not text.isdigit() or int(text) < 1:
@@ -74,7 +79,7 @@ def _listing(key: str, rows: Callable[[list[StoredFinding], Snapshot], Any]) -> 
     """A route answering ``rows(findings, statistics)`` of the window under ``key``."""
 
     def answer(store: FindingsStore, query: dict[str, list[str]]) -> dict[str, Any]:
-        head, found = read_window(store, _window(query, DEFAULT_WINDOW))
+        head, found = read_window(store, _window(query, DEFAULT_WINDOW), service=_service(query))
         return {**head, key: rows(found, read_statistics(store, head))}
 
     return answer
@@ -85,12 +90,20 @@ def _findings(store: FindingsStore, query: dict[str, list[str]]) -> dict[str, An
     if state is not None and state not in STATES:
         raise BadRequest(f"state={state!r}: expected one of {', '.join(STATES)}")
     limit = _limit(query, DEFAULT_LIMIT)
-    head, found = read_window(store, _window(query, DEFAULT_WINDOW), types=query.get("type", []), state=state)
+    head, found = read_window(
+        store,
+        _window(query, DEFAULT_WINDOW),
+        types=query.get("type", []),
+        state=state,
+        service=_service(query),
+    )
     return {**head, "total": len(found), "findings": [f.to_dict() for f in found[:limit]]}
 
 
 def _report(store: FindingsStore, query: dict[str, list[str]]) -> dict[str, Any]:
-    return build_report(store, _window(query, DEFAULT_WINDOW), limit=_limit(query, 10))
+    return build_report(
+        store, _window(query, DEFAULT_WINDOW), limit=_limit(query, 10), service=_service(query)
+    )
 
 
 ROUTES: dict[str, Route] = {

@@ -442,16 +442,20 @@ class FindingsStore:
 
     # -- reading ---------------------------------------------------------------------------------------
 
-    def statistics(self, window: str, since: float = 0.0, now: float | None = None) -> Snapshot:
-        """The rolled-up statistics of the minutes since ``since`` (0: all kept), merged: the
-        same Snapshot a live :class:`Statistics` gives, percentiles from the merged sketches.
-        A record this version cannot read is skipped and counted in ``unreadable``."""
+    def statistics(
+        self, window: str, since: float = 0.0, now: float | None = None, *, service: str | None = None
+    ) -> Snapshot:
+        """The rolled-up statistics of the minutes since ``since`` (0: all kept), of one
+        ``service`` or all, merged: the same Snapshot a live :class:`Statistics` gives,
+        percentiles from the merged sketches.  A record this version cannot read is skipped and
+        counted in ``unreadable``."""
         now = time.time() if now is None else now
-        rows = self._transaction(
-            lambda conn: conn.query(
-                "SELECT record FROM apm_stats_minutes WHERE minute >= ? ORDER BY minute", (int(since // 60),)
-            )
-        )
+        sql = "SELECT record FROM apm_stats_minutes WHERE minute >= ?"
+        params: list[Any] = [int(since // 60)]
+        if service is not None:
+            sql += " AND service = ?"
+            params.append(service)
+        rows = self._transaction(lambda conn: conn.query(sql + " ORDER BY minute", params))
         records, _ = self._readable(rows)
         endpoints, statements = merge_records(records, self.config.stats_max_endpoints_per_statement)
         start = since if since else min((r.start for r in records), default=now)
@@ -464,6 +468,7 @@ class FindingsStore:
         types: Sequence[str] = (),
         state: State | None = None,
         fingerprint: str | None = None,
+        service: str | None = None,
         now: float | None = None,
     ) -> list[StoredFinding]:
         """Findings seen since ``since`` (epoch seconds; 0: ever), costliest first: by the time
@@ -478,9 +483,10 @@ class FindingsStore:
         if types:
             where.append(f"f.type IN ({', '.join('?' * len(types))})")
             params += types
-        if fingerprint is not None:
-            where.append("f.fingerprint = ?")
-            params.append(fingerprint)
+        for column, value in (("fingerprint", fingerprint), ("service", service)):
+            if value is not None:
+                where.append(f"f.{column} = ?")
+                params.append(value)
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " GROUP BY f.fingerprint"

@@ -149,10 +149,16 @@ def statements(findings: Sequence[StoredFinding], statistics: Snapshot) -> list[
 
 
 def build_report(
-    store: FindingsStore, window: str, *, limit: int = 10, now: float | None = None
+    store: FindingsStore,
+    window: str,
+    *,
+    limit: int = 10,
+    service: str | None = None,
+    now: float | None = None,
 ) -> dict[str, Any]:
-    """The whole report as plain data (the JSON format and the API's /report)."""
-    head, found = read_window(store, window, now=now)
+    """The whole report as plain data (the JSON format and the API's /report), of one
+    ``service`` or all."""
+    head, found = read_window(store, window, now=now, service=service)
     stats = read_statistics(store, head)
     sections: dict[str, list[dict[str, Any]]] = {key: [] for key, _, _ in SECTIONS}
     for f in found:
@@ -172,17 +178,27 @@ def read_window(
     store: FindingsStore, window: str, *, now: float | None = None, **filters: Any
 ) -> tuple[dict[str, Any], list[StoredFinding]]:
     """The findings of a window (``filters`` as :meth:`FindingsStore.findings` takes them), and
-    the head every answer starts with: when, over which window, from which store."""
+    the head every answer starts with: when, over which window and service (None: all), from
+    which store."""
     now = time.time() if now is None else now
     window_s = parse_window(window)
     since = since_of(window_s, now)
-    head = {"generated_at": now, "window": window, "since": since or None, "store": str(store.url)}
+    head = {
+        "generated_at": now,
+        "window": window,
+        "since": since or None,
+        "service": filters.get("service"),
+        "store": str(store.url),
+    }
     return head, store.findings(since, now=now, **filters)
 
 
 def read_statistics(store: FindingsStore, head: dict[str, Any]) -> Snapshot:
-    """The stored statistics of the window ``head`` (from :func:`read_window`) describes."""
-    return store.statistics(head["window"], head["since"] or 0.0, head["generated_at"])
+    """The stored statistics of the window (and service) ``head`` (from :func:`read_window`)
+    describes."""
+    return store.statistics(
+        head["window"], head["since"] or 0.0, head["generated_at"], service=head["service"]
+    )
 
 
 # -- rendering ------------------------------------------------------------------------------------------
@@ -302,7 +318,8 @@ def _tables(report: dict[str, Any]) -> list[_Table]:
 
 def _table(report: dict[str, Any]) -> str:
     lines = [
-        f"otel-apm performance report: {report['store']}",
+        f"otel-apm performance report: {report['store']}"
+        + (f", service {report['service']}" if report["service"] else ""),
         f"window {report['window']}: {_span(report)}",
         _transactions(report),
         _problems_text(report),
@@ -329,7 +346,8 @@ def _markdown(report: dict[str, Any]) -> str:
     lines = [
         "# otel-apm performance report",
         "",
-        f"Window **{report['window']}**: {_span(report)}.",
+        f"Window **{report['window']}**: {_span(report)}."
+        + (f" Service **{_md(report['service'])}**." if report["service"] else ""),
         "",
         f"{_transactions(report)}. {_problems_text(report)}.",
     ]
