@@ -20,9 +20,9 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from otel_apm.config import APMConfig, ConfigError
 from otel_apm.detectors.base import Finding
@@ -31,8 +31,11 @@ from otel_apm.stats import MinuteRecord, Snapshot, merge_records, summarize
 from otel_apm.store.url import StoreURL, parse_store_url
 
 State = str  # "open", "resolved" or "muted"
-_WAL_ATTEMPTS = 100
 STATES = ("open", "resolved", "muted")
+T = TypeVar("T")
+
+# Tries at switching a new SQLite file to WAL while another connection does the same (see _SQLite).
+_WAL_ATTEMPTS = 100
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS apm_findings (
@@ -169,7 +172,6 @@ class _Connection(Protocol):
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None: ...
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
     def commit(self) -> None: ...
-    def rollback(self) -> None: ...
     def close(self) -> None: ...
 
 
@@ -180,9 +182,6 @@ class _DBAPI:
 
     def commit(self) -> None:
         self._conn.commit()
-
-    def rollback(self) -> None:
-        self._conn.rollback()
 
     def close(self) -> None:
         self._conn.close()
@@ -296,7 +295,7 @@ class FindingsStore:
             self._conn = conn
         return self._conn
 
-    def _transaction(self, work: Any) -> Any:
+    def _transaction(self, work: Callable[[_Connection], T]) -> T:
         """``work(connection)`` in one transaction; on failure the connection is dropped, so the
         next call starts from a fresh one (the server may have restarted)."""
         with self._lock:
@@ -390,8 +389,7 @@ class FindingsStore:
             _insert_records(conn, hours, 60)
             return len(rows)
 
-        compacted: int = self._transaction(work)
-        return compacted
+        return self._transaction(work)
 
     def _readable(self, rows: Iterable[tuple[Any, ...]]) -> tuple[list[MinuteRecord], list[tuple[Any, ...]]]:
         """The records in the last column of ``rows``, and the rows this version cannot read
@@ -423,8 +421,7 @@ class FindingsStore:
             conn.execute("DELETE FROM apm_findings WHERE last_seen < ?", (before,))
             return int(gone)
 
-        removed: int = self._transaction(work)
-        return removed
+        return self._transaction(work)
 
     def set_muted(self, fingerprint: str, muted: bool) -> bool:
         """Mute (or unmute) a finding; False when the store has no such fingerprint."""
@@ -437,8 +434,7 @@ class FindingsStore:
                 )
             return bool(found)
 
-        changed: bool = self._transaction(work)
-        return changed
+        return self._transaction(work)
 
     # -- reading ---------------------------------------------------------------------------------------
 
