@@ -321,6 +321,19 @@ def test_bad_store_urls_are_refused_naming_the_variable(url: str, why: str) -> N
     assert "expected sqlite:///" in message
 
 
+def test_libpq_parameters_of_a_postgresql_url_reach_the_connection(postgres_url: str) -> None:
+    schema = f"otel_apm_store_{uuid.uuid4().hex[:12]}"
+    url = f"{postgres_url}?options=-c%20statement_timeout%3D4321&schema={schema}&connect_timeout=3"
+    store = FindingsStore(url)
+    try:
+        assert store.findings() == []
+        assert store._transaction(lambda c: c.query("SHOW statement_timeout")) == [("4321ms",)]
+        assert store._transaction(lambda c: c.query("SELECT current_schema()")) == [(schema,)]
+    finally:
+        store._transaction(lambda c: c.execute(f'DROP SCHEMA "{schema}" CASCADE'))
+        store.close()
+
+
 def test_reporters_add_the_store_only_when_configured(tmp_path: Any) -> None:
     assert not any(isinstance(r, StoreEmitter) for r in reporters(APMConfig()))
     config = APMConfig.from_env({"APM_STORE_URL": f"sqlite:///{tmp_path / 's.sqlite'}"})

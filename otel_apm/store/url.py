@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Literal
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
 from otel_apm.config import ConfigError
 
@@ -74,7 +74,8 @@ def parse_store_url(url: str, source: str = "APM_STORE_URL") -> StoreURL:
         schema = query.pop("schema", ["public"])[-1]
         if not _SCHEMA_NAME.fullmatch(schema):
             raise refuse(f"schema {schema!r} is not a plain identifier")
-        libpq_query = "&".join(f"{k}={v}" for k, values in query.items() for v in values)
-        target = parts._replace(query=libpq_query).geturl()
+        # libpq decodes %XX but not "+"; and a URL without a host keeps its "//"
+        libpq_query = urlencode(query, doseq=True, quote_via=quote)
+        target = f"postgresql://{parts.netloc}{parts.path}" + (f"?{libpq_query}" if libpq_query else "")
         return StoreURL("postgresql", target, schema)
     raise refuse(f"unknown scheme {scheme!r}")
