@@ -80,7 +80,8 @@ def by_endpoint(snapshot: Snapshot) -> dict[str, object]:
     return {e.endpoint: e for e in snapshot.endpoints}
 
 
-def test_endpoint_and_statement_statistics_from_real_spans(otel: OTel) -> None:
+def test_endpoint_and_statement_statistics_from_real_spans(make_otel: Callable[..., OTel]) -> None:
+    otel = make_otel(slow_request_threshold_ms=200, slow_query_threshold_ms=30)
     stats = otel.processor.statistics
     assert stats is not None  # on by default, through emit.reporters
     base = time.time_ns()
@@ -107,6 +108,7 @@ def test_endpoint_and_statement_statistics_from_real_spans(otel: OTel) -> None:
     for q, got in ((0.5, users.p50_ms), (0.95, users.p95_ms), (0.99, users.p99_ms)):
         assert got == pytest.approx(exact(durations, q), rel=0.01)
     assert users.max_ms == pytest.approx(219.0)
+    assert users.slow == 20  # 200 to 219 ms, at or over APM_SLOW_REQUEST_THRESHOLD_MS
     assert users.db_ms == pytest.approx(200 * 11.0)
     assert users.db_time_share == pytest.approx(200 * 11.0 / sum(durations))
     assert users.queries_per_request == 4
@@ -127,10 +129,12 @@ def test_endpoint_and_statement_statistics_from_real_spans(otel: OTel) -> None:
     assert select.mean_ms == pytest.approx(2.0)
     assert select.p95_ms == pytest.approx(2.0, rel=0.01)
     assert select.max_ms == pytest.approx(2.0)
+    assert select.slow == 0
     assert select.endpoints == ("GET /users/{id}",)
     insert = snap.statements[0]  # the most total time: 50 x 40 ms
     assert insert.operation == "INSERT" and insert.endpoints == ("POST /orders",)
     assert insert.total_ms == pytest.approx(2000.0)
+    assert insert.slow == 50  # 40 ms each, over APM_SLOW_QUERY_THRESHOLD_MS
     # The same traffic is in every longer window.
     for window in ("hour", "day", "all"):
         assert stats.snapshot(window).overall.count == 250  # type: ignore[arg-type]

@@ -38,17 +38,20 @@ OVERFLOW = "otel.metric.overflow"
 
 
 class Tally:
-    """What is counted per key and sub-interval.  Durations are milliseconds.
+    """What is counted per key and sub-interval.  Durations are milliseconds; ``slow`` counts
+    those at or over APM_SLOW_REQUEST_THRESHOLD_MS (endpoints) or APM_SLOW_QUERY_THRESHOLD_MS
+    (statements), the seed's slow-query count.
 
     DB and external (HTTP client) time and the query count are filled for endpoints; the
     endpoints that ran a statement (at most ``max_endpoints`` of them) for statements.
     """
 
-    __slots__ = ("count", "db_ms", "db_queries", "duration", "endpoints", "errors", "external_ms")
+    __slots__ = ("count", "db_ms", "db_queries", "duration", "endpoints", "errors", "external_ms", "slow")
 
     def __init__(self, duration: DDSketch) -> None:
         self.count = 0
         self.errors = 0
+        self.slow = 0
         self.duration = duration
         self.db_ms = 0.0
         self.db_queries = 0
@@ -58,6 +61,7 @@ class Tally:
     def merge(self, other: Tally, max_endpoints: int) -> None:
         self.count += other.count
         self.errors += other.errors
+        self.slow += other.slow
         self.duration.merge(other.duration)
         self.db_ms += other.db_ms
         self.db_queries += other.db_queries
@@ -71,6 +75,7 @@ class Tally:
         return {
             "count": self.count,
             "errors": self.errors,
+            "slow": self.slow,
             "db_ms": self.db_ms,
             "db_queries": self.db_queries,
             "external_ms": self.external_ms,
@@ -82,7 +87,7 @@ class Tally:
     def from_dict(cls, data: Any) -> Tally:
         try:
             out = cls(DDSketch.from_dict(data["duration"]))
-            out.count, out.errors = int(data["count"]), int(data["errors"])
+            out.count, out.errors, out.slow = int(data["count"]), int(data["errors"]), int(data["slow"])
             out.db_ms, out.db_queries = float(data["db_ms"]), int(data["db_queries"])
             out.external_ms = float(data["external_ms"])
             out.endpoints = dict.fromkeys(str(e) for e in data["endpoints"])
@@ -114,6 +119,7 @@ class EndpointStats:
     count: int
     errors: int
     error_rate: float
+    slow: int
     throughput_per_s: float
     mean_ms: float | None
     p50_ms: float | None
@@ -144,6 +150,7 @@ class StatementStats:
     overflow: bool
     count: int
     errors: int
+    slow: int
     total_ms: float
     mean_ms: float | None
     p95_ms: float | None
@@ -274,6 +281,8 @@ class Statistics:
         self._max_endpoints = config.stats_max_endpoints
         self._max_statements = config.stats_max_statements
         self._max_endpoints_per_statement = config.stats_max_endpoints_per_statement
+        self._slow_request_ms = config.slow_request_threshold_ms
+        self._slow_query_ms = config.slow_query_threshold_ms
         self._clock = clock
         self.started = clock()
         self._endpoints: dict[tuple[str, str], _Rolling] = {}
@@ -300,17 +309,21 @@ class Statistics:
             tally = self._rolling_endpoint((root.service, endpoint), tick).tick
             tally.count += 1
             tally.errors += root.error
-            tally.duration.add((root.end_ns - root.start_ns) / 1e6)
+            duration_ms = (root.end_ns - root.start_ns) / 1e6
+            tally.slow += duration_ms >= self._slow_request_ms
+            tally.duration.add(duration_ms)
             tally.db_ms += db_ms
             tally.db_queries += queries
             tally.external_ms += external_ms
             for service, shape, spans, endpoints in statements:
                 tally = self._rolling_statement(service, shape, spans[0].db_system or "", tick).tick
                 tally.count += len(spans)
-                add = tally.duration.add
+                add, slow = tally.duration.add, self._slow_query_ms
                 for s in spans:
-                    add((s.end_ns - s.start_ns) / 1e6)
+                    duration_ms = (s.end_ns - s.start_ns) / 1e6
+                    add(duration_ms)
                     tally.errors += s.error
+                    tally.slow += duration_ms >= slow
                 names = tally.endpoints
                 for name in endpoints:
                     if name not in names and len(names) < self._max_endpoints_per_statement:
@@ -541,6 +554,7 @@ def _endpoint_stats(service: str, endpoint: str, tally: Tally, seconds: float) -
         count=count,
         errors=tally.errors,
         error_rate=tally.errors / count if count else 0.0,
+        slow=tally.slow,
         throughput_per_s=count / seconds,
         mean_ms=sketch.mean,
         p50_ms=sketch.quantile(0.5),
@@ -568,6 +582,7 @@ def _statement_stats(service: str, info: StatementInfo, tally: Tally) -> Stateme
         overflow=info.fingerprint == OVERFLOW,
         count=tally.count,
         errors=tally.errors,
+        slow=tally.slow,
         total_ms=sketch.sum,
         mean_ms=sketch.mean,
         p95_ms=sketch.quantile(0.95),
