@@ -609,6 +609,7 @@ def test_report_on_a_real_workload_ranks_the_costliest_first(
     assert "n_plus_one_query" in authors["problems"]["types"]
     short = next(s for s in report["statements"] if s["statement"] == "select pause(?) as short")
     assert (short["stats"]["count"], short["stats"]["endpoints"]) == (5, ["GET /reports/<kind>"])
+    assert short["stats"]["slow"] == 5  # every run over APM_SLOW_QUERY_THRESHOLD_MS
     assert short["stats"]["mean_ms"] >= SHORT_PAUSE_MS * 0.99 and short["problems"]["findings"] == 1
 
     status, out, _ = run_cli(capsys, "report", "--store", store_url, "--window", "1h")
@@ -619,9 +620,12 @@ def test_report_on_a_real_workload_ranks_the_costliest_first(
     assert "slow_query in shop GET /reports/<kind>" in top and top.split()[:5:2] == ["1", "5", "open"]
     assert lines[lines.index("Slow queries:") + 3].strip() == "select pause(?) as short"
     assert any("n_plus_one_query in shop GET /authors" in line for line in lines)
+    statements_at = lines.index("Statements, most time first:")
+    top_statement = lines[statements_at + 2].split()
+    assert (top_statement[:2], top_statement[-4:]) == (["5", "5"], ["select", "pause(?)", "as", "short"])
     endpoints_at = lines.index("Endpoints, busiest first:")
     assert lines[endpoints_at + 1].split() == [
-        *("endpoint", "requests", "mean", "p95", "errors", "db", "share", "queries", "problems")
+        *("endpoint", "requests", "mean", "p95", "slow", "errors", "db", "share", "queries", "problems")
     ]
 
     status, out, _ = run_cli(capsys, "report", "--store", store_url, "--service", "elsewhere")

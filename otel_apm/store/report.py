@@ -278,19 +278,20 @@ def _tables(report: dict[str, Any]) -> list[_Table]:
         found = f"{pr['findings']} ({', '.join(pr['types'])})" if pr else "-"
         cells = [f"{e['service']} {e['endpoint']}"]
         if st is None:
-            cells += ["-"] * 6
+            cells += ["-"] * 7
         else:
             cells += [
                 str(st["count"]),
                 _ms(st["mean_ms"]),
                 _ms(st["p95_ms"]),
+                str(st["slow"]),
                 _share(st["error_rate"]),
                 _share(st["db_time_share"]),
                 f"{st['queries_per_request']:.1f}",
             ]
         rows.append(([*cells, found], []))
     if rows:
-        header = ["endpoint", "requests", "mean", "p95", "errors", "db share", "queries", "problems"]
+        header = ["endpoint", "requests", "mean", "p95", "slow", "errors", "db share", "queries", "problems"]
         tables.append(("Endpoints, busiest first", header, rows))
     for key, title, _ in SECTIONS:
         rows = []
@@ -304,14 +305,18 @@ def _tables(report: dict[str, Any]) -> list[_Table]:
     rows = []
     for st_row in report["statements"]:
         st = st_row["stats"]
-        cells = ["-"] * 5 if st is None else [str(st["count"]), _impact(st["total_ms"])]
+        cells = ["-"] * 6 if st is None else [str(st["count"]), str(st["slow"]), _impact(st["total_ms"])]
         if st is not None:
             cells += [_ms(st["mean_ms"]), _ms(st["p95_ms"]), _ms(st["max_ms"])]
         endpoints = ", ".join(st["endpoints"]) if st else ""
         rows.append(([*cells, _Code(st_row["statement"])], [f"in {endpoints}"] if endpoints else []))
     if rows:
         tables.append(
-            ("Statements, most time first", ["runs", "total", "mean", "p95", "max", "statement"], rows)
+            (
+                "Statements, most time first",
+                ["runs", "slow", "total", "mean", "p95", "max", "statement"],
+                rows,
+            )
         )
     return tables
 
