@@ -468,6 +468,8 @@ def test_old_minutes_roll_up_into_hours_once(
         lambda c: c.query("SELECT minutes, record FROM apm_stats_minutes WHERE name = ?", ("GET /x",))
     ) == [(1, later[-1])]
 
+    reader = open_store(store_url)
+    assert build_report(reader, "all")["unreadable_records"] == 1  # said, not silently left out
     after = writer.statistics("all")
     assert after.overall.count == before.overall.count == 18
     assert after.overall.p95_ms == pytest.approx(before.overall.p95_ms)

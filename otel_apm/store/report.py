@@ -167,6 +167,8 @@ def build_report(
             rows.append(f.to_dict())
     return {
         **head,
+        # statistics records another version of otel-apm wrote, which this one cannot read
+        "unreadable_records": store.unreadable,
         "summary": summary(found, stats),
         **sections,
         "endpoints": endpoints(found, stats)[:limit],
@@ -249,6 +251,11 @@ def _transactions(report: dict[str, Any]) -> str:
     )
 
 
+def _unreadable(report: dict[str, Any]) -> list[str]:
+    n = report["unreadable_records"]
+    return [f"{n} statistics records written by another version of otel-apm are left out."] if n else []
+
+
 def _problems_text(report: dict[str, Any]) -> str:
     s = report["summary"]
     states = s["states"]
@@ -328,6 +335,7 @@ def _table(report: dict[str, Any]) -> str:
         f"window {report['window']}: {_span(report)}",
         _transactions(report),
         _problems_text(report),
+        *_unreadable(report),
     ]
     for title, header, rows in _tables(report):
         widths = [max(len(h), *(len(_cut(r[0][i], 100)) for r in rows)) for i, h in enumerate(header)]
@@ -355,6 +363,7 @@ def _markdown(report: dict[str, Any]) -> str:
         + (f" Service **{_md(report['service'])}**." if report["service"] else ""),
         "",
         f"{_transactions(report)}. {_problems_text(report)}.",
+        *_unreadable(report),
     ]
     for title, header, rows in _tables(report):
         lines += ["", f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
