@@ -1,4 +1,4 @@
-"""The collector's JSON API over the findings store, for dashboards and scripts (docs/api.md).
+"""The collector's JSON API over the findings store, for dashboards and scripts (docs/store.md).
 
     GET /api/v1/summary      ?window=24h&service=shop
     GET /api/v1/endpoints    ?window=24h&service=shop
@@ -63,8 +63,8 @@ def _window(query: dict[str, list[str]], default: str) -> str:
     return text
 
 
-def _service(query: dict[str, list[str]]) -> str | None:
-    values = query.get("service")
+def _optional(query: dict[str, list[str]], name: str) -> str | None:
+    values = query.get(name)
     return values[-1] if values else None
 
 
@@ -79,14 +79,14 @@ def _listing(key: str, rows: Callable[[list[StoredFinding], Snapshot], Any]) -> 
     """A route answering ``rows(findings, statistics)`` of the window under ``key``."""
 
     def answer(store: FindingsStore, query: dict[str, list[str]]) -> dict[str, Any]:
-        head, found = read_window(store, _window(query, DEFAULT_WINDOW), service=_service(query))
+        head, found = read_window(store, _window(query, DEFAULT_WINDOW), service=_optional(query, "service"))
         return {**head, key: rows(found, read_statistics(store, head))}
 
     return answer
 
 
 def _findings(store: FindingsStore, query: dict[str, list[str]]) -> dict[str, Any]:
-    state = query.get("state", [None])[-1]
+    state = _optional(query, "state")
     if state is not None and state not in STATES:
         raise BadRequest(f"state={state!r}: expected one of {', '.join(STATES)}")
     limit = _limit(query, DEFAULT_LIMIT)
@@ -95,14 +95,14 @@ def _findings(store: FindingsStore, query: dict[str, list[str]]) -> dict[str, An
         _window(query, DEFAULT_WINDOW),
         types=query.get("type", []),
         state=state,
-        service=_service(query),
+        service=_optional(query, "service"),
     )
     return {**head, "total": len(found), "findings": [f.to_dict() for f in found[:limit]]}
 
 
 def _report(store: FindingsStore, query: dict[str, list[str]]) -> dict[str, Any]:
     return build_report(
-        store, _window(query, DEFAULT_WINDOW), limit=_limit(query, 10), service=_service(query)
+        store, _window(query, DEFAULT_WINDOW), limit=_limit(query, 10), service=_optional(query, "service")
     )
 
 
