@@ -296,9 +296,10 @@ class APMConfig:
     metrics_max_statements: int = _setting(
         500,
         "APM_METRICS_MAX_STATEMENTS",
-        minimum=1,
+        minimum=0,
         doc="statement fingerprints with metric series of their own; later ones share the "
-        "otel.metric.overflow=true series",
+        "otel.metric.overflow=true series; 0: no statement metrics (they cost about 1 µs a "
+        "statement and trace)",
     )
     stats_max_endpoints_per_statement: int = _setting(
         20, "APM_STATS_MAX_ENDPOINTS_PER_STATEMENT", minimum=1, doc="endpoints listed per statement"
