@@ -9,6 +9,8 @@ from otel_apm.detectors.base import Finding
 from otel_apm.model import Trace
 
 if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
+
     from otel_apm.config import APMConfig
 
 
@@ -24,15 +26,28 @@ class Emitter(Protocol):
     def emit(self, trace: Trace | None, findings: Sequence[Finding]) -> None: ...
 
 
-def reporters(config: APMConfig) -> list[Emitter]:
-    """The reporters the configuration turns on, the same for the in-process processor, the demo
-    and the collector; the OTel events and metrics are built by each deployment, which owns
-    their providers."""
-    from otel_apm.emit.console import ConsoleReporter
-
+def reporters(
+    config: APMConfig, meter_provider: MeterProvider | None = None, *, metrics: bool = True
+) -> list[Emitter]:
+    """The reporters APM_REPORTERS turns on, the same for the in-process processor, the demo and
+    the collector.  ``metrics`` records through ``meter_provider`` (the global one when None);
+    a deployment with nowhere to send metrics (a collector without a downstream) passes
+    ``metrics=False``.  The OTel events are built by each deployment, which owns their provider.
+    """
+    config.check_combination()
     chosen: list[Emitter] = []
-    if config.console_enabled:
-        chosen.append(ConsoleReporter(config.console_interval_s))
+    if config.reports_to("console"):
+        from otel_apm.emit.console import ConsoleReporter
+
+        chosen.append(ConsoleReporter(config.console_interval_s, config.console_max_per_interval))
+    if config.reports_to("webhook"):
+        from otel_apm.emit.webhook import WebhookReporter
+
+        chosen.append(WebhookReporter(config))
+    if metrics and config.reports_to("metrics"):
+        from otel_apm.emit.metrics import MetricsEmitter
+
+        chosen.append(MetricsEmitter(meter_provider))
     return chosen
 
 
