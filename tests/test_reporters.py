@@ -223,6 +223,8 @@ def test_webhook_sends_each_new_problem_once_then_a_summary(
     assert received.headers["content-type"] == "application/json"
     assert received.headers["idempotency-key"] == received.delivery_id == received.document()["delivery_id"]
     assert webhook_of(otel).stats()["delivered"] == 3
+    counts = {p.attributes["outcome"]: p.value for p in otel.data_points("otel_apm.webhook.notices")}
+    assert (counts["queued"], counts["delivered"], counts["failed"]) == (3, 3, 0)
 
 
 def test_webhook_retries_failures_and_delivers_each_notice_exactly_once(
@@ -400,6 +402,9 @@ def test_the_collector_reports_to_a_webhook(
         n_plus_one_trace(provider)
     provider.shutdown()
     hook.wait_for(lambda: len(hook.notices("new")) == 1)
+    metrics = collector.telemetry()
+    assert metrics['otel_apm_collector_webhook_notices_total{outcome="delivered"}'] == 1
+    assert metrics["otel_apm_collector_webhook_retries_total"] == 1
     assert collector.shutdown()
     (new,) = hook.notices("new")
     assert (new["type"], new["service"], new["endpoint"]) == ("n_plus_one_query", "shop", "GET /authors")

@@ -35,6 +35,7 @@ from otel_apm.collector.forwarder import Forwarder, Signal
 from otel_apm.collector.telemetry import Telemetry
 from otel_apm.contain import FailureLog
 from otel_apm.emit import Emitter, reporters, shutdown_emitters
+from otel_apm.emit.webhook import NOTICE_OUTCOMES, WebhookReporter
 from otel_apm.ingest.otlp import has_valid_ids, views_from_request
 from otel_apm.model import SpanView, Trace
 from otel_apm.version import __version__
@@ -92,6 +93,17 @@ class Pipeline:
         telemetry.observe("late_spans_total", lambda: self._assembler_stat("late_spans"))
         telemetry.observe("analysis_errors_total", lambda: float(self._errors()))
         telemetry.observe("findings_suppressed_total", lambda: float(self.analyzer.suppressed))
+        for emitter in self.emitters:
+            if isinstance(emitter, WebhookReporter):
+                self._observe_webhook(emitter)
+
+    def _observe_webhook(self, webhook: WebhookReporter) -> None:
+        def count(key: str) -> Callable[[], float]:
+            return lambda: float(webhook.stats()[key])
+
+        for outcome in NOTICE_OUTCOMES:
+            self.telemetry.observe("webhook_notices_total", count(outcome), label=outcome)
+        self.telemetry.observe("webhook_retries_total", count("retries"))
 
     # -- intake (receiver threads) -------------------------------------------------------------------
 

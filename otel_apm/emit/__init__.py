@@ -30,10 +30,10 @@ def reporters(
     config: APMConfig, meter_provider: MeterProvider | None = None, *, metrics: bool = True
 ) -> list[Emitter]:
     """The reporters APM_REPORTERS turns on, the same for the in-process processor, the demo and
-    the collector.  ``metrics`` records through ``meter_provider`` (the global one when None);
-    a deployment with nowhere to send metrics (a collector without a downstream) passes
-    ``metrics=False``.  The OTel events are built by each deployment, which owns their provider.
-    """
+    the collector.  The metrics reporter and the webhook's own counters record through
+    ``meter_provider`` (the global one when None); a deployment with nowhere to send metrics (a
+    collector without a downstream) passes ``metrics=False``.  The OTel events are built by each
+    deployment, which owns their provider."""
     config.check_combination()
     chosen: list[Emitter] = []
     if config.reports_to("console"):
@@ -43,7 +43,7 @@ def reporters(
     if config.reports_to("webhook"):
         from otel_apm.emit.webhook import WebhookReporter
 
-        chosen.append(WebhookReporter(config))
+        chosen.append(WebhookReporter(config, meter_provider))
     if metrics and config.reports_to("metrics"):
         from otel_apm.emit.metrics import MetricsEmitter
 

@@ -55,24 +55,25 @@ class ConsoleReporter:
                 entries += self._suppressed_line(now)
                 self._budget_start, self._printed = now, 0
             for finding in new:
-                if self._printed < self.max_per_interval:
-                    self._printed += 1
+                if self._admit():
                     entries.append(format_announcement(finding))
                 else:
-                    self._suppressed += 1
                     self._digest.forget(finding.fingerprint)
-            for summary in summaries:
-                if self._printed < self.max_per_interval:
-                    self._printed += 1
-                    entries.append(format_summary(summary))
-                else:
-                    self._suppressed += 1
+            entries += [format_summary(summary) for summary in summaries if self._admit()]
             if final:
                 entries += self._suppressed_line(now)
         if entries:
             stream = self._stream or sys.stderr
             stream.write("".join(entries))
             stream.flush()
+
+    def _admit(self) -> bool:
+        """Whether one more entry fits in this interval's budget; counts it either way."""
+        if self._printed < self.max_per_interval:
+            self._printed += 1
+            return True
+        self._suppressed += 1
+        return False
 
     def _suppressed_line(self, now: float) -> list[str]:
         if not self._suppressed:

@@ -31,9 +31,11 @@ import urllib.error
 import urllib.request
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal
+
+from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, get_meter
 
 from otel_apm.config import APMConfig
 from otel_apm.detectors.base import Finding
@@ -52,6 +54,8 @@ SLACK_MAX_NOTICES = 40  # Slack takes 50 blocks per message; one block per notic
 _SLACK_TEXT_CHARS = 3000  # Slack's limit for a section's text
 _RETRIED_4XX = frozenset({408, 429})
 _TICK_S = 1.0  # how often the sender looks for due summaries when nothing is queued
+
+NOTICE_OUTCOMES = ("queued", "delivered", "dropped", "rejected", "failed", "undelivered")
 
 Notice = Finding | Summary
 Outcome = Literal["delivered", "retry", "rejected"]
@@ -163,7 +167,7 @@ def _retry_after(value: str | None) -> float | None:
 
 
 class WebhookReporter:
-    def __init__(self, config: APMConfig) -> None:
+    def __init__(self, config: APMConfig, meter_provider: MeterProvider | None = None) -> None:
         self.url = config.webhook_url
         self._secret = config.webhook_secret
         self._slack = config.webhook_format == "slack"
@@ -180,13 +184,19 @@ class WebhookReporter:
         self._cond = threading.Condition()
         self._stopping = threading.Event()
         self._deadline: float | None = None
-        self._counts = dict.fromkeys(
-            ("queued", "delivered", "dropped", "rejected", "failed", "undelivered", "posts", "retries"), 0
-        )
+        self._counts = dict.fromkeys((*NOTICE_OUTCOMES, "posts", "retries"), 0)
         self._warned: set[str] = set()
         self._opener = urllib.request.build_opener()
         self._thread = threading.Thread(target=self._run, name="otel-apm-webhook", daemon=True)
         self._thread.start()
+        meter = get_meter("otel_apm.webhook", __version__, meter_provider=meter_provider)
+        meter.create_observable_counter(
+            "otel_apm.webhook.notices",
+            [self._observe],
+            unit="{notice}",
+            description="Webhook reporter notices by outcome (queued, delivered, dropped, rejected, failed, "
+            "undelivered)",
+        )
 
     # -- the application's side: never waits on the network ---------------------------------------
 
@@ -224,6 +234,10 @@ class WebhookReporter:
         exhausted), undelivered (left at shutdown); POSTs made and retried."""
         with self._cond:
             return {**self._counts, "in_queue": len(self._queue)}
+
+    def _observe(self, _: CallbackOptions) -> Iterable[Observation]:
+        stats = self.stats()
+        return [Observation(stats[o], {"outcome": o}) for o in NOTICE_OUTCOMES]
 
     def shutdown(self, timeout_s: float) -> None:
         """Queue the repeats not yet summarized, send what can be sent within ``timeout_s`` (retries
