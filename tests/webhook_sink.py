@@ -71,6 +71,8 @@ class WebhookSink:
                     self.send_response(200 if action == "accepted" else int(action))
                     if action == "429":
                         self.send_header("Retry-After", "0")
+                    if action.startswith("3"):
+                        self.send_header("Location", "/elsewhere")
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                 except OSError:

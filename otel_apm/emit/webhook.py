@@ -7,8 +7,9 @@ with one delivery id (``X-OtelApm-Delivery``, also as ``Idempotency-Key``) that 
 across its retries, so a receiver that saw a POST whose answer was lost can drop the repeat.
 
 Retries: on connection errors, timeouts, 5xx, 408 and 429, with exponential backoff and full
-jitter, honoring ``Retry-After`` (capped by APM_WEBHOOK_BACKOFF_MAX_S); any other 4xx means the
-receiver refuses the content, and sending it again would not help.  A batch given up is counted,
+jitter, honoring ``Retry-After`` (capped by APM_WEBHOOK_BACKOFF_MAX_S); any other 4xx (or a
+redirect, which is not followed) means the receiver refuses the content, and sending it again
+would not help.  A batch given up is counted,
 as are notices dropped from a full queue (the oldest go) and those still queued when
 ``shutdown`` runs out of time.
 
@@ -166,6 +167,14 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect is an answer, not followed: urllib would turn the POST into a GET without its
+    body, and the notices would be counted delivered to a page that never saw them."""
+
+    def redirect_request(self, *args: Any) -> None:
+        return None
+
+
 class WebhookReporter:
     def __init__(self, config: APMConfig, meter_provider: MeterProvider | None = None) -> None:
         self.url = config.webhook_url
@@ -186,7 +195,8 @@ class WebhookReporter:
         self._deadline: float | None = None
         self._counts = dict.fromkeys((*NOTICE_OUTCOMES, "posts", "retries"), 0)
         self._warned: set[str] = set()
-        self._opener = urllib.request.build_opener()
+        self._sending = 0  # notices in the POST under way
+        self._opener = urllib.request.build_opener(_NoRedirect())
         self._thread = threading.Thread(target=self._run, name="otel-apm-webhook", daemon=True)
         self._thread.start()
         meter = get_meter("otel_apm.webhook", __version__, meter_provider=meter_provider)
@@ -249,15 +259,19 @@ class WebhookReporter:
             self._deadline = time.monotonic() + timeout_s
             self._stopping.set()
             self._cond.notify()
-        self._thread.join(timeout_s + self._timeout_s)
+        self._thread.join(timeout_s)
         with self._cond:
             left = len(self._queue)
             self._queue.clear()
             self._counts["undelivered"] += left
             undelivered = self._counts["undelivered"]
-        if undelivered:
+            sending = self._sending if self._thread.is_alive() else 0
+        if undelivered or sending:
             _log.warning(
-                "otel-apm: webhook shut down with %d notice(s) undelivered to %s", undelivered, self.url
+                "otel-apm: webhook shut down with %d notice(s) undelivered to %s%s",
+                undelivered,
+                self.url,
+                f" and {sending} in a POST still waiting for its answer" if sending else "",
             )
 
     # -- the sender thread ---------------------------------------------------------------------------
@@ -279,6 +293,13 @@ class WebhookReporter:
         return self._deadline is not None and time.monotonic() >= self._deadline
 
     def _deliver(self, batch: list[Notice]) -> None:
+        self._sending = len(batch)
+        try:
+            self._deliver_batch(batch)
+        finally:
+            self._sending = 0
+
+    def _deliver_batch(self, batch: list[Notice]) -> None:
         delivery_id = uuid.uuid4().hex
         document = (slack_body if self._slack else json_body)(batch, delivery_id)
         body = json.dumps(document, separators=(",", ":")).encode()
