@@ -18,6 +18,7 @@ import pytest
 from conftest import OTel
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from otlp_sink import OTLPSink
+from test_cli import run
 from test_collector import Collector, n_plus_one_trace, sink, start_collector, tracer_provider
 from test_processor import request
 from webhook_sink import WebhookSink
@@ -80,6 +81,19 @@ def test_the_secret_is_never_shown() -> None:
     shown = {variable: value for variable, value, _ in config.describe()}
     assert shown["APM_WEBHOOK_SECRET"] == "(set)"
     assert shown["APM_REPORTERS"] == "console,metrics"
+
+
+def test_otel_apm_config_shows_the_reporters_and_hides_the_secret() -> None:
+    result = run(
+        "config", APM_REPORTERS="webhook", APM_WEBHOOK_URL="http://h:1/x", APM_WEBHOOK_SECRET="hunter2"
+    )
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^APM_REPORTERS +webhook ", result.stdout, re.M)
+    assert re.search(r"^APM_WEBHOOK_SECRET +\(set\) ", result.stdout, re.M)
+    assert "hunter2" not in result.stdout
+    result = run("config", APM_REPORTERS="console,webhook")
+    assert result.returncode == 2
+    assert "APM_REPORTERS names webhook: APM_WEBHOOK_URL must be set" in result.stderr
 
 
 def test_console_enabled_false_turns_the_console_off_whatever_reporters_says(
@@ -163,7 +177,7 @@ def test_console_announces_in_full_once_then_summarizes_at_shutdown(
 def test_console_summarizes_once_per_interval(
     make_otel: Callable[..., OTel], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    interval = 0.2
+    interval = 0.5  # long enough for the requests before the sleep to fall in one window
     otel = make_otel(console_enabled=True, console_interval_s=interval, slow_query_threshold_ms=60_000)
     for _ in range(4):
         request(otel)
@@ -178,7 +192,7 @@ def test_console_summarizes_once_per_interval(
 def test_console_is_rate_limited_and_says_how_much_it_held_back(
     make_otel: Callable[..., OTel], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    interval = 0.2
+    interval = 0.5  # long enough for the requests before the sleep to fall in one window
     otel = make_otel(
         console_enabled=True,
         console_interval_s=interval,
@@ -404,10 +418,9 @@ def test_the_collector_reports_to_a_webhook(
     for _ in range(3):
         n_plus_one_trace(provider)
     provider.shutdown()
-    hook.wait_for(lambda: len(hook.notices("new")) == 1)
-    metrics = collector.telemetry()
-    assert metrics['otel_apm_collector_webhook_notices_total{outcome="delivered"}'] == 1
-    assert metrics["otel_apm_collector_webhook_retries_total"] == 1
+    delivered = 'otel_apm_collector_webhook_notices_total{outcome="delivered"}'
+    hook.wait_for(lambda: collector.telemetry()[delivered] == 1)
+    assert collector.telemetry()["otel_apm_collector_webhook_retries_total"] == 1
     assert collector.shutdown()
     (new,) = hook.notices("new")
     assert (new["type"], new["service"], new["endpoint"]) == ("n_plus_one_query", "shop", "GET /authors")
