@@ -12,12 +12,14 @@ import re
 import socket
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import OTel
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from otlp_sink import OTLPSink
+from test_autoinstrument import _run_app
 from test_cli import run
 from test_collector import Collector, n_plus_one_trace, sink, start_collector, tracer_provider
 from test_processor import request
@@ -425,3 +427,34 @@ def test_the_collector_reports_to_a_webhook(
     (new,) = hook.notices("new")
     assert (new["type"], new["service"], new["endpoint"]) == ("n_plus_one_query", "shop", "GET /authors")
     assert sum(n["occurrences"] for n in hook.notices("summary")) == 2
+
+
+# -- opentelemetry-instrument ------------------------------------------------------------------------
+
+
+def test_an_instrumented_app_delivers_to_the_webhook_before_it_exits(
+    sink: OTLPSink, hook: WebhookSink, tmp_path: Path
+) -> None:
+    """The app ends right after its request: the notice still goes out, as the configurator shuts
+    the processor (and so the reporters) down at exit."""
+    run = _run_app(
+        sink,
+        tmp_path,
+        APM_REPORTERS="webhook",
+        APM_WEBHOOK_URL=hook.url,
+        APM_WEBHOOK_SECRET="s3cret",
+    )
+    assert run.returncode == 0, run.stderr
+    (new,) = hook.notices("new")
+    assert (new["type"], new["service"], new["endpoint"]) == (
+        "n_plus_one_query",
+        "nplusone-app",
+        "GET /authors",
+    )
+    assert new["trace_id"] == run.report["trace_id"]
+    (received,) = hook.accepted
+    headers = received.headers
+    assert verify("s3cret", headers["x-otelapm-timestamp"], received.body, headers["x-otelapm-signature"])
+    assert (
+        "[otel-apm]" not in run.stderr
+    )  # APM_REPORTERS without console: APM_CONSOLE_ENABLED alone adds none
