@@ -275,7 +275,10 @@ class APMConfig:
         doc="console entries (announcements and summaries) per interval; the rest are counted as suppressed",
     )
     webhook_url: str = _setting(
-        "", "APM_WEBHOOK_URL", doc="http(s) URL the webhook reporter POSTs findings to"
+        "",
+        "APM_WEBHOOK_URL",
+        secret=True,  # a Slack incoming-webhook URL is itself the credential
+        doc="http(s) URL the webhook reporter POSTs findings to",
     )
     webhook_format: WebhookFormat = _setting(
         "json", "APM_WEBHOOK_FORMAT", doc="json: otel-apm's document; slack: a Slack incoming-webhook message"
@@ -379,9 +382,23 @@ def _shown(value: Any) -> str:
 
 
 def _check_url(url: str) -> None:
+    """The message names what is wrong without repeating the URL, which may hold a token."""
+    try:
+        parts = urlsplit(url)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+        parts.port  # noqa: B018 - raises ValueError when the port is not a number
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ConfigError(
+            "APM_WEBHOOK_URL: expected an http:// or https:// URL with a host (and a numeric port)"
+        )
+
+
+def url_origin(url: str) -> str:
+    """``scheme://host[:port]`` of a URL, for logs: its path and query may hold a token."""
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"APM_WEBHOOK_URL={url!r}: expected an http:// or https:// URL")
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
 
 
 _TYPES: dict[str, Any] = {

@@ -27,6 +27,7 @@ from webhook_sink import WebhookSink
 
 from otel_apm import APMConfig, ConfigError
 from otel_apm.collector.config import load_config
+from otel_apm.emit import reporters
 from otel_apm.emit.metrics import MetricsEmitter
 from otel_apm.emit.webhook import SLACK_MAX_NOTICES, WebhookReporter, verify
 
@@ -72,16 +73,26 @@ def test_reporter_names_are_validated() -> None:
 def test_webhook_needs_an_http_url() -> None:
     with pytest.raises(ConfigError, match="APM_REPORTERS names webhook: APM_WEBHOOK_URL must be set"):
         APMConfig.from_env({"APM_REPORTERS": "webhook"})
-    with pytest.raises(ConfigError, match="APM_WEBHOOK_URL='ftp://x': expected an http:// or https:// URL"):
-        APMConfig.from_env({"APM_REPORTERS": "webhook", "APM_WEBHOOK_URL": "ftp://x"})
+    for bad in ("ftp://x/token", "http:///token", "http://h:port/token"):
+        with pytest.raises(ConfigError) as exc:
+            APMConfig.from_env({"APM_REPORTERS": "webhook", "APM_WEBHOOK_URL": bad})
+        assert str(exc.value) == (
+            "APM_WEBHOOK_URL: expected an http:// or https:// URL with a host (and a numeric port)"
+        )  # the URL itself is not repeated: it may hold a token
 
 
-def test_the_secret_is_never_shown() -> None:
-    config = APMConfig.from_env({"APM_WEBHOOK_SECRET": "hunter2"})
+def test_a_webhook_url_without_the_webhook_reporter_is_pointed_out(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="otel_apm.emit"):
+        assert not any(isinstance(r, WebhookReporter) for r in reporters(APMConfig(webhook_url="http://h/x")))
+    assert "APM_WEBHOOK_URL is set but APM_REPORTERS does not name webhook" in caplog.text
+
+
+def test_the_secret_and_the_url_are_never_shown() -> None:
+    config = APMConfig.from_env({"APM_WEBHOOK_SECRET": "hunter2", "APM_WEBHOOK_URL": "https://h/T0/token9"})
     assert config.webhook_secret == "hunter2"
-    assert "hunter2" not in repr(config)
+    assert "hunter2" not in repr(config) and "token9" not in repr(config)
     shown = {variable: value for variable, value, _ in config.describe()}
-    assert shown["APM_WEBHOOK_SECRET"] == "(set)"
+    assert shown["APM_WEBHOOK_SECRET"] == shown["APM_WEBHOOK_URL"] == "(set)"
     assert shown["APM_REPORTERS"] == "console,metrics"
 
 
@@ -264,12 +275,13 @@ def test_webhook_gives_up_after_the_last_attempt_and_counts(
     make_otel: Callable[..., OTel], hook: WebhookSink, caplog: pytest.LogCaptureFixture
 ) -> None:
     hook.plan(*["500"] * 3)
-    otel = webhook_otel(make_otel, hook.url, webhook_max_attempts=3)
+    otel = webhook_otel(make_otel, hook.url + "?token=tok3n", webhook_max_attempts=3)
     with caplog.at_level(logging.WARNING, logger="otel_apm.emit.webhook"):
         request(otel)
         hook.wait_for(lambda: webhook_of(otel).stats()["failed"] == 1)
     assert hook.requests == 3 and hook.accepted == []
-    assert "failed 3 times; the batch is given up" in caplog.text
+    assert f"webhook http://127.0.0.1:{hook.port} failed 3 times; the batch is given up" in caplog.text
+    assert "tok3n" not in caplog.text  # logs name the receiver's origin, not its token
     request(otel, route="/next")  # the receiver is back: later notices still go
     hook.wait_for(lambda: webhook_of(otel).stats()["delivered"] == 1)
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from otel_apm.detectors.base import Finding
 from otel_apm.model import Trace
+
+_log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
@@ -44,6 +47,10 @@ def reporters(
         from otel_apm.emit.webhook import WebhookReporter
 
         chosen.append(WebhookReporter(config, meter_provider))
+    elif config.webhook_url:
+        _log.warning(
+            "otel-apm: APM_WEBHOOK_URL is set but APM_REPORTERS does not name webhook: nothing is sent"
+        )
     if metrics and config.reports_to("metrics"):
         from otel_apm.emit.metrics import MetricsEmitter
 

@@ -38,7 +38,7 @@ from typing import Any, Literal
 
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, get_meter
 
-from otel_apm.config import APMConfig
+from otel_apm.config import APMConfig, url_origin
 from otel_apm.detectors.base import Finding
 from otel_apm.emit.attributes import span_id_hex, trace_id_hex
 from otel_apm.emit.digest import Digest, Summary
@@ -177,7 +177,8 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
 class WebhookReporter:
     def __init__(self, config: APMConfig, meter_provider: MeterProvider | None = None) -> None:
-        self.url = config.webhook_url
+        self._url = config.webhook_url
+        self._origin = url_origin(self._url)  # what logs name
         self._secret = config.webhook_secret
         self._slack = config.webhook_format == "slack"
         self._timeout_s = config.webhook_timeout_s
@@ -270,7 +271,7 @@ class WebhookReporter:
             _log.warning(
                 "otel-apm: webhook shut down with %d notice(s) undelivered to %s%s",
                 undelivered,
-                self.url,
+                self._origin,
                 f" and {sending} in a POST still waiting for its answer" if sending else "",
             )
 
@@ -324,7 +325,7 @@ class WebhookReporter:
             self._warn_once(
                 "failed",
                 "otel-apm: webhook %s failed %d times; the batch is given up (further ones are only counted)",
-                self.url,
+                self._origin,
                 self._max_attempts,
             )
 
@@ -342,7 +343,7 @@ class WebhookReporter:
         timeout = self._timeout_s
         if self._deadline is not None:
             timeout = max(0.01, min(timeout, self._deadline - time.monotonic()))
-        request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+        request = urllib.request.Request(self._url, data=body, headers=headers, method="POST")
         self._count("posts")
         try:
             with self._opener.open(request, timeout=timeout) as response:
@@ -356,7 +357,7 @@ class WebhookReporter:
                 "rejected",
                 "otel-apm: webhook %s refused a batch with HTTP %d; it is not retried (further "
                 "refusals are only counted)",
-                self.url,
+                self._origin,
                 exc.code,
             )
             return "rejected", None
