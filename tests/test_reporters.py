@@ -27,6 +27,7 @@ from webhook_sink import WebhookSink
 
 from otel_apm import APMConfig, ConfigError
 from otel_apm.collector.config import load_config
+from otel_apm.detectors.base import Finding
 from otel_apm.emit import reporters
 from otel_apm.emit.metrics import MetricsEmitter
 from otel_apm.emit.webhook import SLACK_MAX_NOTICES, WebhookReporter, verify
@@ -313,6 +314,53 @@ def test_webhook_waits_out_a_refused_connection(make_otel: Callable[..., OTel]) 
     with WebhookSink(port=port) as hook:
         hook.wait_for(lambda: reporter.stats()["delivered"] == 1)
         assert [n["endpoint"] for n in hook.notices()] == ["GET /authors"]
+
+
+def process_finding(impact_ms: float, **fields: Any) -> Finding:
+    """A finding about the process (no trace), as a memory monitor reports through the processor."""
+    values: dict[str, Any] = {
+        "type": "memory_leak_suspected",
+        "title": "Memory grows",
+        "severity": "warning",
+        "fingerprint": "f00d",
+        "service": "svc",
+        "endpoint": "process",
+        "trace_id": 0,
+        "span_ids": (),
+        "count": 1,
+        "total_duration_ms": 0.0,
+        "max_duration_ms": 0.0,
+        "recommendation": "Look at what grew",
+        "impact_ms": impact_ms,
+    }
+    return Finding(**{**values, **fields})
+
+
+def test_a_summary_gives_the_repeats_p95_and_max_impact(
+    make_otel: Callable[..., OTel], hook: WebhookSink
+) -> None:
+    otel = webhook_otel(make_otel, hook.url)
+    for impact in range(1, 51):
+        otel.processor.emit_findings([process_finding(float(impact))])
+    otel.shutdown()
+    (new,) = hook.notices("new")
+    assert (new["impact_ms"], new["trace_id"], new["span_ids"]) == (1.0, None, [])
+    (summary,) = hook.notices("summary")
+    # The 49 repeats (2..50 ms): nearest-rank p95 is the 47th, 48 ms.
+    assert (summary["occurrences"], summary["impact_p95_ms"], summary["impact_max_ms"]) == (49, 48.0, 50.0)
+    assert summary["example_trace_id"] is None
+
+
+def test_a_batch_that_cannot_be_encoded_costs_only_itself(
+    make_otel: Callable[..., OTel], hook: WebhookSink
+) -> None:
+    otel = webhook_otel(make_otel, hook.url)
+    broken = process_finding(1.0, evidence={"bad": {1, 2}})  # not JSON: a bug of a detector's
+    otel.processor.emit_findings([broken])
+    hook.wait_for(lambda: webhook_of(otel).stats()["failed"] == 1)
+    request(otel)
+    hook.wait_for(lambda: webhook_of(otel).stats()["delivered"] == 1)
+    assert [n["type"] for n in hook.notices()] == ["n_plus_one_query"]
 
 
 # -- webhook: never in the application's way --------------------------------------------------------------

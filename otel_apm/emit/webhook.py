@@ -294,9 +294,15 @@ class WebhookReporter:
         return self._deadline is not None and time.monotonic() >= self._deadline
 
     def _deliver(self, batch: list[Notice]) -> None:
+        """Deliver one batch; a bug of ours costs that batch (counted, logged once), not the thread."""
         self._sending = len(batch)
         try:
             self._deliver_batch(batch)
+        except Exception as exc:
+            self._count("failed", len(batch))
+            self._warn_once(
+                "error", "otel-apm: webhook could not send a batch (%r); it is counted as failed", exc
+            )
         finally:
             self._sending = 0
 
