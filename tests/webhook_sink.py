@@ -3,7 +3,7 @@
     with WebhookSink() as sink:
         sink.plan("500", "500", "hang")       # the next three requests fail, then all succeed
         run_something(url=sink.url)
-        sink.wait_for(lambda: len(sink.notices()) == 3)
+        wait_until(lambda: len(sink.notices()) == 3)
 
 Each planned answer takes one request: a status code (``"500"``, ``"429"`` with Retry-After 0,
 ``"400"``), ``"hang"`` (the request is accepted and stored, but the answer comes only after
@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -114,14 +113,6 @@ class WebhookSink:
             for notice in received.document()["notices"]
             if kind is None or notice["kind"] == kind
         ]
-
-    def wait_for(self, condition: Callable[[], bool], timeout_s: float = 15.0) -> None:
-        """Bounds how long a test waits for the sender thread; not a timing assertion."""
-        deadline = time.monotonic() + timeout_s
-        while not condition():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"condition not met within {timeout_s} s")
-            time.sleep(0.01)
 
     def __enter__(self) -> WebhookSink:
         self._thread.start()
