@@ -422,7 +422,7 @@ def test_signatures_verify_with_the_documented_procedure(
     otel = webhook_otel(make_otel, hook.url, webhook_secret=secret)
     request(otel)
     wait_until(lambda: len(hook.notices()) == 1)
-    (received,) = hook.accepted
+    (received,) = hook.deliveries().values()
     timestamp, signature = received.headers["x-otelapm-timestamp"], received.headers["x-otelapm-signature"]
     # The README's procedure, written out here rather than imported.
     expected = (
@@ -447,8 +447,8 @@ def test_slack_format_is_an_incoming_webhook_message(
     for i in range(SLACK_MAX_NOTICES + 5):
         request(otel, route=f"/a<b>&{i}")  # queued while the first POST is held: one big batch
     hook.release()
-    wait_until(lambda: len(hook.accepted) == 3)
-    bodies = [json.loads(r.body) for r in hook.accepted]
+    wait_until(lambda: len(hook.deliveries()) == 3)
+    bodies = [json.loads(r.body) for r in hook.deliveries().values()]
     assert all(set(body) == {"text", "blocks"} for body in bodies)
     assert [len(body["blocks"]) - 1 for body in bodies] == [1, SLACK_MAX_NOTICES, 5]
     header, section = bodies[1]["blocks"][:2]
@@ -509,7 +509,7 @@ def test_an_instrumented_app_delivers_to_the_webhook_before_it_exits(
         "GET /authors",
     )
     assert new["trace_id"] == run.report["trace_id"]
-    (received,) = hook.accepted
+    (received,) = hook.deliveries().values()
     headers = received.headers
     assert verify("s3cret", headers["x-otelapm-timestamp"], received.body, headers["x-otelapm-signature"])
     assert (
