@@ -170,8 +170,7 @@ def make_ours(key: str, label: str, queue: int, **settings: Any) -> Variant:
         APMConfig(),
         logger_provider=logger_provider,
         meter_provider=meter_provider,
-        console_enabled=False,
-        **settings,
+        **{"console_enabled": False, **settings},
     )
     provider = TracerProvider(resource=RESOURCE)
     provider.add_span_processor(apm)

@@ -11,7 +11,9 @@ round outside the timing:
         traces: the statistics' own cost, beside the analysis it follows.
   e2e   M traces per round through TracerProvider + APMSpanProcessor(BatchSpanProcessor(no-op)),
         events and metrics as in bench_processor.py variant b, once with APM_STATS_ENABLED=false
-        ("without") and once with it on ("with"), flushes included.
+        ("without") and once with it on ("with"), flushes included; a third variant ("neither")
+        also turns the per-statement metrics off (APM_METRICS_MAX_STATEMENTS=0), so "with"
+        against "neither" is what statistics and statement metrics cost together.
 
 Memory: 20 endpoints, each running 2 statements of its own, fed with lognormal durations (a
 median of 20 ms and a long tail, so the sketches hold many buckets) on a simulated clock for H
@@ -174,6 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench_processor.db_calls = WORKLOADS["nplusone"]
     queue = max(2048, args.e2e_traces * SPANS_PER_TRACE + 1024)
     variants = {
+        "neither": make_ours("neither", "stats off", queue, stats_enabled=False, metrics_max_statements=0),
         "without": make_ours("without", "stats off", queue, stats_enabled=False),
         "with": make_ours("with", "stats on", queue),
     }
@@ -188,6 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "without",
         "with",
     )
+    print_pair("statement metrics and statistics together", runs, "neither", "with")
 
     if not args.hours:
         return 0

@@ -15,10 +15,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any, Literal, get_args
+from urllib.parse import urlsplit
 
 import yaml
 
 ExportMode = Literal["passthrough", "tail"]
+WebhookFormat = Literal["json", "slack"]
+REPORTER_NAMES = ("console", "webhook", "metrics")
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -85,9 +88,14 @@ def _setting(
     *,
     minimum: float | None = None,
     maximum: float | None = None,
+    choices: tuple[str, ...] | None = None,
+    secret: bool = False,
     doc: str = "",
 ) -> Any:
-    return field(default=default, metadata={"env": env, "min": minimum, "max": maximum, "doc": doc})
+    """A field with its variable and bounds; ``choices`` are the names a list may hold, and a
+    ``secret`` is neither in the repr nor shown by ``describe`` (logs and ``otel-apm config``)."""
+    metadata = {"env": env, "min": minimum, "max": maximum, "choices": choices, "secret": secret, "doc": doc}
+    return field(default=default, repr=not secret, metadata=metadata)
 
 
 @dataclass(frozen=True)
@@ -241,9 +249,73 @@ class APMConfig:
         minimum=1,
         doc="spans kept for analysis per local trace; later ones are exported and counted",
     )
-    console_enabled: bool = _setting(True, "APM_CONSOLE_ENABLED", doc="one line per finding on stderr")
+    reporters: tuple[str, ...] = _setting(
+        ("console", "metrics"),
+        "APM_REPORTERS",
+        choices=REPORTER_NAMES,
+        doc="where findings are reported besides OTel events, comma-separated: console (stderr), "
+        "webhook (APM_WEBHOOK_URL), metrics (otel_apm.* through the meter provider)",
+    )
+    console_enabled: bool = _setting(
+        True,
+        "APM_CONSOLE_ENABLED",
+        doc="false turns the console reporter off even when APM_REPORTERS names it",
+    )
     console_interval_s: float = _setting(
-        60.0, "APM_CONSOLE_INTERVAL_S", minimum=0.0, doc="a fingerprint is printed at most once per interval"
+        60.0,
+        "APM_CONSOLE_INTERVAL_S",
+        minimum=0.0,
+        doc="a new problem is printed in full once, then summarized once per interval "
+        "(0: every occurrence in full)",
+    )
+    console_max_per_interval: int = _setting(
+        50,
+        "APM_CONSOLE_MAX_PER_INTERVAL",
+        minimum=1,
+        doc="console entries (announcements and summaries) per interval; the rest are counted as suppressed",
+    )
+    webhook_url: str = _setting(
+        "",
+        "APM_WEBHOOK_URL",
+        secret=True,  # a Slack incoming-webhook URL is itself the credential
+        doc="http(s) URL the webhook reporter POSTs findings to",
+    )
+    webhook_format: WebhookFormat = _setting(
+        "json", "APM_WEBHOOK_FORMAT", doc="json: otel-apm's document; slack: a Slack incoming-webhook message"
+    )
+    webhook_secret: str = _setting(
+        "",
+        "APM_WEBHOOK_SECRET",
+        secret=True,
+        doc="when set, each POST carries an HMAC-SHA256 signature of its timestamp and body",
+    )
+    webhook_interval_s: float = _setting(
+        300.0,
+        "APM_WEBHOOK_INTERVAL_S",
+        minimum=0.0,
+        doc="a new problem is sent once, then summarized once per interval (0: every occurrence)",
+    )
+    webhook_timeout_s: float = _setting(5.0, "APM_WEBHOOK_TIMEOUT_S", minimum=0.01, doc="per attempt")
+    webhook_max_attempts: int = _setting(
+        5, "APM_WEBHOOK_MAX_ATTEMPTS", minimum=1, doc="attempts per batch before it is given up and counted"
+    )
+    webhook_backoff_s: float = _setting(
+        0.5,
+        "APM_WEBHOOK_BACKOFF_S",
+        minimum=0.0,
+        doc="first retry delay, doubled per attempt with full jitter",
+    )
+    webhook_backoff_max_s: float = _setting(
+        30.0, "APM_WEBHOOK_BACKOFF_MAX_S", minimum=0.0, doc="longest retry delay, Retry-After included"
+    )
+    webhook_queue_size: int = _setting(
+        1000,
+        "APM_WEBHOOK_QUEUE_SIZE",
+        minimum=1,
+        doc="notices waiting to be sent; when full the oldest is dropped",
+    )
+    webhook_batch_size: int = _setting(
+        50, "APM_WEBHOOK_BATCH_SIZE", minimum=1, doc="notices per POST at most (slack: at most 40)"
     )
     span_events_enabled: bool = _setting(
         True, "APM_SPAN_EVENTS_ENABLED", doc="attach findings to the local root as span events"
@@ -296,9 +368,10 @@ class APMConfig:
     metrics_max_statements: int = _setting(
         500,
         "APM_METRICS_MAX_STATEMENTS",
-        minimum=1,
+        minimum=0,
         doc="statement fingerprints with metric series of their own; later ones share the "
-        "otel.metric.overflow=true series",
+        "otel.metric.overflow=true series; 0: no statement metrics (they cost about 1 µs a "
+        "statement and trace)",
     )
     stats_max_endpoints_per_statement: int = _setting(
         20, "APM_STATS_MAX_ENDPOINTS_PER_STATEMENT", minimum=1, doc="endpoints listed per statement"
@@ -306,6 +379,7 @@ class APMConfig:
     store_url: str = _setting(
         "",
         "APM_STORE_URL",
+        secret=True,  # a PostgreSQL URL may hold a password
         doc="keep findings in a store: sqlite:///path/file.sqlite, or postgresql://user@host/db"
         "?schema=name to share one; empty: no store",
     )
@@ -336,8 +410,10 @@ class APMConfig:
 
     def __post_init__(self) -> None:
         # Lists are accepted where tuples are kept (keyword arguments, the collector's YAML).
-        if not isinstance(self.disabled_detectors, tuple) and isinstance(self.disabled_detectors, list):
-            object.__setattr__(self, "disabled_detectors", tuple(self.disabled_detectors))
+        for name in ("disabled_detectors", "reporters"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
         if isinstance(self.suppressions, (list, tuple)):
             rules = tuple(Suppression.of(r, f"suppressions[{i}]") for i, r in enumerate(self.suppressions))
             object.__setattr__(self, "suppressions", rules)
@@ -361,14 +437,59 @@ class APMConfig:
         if not values.get("service_name") and env.get("OTEL_SERVICE_NAME"):
             values["service_name"] = env["OTEL_SERVICE_NAME"].strip()
         values.update(overrides)
-        return cls(**values)
+        config = cls(**values)
+        config.check_combination()
+        return config
+
+    def check_combination(self) -> None:
+        """Settings valid alone but not together.  Not in ``__post_init__``: the collector checks
+        its ``analysis`` keys one by one before it builds the whole."""
+        if "webhook" in self.reporters:
+            if not self.webhook_url:
+                raise ConfigError("APM_REPORTERS names webhook: APM_WEBHOOK_URL must be set")
+            _check_url(self.webhook_url)
+
+    def reports_to(self, name: str) -> bool:
+        """Whether the reporter ``name`` is on: named in APM_REPORTERS, and for the console also
+        not switched off by the older APM_CONSOLE_ENABLED."""
+        return name in self.reporters and (name != "console" or self.console_enabled)
 
     def describe(self) -> list[tuple[str, str, str]]:
         """(variable, current value, meaning) rows, for ``otel-apm config`` and the README."""
         return [
-            (f.metadata["env"], str(getattr(self, f.name)), f.metadata["doc"])
+            (
+                f.metadata["env"],
+                "(set)" if f.metadata["secret"] and getattr(self, f.name) else _shown(getattr(self, f.name)),
+                f.metadata["doc"],
+            )
             for f in dataclasses.fields(self)
         ]
+
+
+def _shown(value: Any) -> str:
+    return (
+        ",".join(value) if isinstance(value, tuple) and all(isinstance(v, str) for v in value) else str(value)
+    )
+
+
+def _check_url(url: str) -> None:
+    """The message names what is wrong without repeating the URL, which may hold a token."""
+    try:
+        parts = urlsplit(url)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+        parts.port  # noqa: B018 - raises ValueError when the port is not a number
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ConfigError(
+            "APM_WEBHOOK_URL: expected an http:// or https:// URL with a host (and a numeric port)"
+        )
+
+
+def url_origin(url: str) -> str:
+    """``scheme://host[:port]`` of a URL, for logs: its path and query may hold a token."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
 
 
 _TYPES: dict[str, Any] = {
@@ -377,6 +498,7 @@ _TYPES: dict[str, Any] = {
     "float": float,
     "int": int,
     "ExportMode": ExportMode,
+    "WebhookFormat": WebhookFormat,
     "tuple[str, ...]": tuple,
     "tuple[Suppression, ...]": Suppression,
 }
@@ -399,13 +521,14 @@ def _accepts(f: dataclasses.Field[Any]) -> str:
     if kind is str:
         return "text"
     if kind is tuple:
-        return "a comma-separated list of names"
+        choices = f.metadata["choices"]
+        return f"a comma-separated list of {', '.join(choices) if choices else 'names'}"
     if kind is Suppression:
         return (
             f"a list of rules, each a mapping of {', '.join(_RULE_KEYS)} "
             "(in APM_SUPPRESSIONS_FILE: a YAML or JSON file holding that list)"
         )
-    return "one of " + ", ".join(get_args(ExportMode))
+    return "one of " + ", ".join(get_args(kind))
 
 
 def _parse(f: dataclasses.Field[Any], raw: str, source: str) -> Any:
@@ -462,7 +585,10 @@ def _validate(f: dataclasses.Field[Any], value: Any) -> None:
     elif kind is str:
         ok = isinstance(value, str)
     elif kind is tuple:
-        ok = isinstance(value, tuple) and all(isinstance(v, str) for v in value)
+        choices = f.metadata["choices"]
+        ok = isinstance(value, tuple) and all(
+            isinstance(v, str) and (choices is None or v in choices) for v in value
+        )
     elif kind is Suppression:
         ok = isinstance(value, tuple) and all(isinstance(v, Suppression) for v in value)
     else:

@@ -203,15 +203,8 @@ class OTel:
         return points
 
     def wait_for(self, condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-        """Wait for work on other threads (a server's request thread) to reach the exporter.
-
-        Not a timing assertion: it only bounds how long a test waits before failing.
-        """
-        deadline = time.monotonic() + timeout_s
-        while not condition():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"condition not met within {timeout_s} s")
-            time.sleep(0.01)
+        """Wait for work on other threads (a server's request thread) to reach the exporter."""
+        wait_until(condition, timeout_s)
 
     def shutdown(self) -> None:
         if self._closed:
@@ -220,6 +213,18 @@ class OTel:
         self.tracer_provider.shutdown()
         self.logger_provider.shutdown()
         self.meter_provider.shutdown()
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Poll ``condition`` until it holds, for work on other threads.
+
+    Not a timing assertion: it only bounds how long a test waits before failing.
+    """
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s} s")
+        time.sleep(0.01)
 
 
 def build_otel(**settings: Any) -> OTel:

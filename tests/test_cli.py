@@ -55,7 +55,9 @@ def test_demo_exports_over_otlp(tmp_path: Path) -> None:
             for a in record.attributes
             if a.key == "otel_apm.finding.type"
         }
-        assert types == {"n_plus_one_query", "slow_query"}
+        # The slow report query takes the request past 1 s too when the machine is loaded.
+        expected = {"n_plus_one_query", "slow_query"}
+        assert expected <= types <= expected | {"slow_request"}
         assert sink.spans()
 
 

@@ -73,6 +73,13 @@ def test_series_per_endpoint_and_statement_up_to_the_bound_then_overflow(
     assert sum(p.value for p in queries.values()) == 6  # the totals stay right
 
 
+def test_statement_metrics_can_be_turned_off(make_otel: Callable[..., OTel]) -> None:
+    otel = make_otel(metrics_max_statements=0)
+    request(otel.tracer, "/users/{id}", time.time_ns(), 20.0, [(USERS, 2.0)])
+    assert otel.data_points("otel_apm.db.statement.executions") == []
+    assert [p.value for p in otel.data_points("otel_apm.transaction.db.queries")] == [1]
+
+
 @pytest.mark.parametrize(
     ("histograms", "kind"), [("exponential", "exponential_histogram"), ("env", "histogram")]
 )

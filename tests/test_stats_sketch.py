@@ -101,6 +101,9 @@ def test_json_round_trip_keeps_every_count() -> None:
     assert back.to_dict() == sketch.to_dict()
     assert back.quantile(0.5) == sketch.quantile(0.5)
     assert DDSketch.from_dict(DDSketch().to_dict()).quantile(0.5) is None
+    copy = sketch.copy()
+    sketch.add(1e9)
+    assert copy.to_dict() == back.to_dict()  # a copy does not follow the original
 
 
 def test_empty_sketch_and_bad_input() -> None:

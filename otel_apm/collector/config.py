@@ -482,6 +482,10 @@ def _analysis(data: Any, path: str) -> APMConfig:
         check_detector_names(config)
     except ConfigError as exc:
         raise ConfigError(f"{path}.disabled_detectors: {exc}") from None
+    try:
+        config.check_combination()
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     return config
 
 

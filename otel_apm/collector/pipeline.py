@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
@@ -35,10 +35,14 @@ from otel_apm.collector.forwarder import Forwarder, Signal
 from otel_apm.collector.telemetry import Telemetry
 from otel_apm.contain import FailureLog
 from otel_apm.emit import Emitter, reporters, shutdown_emitters
+from otel_apm.emit.webhook import NOTICE_OUTCOMES, WebhookReporter
 from otel_apm.ingest.otlp import has_valid_ids, views_from_request
 from otel_apm.model import SpanView, Trace
 from otel_apm.stats import statistics_of
 from otel_apm.version import __version__
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
 
 _log = logging.getLogger(__name__)
 
@@ -91,6 +95,17 @@ class Pipeline:
         telemetry.observe("late_spans_total", lambda: self._assembler_stat("late_spans"))
         telemetry.observe("analysis_errors_total", lambda: float(self._errors()))
         telemetry.observe("findings_suppressed_total", lambda: float(self.analyzer.suppressed))
+        for emitter in self.emitters:
+            if isinstance(emitter, WebhookReporter):
+                self._observe_webhook(emitter)
+
+    def _observe_webhook(self, webhook: WebhookReporter) -> None:
+        def count(key: str) -> Callable[[], float]:
+            return lambda: float(webhook.stats()[key])
+
+        for outcome in NOTICE_OUTCOMES:
+            self.telemetry.observe("webhook_notices_total", count(outcome), label=outcome)
+        self.telemetry.observe("webhook_retries_total", count("retries"))
 
     # -- intake (receiver threads) -------------------------------------------------------------------
 
@@ -277,19 +292,20 @@ class Emission:
     """The emitters of findings and their providers: OTLP log records (events) and metrics sent to
     the downstream (same endpoint, protocol and headers), under the resource
     ``service.name=otel-apm-collector``; none without a downstream.  Plus the reporters that
-    ``analysis`` turns on (:func:`otel_apm.emit.reporters`)."""
+    ``analysis`` turns on (:func:`otel_apm.emit.reporters`), the metrics reporter only with a
+    downstream to send them to."""
 
     def __init__(self, config: CollectorConfig) -> None:
         from otel_apm.emit.events import EventEmitter
-        from otel_apm.emit.metrics import MetricsEmitter
 
         self.emitters: list[Emitter] = []
         self._shutdowns: list[Callable[[float], None]] = []
+        meter_provider: MeterProvider | None = None
         downstream = config.downstream
         if downstream.endpoint is not None:
             from opentelemetry.sdk._logs import LoggerProvider
             from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
-            from opentelemetry.sdk.metrics import MeterProvider
+            from opentelemetry.sdk.metrics import MeterProvider as SDKMeterProvider
             from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
             from opentelemetry.sdk.resources import Resource
 
@@ -300,19 +316,18 @@ class Emission:
             logger_provider = LoggerProvider(resource=resource)
             logger_provider.add_log_record_processor(BatchLogRecordProcessor(log_exporter))
             reader = PeriodicExportingMetricReader(metric_exporter)
-            meter_provider = MeterProvider(resource=resource, metric_readers=[reader])
+            meter_provider = sdk_meter_provider = SDKMeterProvider(resource=resource, metric_readers=[reader])
             self.emitters.append(EventEmitter(logger_provider))
-            self.emitters.append(MetricsEmitter(meter_provider, config.analysis))
 
             def shutdown_logs(timeout_s: float) -> None:
                 logger_provider.force_flush(int(timeout_s * 1000))
                 logger_provider.shutdown()
 
             def shutdown_metrics(timeout_s: float) -> None:
-                meter_provider.shutdown(int(timeout_s * 1000))  # a last collection and export
+                sdk_meter_provider.shutdown(int(timeout_s * 1000))  # a last collection and export
 
             self._shutdowns += [shutdown_logs, shutdown_metrics]
-        configured = reporters(config.analysis)
+        configured = reporters(config.analysis, meter_provider, metrics=meter_provider is not None)
         self.emitters += configured
         self._shutdowns.append(lambda timeout_s: shutdown_emitters(configured, timeout_s))
 

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from otel_apm.collector.httpserver import BackgroundHTTPServer
 from otel_apm.detectors import DEFAULT_DETECTORS
+from otel_apm.emit.webhook import NOTICE_OUTCOMES
 
 _log = logging.getLogger(__name__)
 
@@ -79,6 +80,14 @@ METRICS: dict[str, tuple[Kind, str, str | None, tuple[str, ...]]] = {
         None,
         (),
     ),
+    "webhook_notices_total": (
+        "counter",
+        "Webhook reporter notices by outcome: queued, delivered, dropped (queue full), rejected (4xx), "
+        "failed (attempts exhausted), undelivered (at shutdown)",
+        "outcome",
+        NOTICE_OUTCOMES,
+    ),
+    "webhook_retries_total": ("counter", "Webhook POSTs that failed and were retried", None, ()),
     "analysis_errors_total": (
         "counter",
         "Failures of our own (receivers, ingest, analysis, emission), contained and logged once per kind",
@@ -94,7 +103,7 @@ class Telemetry:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._values: dict[tuple[str, str | None], float] = {}
-        self._callbacks: dict[str, Callable[[], float]] = {}
+        self._callbacks: dict[tuple[str, str | None], Callable[[], float]] = {}
         for name, (_, _, label, known) in METRICS.items():
             if label is None:
                 self._values[(name, None)] = 0.0
@@ -114,17 +123,18 @@ class Telemetry:
         with self._lock:
             self._values[(name, None)] = value
 
-    def observe(self, name: str, callback: Callable[[], float]) -> None:
-        """``callback()`` gives the value at each read (a gauge, or a counter kept elsewhere)."""
+    def observe(self, name: str, callback: Callable[[], float], label: str | None = None) -> None:
+        """``callback()`` gives the value of the series at each read (a gauge, or a counter kept
+        elsewhere)."""
         if name not in METRICS:
             raise KeyError(name)
         with self._lock:
-            self._callbacks[name] = callback
+            self._callbacks[(name, label)] = callback
 
     def value(self, name: str, label: str | None = None) -> float:
         """The current value of one series (a callback's if it has one)."""
-        callback = self._callbacks.get(name)
-        if callback is not None and label is None:
+        callback = self._callbacks.get((name, label))
+        if callback is not None:
             return _call(name, callback)
         with self._lock:
             return self._values.get((name, label), 0.0)
@@ -137,8 +147,8 @@ class Telemetry:
         with self._lock:
             values = dict(self._values)
             callbacks = dict(self._callbacks)
-        for name, callback in callbacks.items():
-            values[(name, None)] = _call(name, callback)
+        for (name, label), callback in callbacks.items():
+            values[(name, label)] = _call(name, callback)
         order = {name: i for i, name in enumerate(METRICS)}
         return sorted(((n, lb, v) for (n, lb), v in values.items()), key=lambda s: (order[s[0]], s[1] or ""))
 

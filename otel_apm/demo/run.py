@@ -29,7 +29,6 @@ from otel_apm.demo.app import create_app, make_engine
 from otel_apm.detectors.base import Finding
 from otel_apm.emit import Emitter, reporters
 from otel_apm.emit.events import EventEmitter
-from otel_apm.emit.metrics import MetricsEmitter
 from otel_apm.model import Trace
 from otel_apm.processors.apm import APMSpanProcessor
 
@@ -64,8 +63,7 @@ def run_demo(db: str, otlp_endpoint: str | None) -> int:
     if otlp_endpoint:
         export, logger_provider, meter_provider = _otlp_pipeline(otlp_endpoint, resource)
     tally = _Tally()
-    emitters: list[Emitter] = [EventEmitter(logger_provider), MetricsEmitter(meter_provider, config), tally]
-    emitters += reporters(config)
+    emitters: list[Emitter] = [EventEmitter(logger_provider), tally, *reporters(config, meter_provider)]
     processor = APMSpanProcessor(
         BatchSpanProcessor(export) if export else None,
         config,

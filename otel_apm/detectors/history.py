@@ -12,12 +12,18 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 MAX_KEYS = 10_000
 SAMPLES_PER_QUERY = 256
 _P95_REFRESH = 16  # recompute a statement's p95 after this many new samples, not at every read
 RATE_TIME_CONSTANT_S = 600.0  # occurrences decay with a 10-minute time constant
+
+
+def p95_of(samples: Iterable[float]) -> float:
+    """The nearest-rank 95th percentile of a non-empty sample."""
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)]
 
 
 class QueryHistory:
@@ -40,8 +46,7 @@ class QueryHistory:
             cached = self._p95.get(key)
             if cached is not None and added - cached[0] < _P95_REFRESH:
                 return cached[1]
-            ordered = sorted(samples)
-            value = ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)]
+            value = p95_of(samples)
             self._p95[key] = (added, value)
             return value
 

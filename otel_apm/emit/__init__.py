@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from otel_apm.detectors.base import Finding
 from otel_apm.model import Trace
 
+_log = logging.getLogger(__name__)
+
 if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
+
     from otel_apm.config import APMConfig
 
 
@@ -24,19 +29,39 @@ class Emitter(Protocol):
     def emit(self, trace: Trace | None, findings: Sequence[Finding]) -> None: ...
 
 
-def reporters(config: APMConfig) -> list[Emitter]:
-    """The reporters the configuration turns on, the same for the in-process processor, the demo
-    and the collector, including the rolling statistics (:func:`otel_apm.stats.statistics_of`
-    finds them); the OTel events and metrics are built by each deployment, which owns
-    their providers."""
-    from otel_apm.emit.console import ConsoleReporter
-    from otel_apm.stats import Statistics
-
+def reporters(
+    config: APMConfig, meter_provider: MeterProvider | None = None, *, metrics: bool = True
+) -> list[Emitter]:
+    """The reporters APM_REPORTERS turns on, the same for the in-process processor, the demo and
+    the collector.  The metrics reporter and the webhook's own counters record through
+    ``meter_provider`` (the global one when None); a deployment with nowhere to send metrics (a
+    collector without a downstream) passes ``metrics=False``.  The rolling statistics
+    (APM_STATS_ENABLED) are among them, found by :func:`otel_apm.stats.statistics_of`, and the
+    findings store (APM_STORE_URL), which keeps their closed minutes too.  The OTel events are
+    built by each deployment, which owns their provider."""
+    config.check_combination()
     chosen: list[Emitter] = []
-    if config.console_enabled:
-        chosen.append(ConsoleReporter(config.console_interval_s))
-    statistics = Statistics(config) if config.stats_enabled else None
-    if statistics is not None:
+    if config.reports_to("console"):
+        from otel_apm.emit.console import ConsoleReporter
+
+        chosen.append(ConsoleReporter(config.console_interval_s, config.console_max_per_interval))
+    if config.reports_to("webhook"):
+        from otel_apm.emit.webhook import WebhookReporter
+
+        chosen.append(WebhookReporter(config, meter_provider))
+    elif config.webhook_url:
+        _log.warning(
+            "otel-apm: APM_WEBHOOK_URL is set but APM_REPORTERS does not name webhook: nothing is sent"
+        )
+    if metrics and config.reports_to("metrics"):
+        from otel_apm.emit.metrics import MetricsEmitter
+
+        chosen.append(MetricsEmitter(meter_provider, config))
+    statistics = None
+    if config.stats_enabled:
+        from otel_apm.stats import Statistics
+
+        statistics = Statistics(config)
         chosen.append(statistics)
     if config.store_url:
         from otel_apm.store.emitter import StoreEmitter

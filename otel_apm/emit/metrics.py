@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Hashable, Iterable, Sequence
+from functools import partial
 
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, get_meter
 from opentelemetry.util.types import AttributeValue
@@ -36,7 +37,8 @@ from opentelemetry.util.types import AttributeValue
 from otel_apm.config import APMConfig
 from otel_apm.detectors.base import Finding
 from otel_apm.detectors.dbshape import statements_of
-from otel_apm.model import DB, Trace
+from otel_apm.model import DB, SpanView, Trace
+from otel_apm.sql import SqlShape
 from otel_apm.version import __version__
 
 SERVICE = "otel_apm.service"
@@ -94,13 +96,50 @@ class _Sums:
         ]
 
 
+class _StatementTotals:
+    """Time and runs per (service, fingerprint), both updated through one short key per statement
+    and trace; the attributes are made once per statement, for the first ``limit`` of them."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._attributes: dict[tuple[str, str], dict[str, AttributeValue]] = {}
+        self._totals: dict[tuple[str, str] | None, list[int]] = {}  # key -> [nanoseconds, runs]
+
+    def add(self, key: tuple[str, str], shape: SqlShape, spans: list[SpanView]) -> None:
+        entry = self._totals.get(key)
+        if entry is None:
+            if len(self._attributes) < self._limit:
+                tables = shape.tables
+                summary = " ".join((shape.operation, *tables)) if shape.operation else " ".join(tables)
+                values = (
+                    *key,
+                    spans[0].db_system or "",
+                    shape.operation,
+                    tables[0] if tables else "",
+                    summary,
+                )
+                self._attributes[key] = dict(zip(STATEMENT_KEYS, values, strict=True))
+                entry = self._totals[key] = [0, 0]
+            else:
+                entry = self._totals.setdefault(None, [0, 0])
+        entry[0] += sum(s.end_ns - s.start_ns for s in spans)
+        entry[1] += len(spans)
+
+    def observe(self, index: int, scale: float) -> list[Observation]:
+        return [
+            Observation(totals[index] * scale, OVERFLOW_ATTRIBUTES if key is None else self._attributes[key])
+            for key, totals in list(self._totals.items())
+        ]
+
+
 class MetricsEmitter:
     def __init__(self, meter_provider: MeterProvider | None = None, config: APMConfig | None = None) -> None:
         config = config if config is not None else APMConfig()
         meter = get_meter("otel_apm", __version__, meter_provider=meter_provider)
         self._lock = threading.Lock()
         self._endpoints = _Admission(config.metrics_max_endpoints)
-        self._statements = _Admission(config.metrics_max_statements)
+        self._statements = _StatementTotals(config.metrics_max_statements)
+        self._statement_metrics = config.metrics_max_statements > 0
         self._duration = meter.create_histogram(
             "otel_apm.transaction.duration",
             unit="s",
@@ -109,32 +148,43 @@ class MetricsEmitter:
         )
         self._db_duration = _Sums((SERVICE, ENDPOINT))
         self._db_queries = _Sums((SERVICE, ENDPOINT))
-        self._statement_duration = _Sums(STATEMENT_KEYS)
-        self._statement_count = _Sums(STATEMENT_KEYS)
         self._findings = _Sums((FINDING_TYPE, SEVERITY, SERVICE, ENDPOINT))
-        for name, sums, unit, description in (
-            ("otel_apm.transaction.db.duration", self._db_duration, "s", "DB time of transactions, summed"),
-            ("otel_apm.transaction.db.queries", self._db_queries, "{query}", "DB queries of transactions"),
+        statements = self._statements
+        for name, read, unit, description in (
+            (
+                "otel_apm.transaction.db.duration",
+                self._db_duration.observe,
+                "s",
+                "DB time of transactions, summed",
+            ),
+            (
+                "otel_apm.transaction.db.queries",
+                self._db_queries.observe,
+                "{query}",
+                "DB queries of transactions",
+            ),
             (
                 "otel_apm.db.statement.duration",
-                self._statement_duration,
+                partial(statements.observe, 0, 1e-9),
                 "s",
-                "Time in each statement, summed",
+                "Time in each statement",
             ),
             (
                 "otel_apm.db.statement.executions",
-                self._statement_count,
+                partial(statements.observe, 1, 1),
                 "{execution}",
-                "Runs of each statement",
+                "Statement runs",
             ),
-            ("otel_apm.findings", self._findings, "{finding}", "Performance problems found, by type"),
+            ("otel_apm.findings", self._findings.observe, "{finding}", "Performance problems found, by type"),
         ):
-            meter.create_observable_counter(name, [self._observer(sums)], unit=unit, description=description)
+            meter.create_observable_counter(name, [self._observer(read)], unit=unit, description=description)
 
-    def _observer(self, sums: _Sums) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    def _observer(
+        self, read: Callable[[], list[Observation]]
+    ) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def observe(_: CallbackOptions) -> Iterable[Observation]:
             with self._lock:
-                return sums.observe()
+                return read()
 
         return observe
 
@@ -155,7 +205,7 @@ class MetricsEmitter:
             queries, db_ms = trace.breakdown().get(DB, (0, 0.0))
             self._db_duration.add(where if admitted else None, db_ms / 1e3)
             self._db_queries.add(where if admitted else None, queries)
-            if queries:
+            if queries and self._statement_metrics:
                 self._add_statements(trace)
         attrs: dict[str, AttributeValue] = OVERFLOW_ATTRIBUTES
         if admitted:
@@ -169,13 +219,6 @@ class MetricsEmitter:
         self._duration.record((root.end_ns - root.start_ns) / 1e9, attrs)
 
     def _add_statements(self, trace: Trace) -> None:
-        for (service, fingerprint), (shape, spans) in statements_of(trace).items():
-            values: tuple[AttributeValue, ...] | None = None
-            if self._statements.admits((service, fingerprint)):
-                summary = (
-                    " ".join((shape.operation, *shape.tables)) if shape.operation else " ".join(shape.tables)
-                )
-                table = shape.tables[0] if shape.tables else ""
-                values = (service, fingerprint, spans[0].db_system or "", shape.operation, table, summary)
-            self._statement_duration.add(values, sum(s.end_ns - s.start_ns for s in spans) / 1e9)
-            self._statement_count.add(values, len(spans))
+        add = self._statements.add
+        for key, (shape, spans) in statements_of(trace).items():
+            add(key, shape, spans)

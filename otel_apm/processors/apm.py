@@ -37,7 +37,6 @@ from otel_apm.detectors import DEFAULT_DETECTORS
 from otel_apm.detectors.base import Detector, Finding
 from otel_apm.emit import Emitter, reporters, shutdown_emitters
 from otel_apm.emit.events import EventEmitter
-from otel_apm.emit.metrics import MetricsEmitter
 from otel_apm.emit.span_events import with_finding_events
 from otel_apm.ingest.callsite import CODE_FILE_PATH, CallSite
 from otel_apm.ingest.sdk import SpanReader, add_attributes, plain_attributes
@@ -59,10 +58,10 @@ class APMSpanProcessor(SpanProcessor):
 
     ``config`` defaults to :meth:`APMConfig.from_env`; keyword settings override it, e.g.
     ``APMSpanProcessor(BatchSpanProcessor(exporter), slow_query_threshold_ms=50)``.
-    Emitters default to OTel events and metrics (through the global providers unless given)
-    and the reporters the config turns on (:func:`otel_apm.emit.reporters`), which
-    ``shutdown()`` lets finish their work; ``detectors`` to the built-in ones (a custom
-    Detector subclass can be added).
+    Emitters default to OTel events (through the global provider unless given) and the
+    reporters the config turns on (:func:`otel_apm.emit.reporters`: console, webhook, metrics
+    through ``meter_provider``), which ``shutdown()`` lets finish their work; ``detectors`` to
+    the built-in ones (a custom Detector subclass can be added).
     """
 
     def __init__(
@@ -89,11 +88,7 @@ class APMSpanProcessor(SpanProcessor):
             config.max_traces_in_flight, config.max_spans_per_trace, self._tail, self._read_spans
         )
         if emitters is None:
-            emitters = [
-                EventEmitter(logger_provider),
-                MetricsEmitter(meter_provider, config),
-                *reporters(config),
-            ]
+            emitters = [EventEmitter(logger_provider), *reporters(config, meter_provider)]
         self._emitters = tuple(emitters)
         self._reader = SpanReader()
         self._callsite = CallSite() if config.code_location_enabled else None
@@ -192,6 +187,11 @@ class APMSpanProcessor(SpanProcessor):
         return self._next.force_flush(timeout_millis) if self._next is not None else True
 
     # -- public introspection ------------------------------------------------------------------
+
+    @property
+    def emitters(self) -> tuple[Emitter, ...]:
+        """Where findings go, e.g. to read a reporter's own counters (``WebhookReporter.stats``)."""
+        return self._emitters
 
     def stats(self) -> dict[str, int]:
         """Counters of this processor's own work, for tests, the CLI and its metrics."""

@@ -71,6 +71,13 @@ class Tally:
                 break
             self.endpoints[endpoint] = None
 
+    def copy(self) -> Tally:
+        out = Tally(self.duration.copy())
+        out.count, out.errors, out.slow = self.count, self.errors, self.slow
+        out.db_ms, out.db_queries, out.external_ms = self.db_ms, self.db_queries, self.external_ms
+        out.endpoints = dict(self.endpoints)
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "count": self.count,
@@ -383,12 +390,8 @@ class Statistics:
                 index = old // per
                 if ring and ring[-1][0] == index:
                     ring[-1][1].merge(closed, cap)
-                elif per == 1:
-                    ring.append((index, closed))
-                else:
-                    copy = self._new_tally()
-                    copy.merge(closed, cap)
-                    ring.append((index, copy))
+                else:  # the minute ring keeps the tick itself; the others a copy they merge into
+                    ring.append((index, closed if per == 1 else closed.copy()))
             rolling.total.merge(closed, cap)
         minute = old // self._slots
         if tick // self._slots != minute:
@@ -430,23 +433,27 @@ class Statistics:
             raise ValueError(f"unknown window {window!r}: expected one of {', '.join(WINDOWS)}")
         now = self._clock()
         tick = math.floor(now / self._tick_s)
+        # Under the lock, only references and C-speed copies of what emit() still changes; the
+        # merging, which costs milliseconds per hundred keys, happens after, while traces go on.
         with self._lock:
             self._advance_all(tick)
             if window == "all":
                 start = self.started
-                endpoints = {k: self._merged((r.total, r.tick)) for k, r in self._endpoints.items()}
-                statements = {
-                    k: (info, self._merged((r.total, r.tick))) for k, (info, r) in self._statements.items()
+                endpoint_parts = {k: [r.total.copy(), r.tick.copy()] for k, r in self._endpoints.items()}
+                statement_parts = {
+                    k: (info, [r.total.copy(), r.tick.copy()]) for k, (info, r) in self._statements.items()
                 }
             else:
                 ring = WINDOWS.index(window)
                 per = _RING_TICKS[ring]
                 first = tick // per - self._slots + 1
                 start = max(self.started, first * per * self._tick_s)
-                endpoints = {k: self._window(r, ring, first) for k, r in self._endpoints.items()}
-                statements = {
-                    k: (info, self._window(r, ring, first)) for k, (info, r) in self._statements.items()
+                endpoint_parts = {k: self._window_parts(r, ring, first) for k, r in self._endpoints.items()}
+                statement_parts = {
+                    k: (info, self._window_parts(r, ring, first)) for k, (info, r) in self._statements.items()
                 }
+        endpoints = {k: self._merged(parts) for k, parts in endpoint_parts.items()}
+        statements = {k: (info, self._merged(parts)) for k, (info, parts) in statement_parts.items()}
         return summarize(window, start, now, endpoints, statements)
 
     def _advance_all(self, tick: int) -> None:
@@ -455,10 +462,15 @@ class Statistics:
         for key, (info, rolling) in self._statements.items():
             self._advance("statement", key, info, rolling, tick)
 
-    def _window(self, rolling: _Rolling, ring: int, first: int) -> Tally:
-        parts = [t for i, t in rolling.rings[ring] if i >= first]
-        parts.append(rolling.tick)
-        return self._merged(parts)
+    def _window_parts(self, rolling: _Rolling, ring: int, first: int) -> list[Tally]:
+        """The window's sub-intervals: closed ones as they are (nothing changes them any more),
+        copies of the open tick and of the ring's last slot, which closing ticks merge into."""
+        entries = rolling.rings[ring]
+        parts = [t for i, t in entries if i >= first]
+        if ring and parts and parts[-1] is entries[-1][1]:
+            parts[-1] = parts[-1].copy()
+        parts.append(rolling.tick.copy())
+        return parts
 
     def memory_keys(self) -> tuple[int, int]:
         """(endpoints, statements) held; each costs constant memory whatever the traffic."""

@@ -128,8 +128,12 @@ class DDSketch:
         self.max = max(self.max, other.max)
 
     def copy(self) -> DDSketch:
-        out = DDSketch(self.alpha, self.max_buckets)
-        out.merge(self)
+        """An independent copy, made at C speed (the counts are one array): cheap enough to take
+        under a lock that the application's threads wait on."""
+        out = DDSketch.__new__(DDSketch)
+        for name in DDSketch.__slots__:
+            setattr(out, name, getattr(self, name))
+        out._counts = self._counts[:]
         return out
 
     def quantile(self, q: float) -> float | None:
