@@ -144,9 +144,9 @@ class APMConfig:
     memory_trend_min_samples: int = _setting(
         8, "APM_MEMORY_TREND_MIN_SAMPLES", minimum=8, doc="samples in the window needed for a trend"
     )
-    memory_leak_min_growth_mb_per_min: float = _setting(
+    memory_leak_min_mb_per_min: float = _setting(
         1.0,
-        "APM_MEMORY_LEAK_MIN_GROWTH_MB_PER_MIN",
+        "APM_MEMORY_LEAK_MIN_MB_PER_MIN",
         minimum=0.0,
         doc="growth rate (Theil-Sen slope over the window) that makes a suspected leak",
     )

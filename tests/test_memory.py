@@ -5,12 +5,15 @@ the config; every wait is for a condition, bounded by a timeout."""
 from __future__ import annotations
 
 import inspect
+import os
+import re
 import subprocess
 import sys
 import threading
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,11 +21,12 @@ import requests
 from apps import leaky_app
 from conftest import OTel
 
-from otel_apm import APMConfig
+from otel_apm import APMConfig, ConfigError
 from otel_apm.detectors.base import Finding
 from otel_apm.profiling.memory import MEMORY_HIGH, MEMORY_LEAK, MemoryMonitor, growth_trend, read_memory
 
 F = "otel_apm.finding."
+INSTRUMENT = Path(sys.executable).parent / "opentelemetry-instrument"
 MB = 1024 * 1024
 # Samples every 50 ms over a 1 s window: /leak keeps 64 KiB a request, megabytes a second,
 # far over the 60 MB/min that makes a leak here; a steady service stays far under it.
@@ -30,7 +34,7 @@ FAST: dict[str, Any] = {
     "memory_check_interval_s": 0.05,
     "memory_trend_window_s": 1.0,
     "memory_trend_min_samples": 8,
-    "memory_leak_min_growth_mb_per_min": 60.0,
+    "memory_leak_min_mb_per_min": 60.0,
     "heap_snapshot_duration_s": 0.5,
 }
 
@@ -101,7 +105,7 @@ def test_a_leaking_endpoint_is_reported_with_the_allocating_line(
     assert sites[0].endswith('_kept.append(b"x" * CHUNK_BYTES)')
     assert a[F + "evidence.top_site_size_diff_bytes"] >= leaky_app.CHUNK_BYTES
     assert a[F + "evidence.top_site_count_diff"] >= 1
-    assert a[F + "evidence.growth_mb_per_min"] >= FAST["memory_leak_min_growth_mb_per_min"]
+    assert a[F + "evidence.growth_mb_per_min"] >= FAST["memory_leak_min_mb_per_min"]
     assert a[F + "evidence.minutes_to_threshold"] >= 0
     assert a[F + "evidence.window_s"] >= 0.9 * FAST["memory_trend_window_s"]
     assert a[F + "endpoint"] == "process" and a[F + "service"] == "test-svc"
@@ -130,7 +134,7 @@ def test_one_jump_is_not_a_leak(make_otel: Callable[..., OTel]) -> None:
     monitor = monitor_of(otel)
     otel.wait_for(lambda: monitor.last_trend is not None)
     block = b"\x01" * (40 * MB)  # written, so resident: one jump, then flat
-    min_rate = FAST["memory_leak_min_growth_mb_per_min"] * MB / 60
+    min_rate = FAST["memory_leak_min_mb_per_min"] * MB / 60
     # The jump reaches the trend: mid-window, the slope alone would call it growth...
     otel.wait_for(lambda: monitor.last_trend is not None and monitor.last_trend.slope_bytes_per_s > min_rate)
     # ...but no quarter-on-quarter rise follows, through two more windows.
@@ -303,3 +307,56 @@ def test_failures_of_the_monitor_are_contained_and_counted() -> None:
     assert [f.type for f in reported] == [MEMORY_HIGH]
     assert monitor.stats()["errors"] == 1  # and checking went on
     assert reported[0].service == "svc" and reported[0].trace_id == 0
+
+
+# -- under opentelemetry-instrument --------------------------------------------------------------
+
+
+def run_instrumented(path: str, seconds: float, **settings: str) -> str:
+    """tests/apps/leaky_app.py requesting ``path`` for ``seconds`` under opentelemetry-instrument
+    with our configurator; its stderr, where the console reporter writes the findings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "APM_"))}
+    env.update(
+        OTEL_PYTHON_CONFIGURATOR="otel_apm",
+        OTEL_SERVICE_NAME="leaky",
+        OTEL_TRACES_EXPORTER="none",
+        OTEL_METRICS_EXPORTER="none",
+        OTEL_LOGS_EXPORTER="none",
+        APM_CONSOLE_ENABLED="true",
+        APM_HEAP_SNAPSHOT_ON_LEAK="true",
+        **{f"APM_{key.upper()}": str(value) for key, value in FAST.items()},
+    )
+    env.update(settings)
+    proc = subprocess.run(
+        [str(INSTRUMENT), sys.executable, leaky_app.__file__, path, str(seconds)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stderr
+
+
+def test_under_opentelemetry_instrument_a_leak_is_named_and_a_steady_service_is_not() -> None:
+    leak = run_instrumented("/leak", 5)
+    line = line_of(leaky_app.make_app, "_kept.append(")
+    reported = [s for s in leak.splitlines() if "memory_leak_suspected" in s]
+    assert len(reported) == 1, leak
+    assert reported[0].startswith("[otel-apm] ") and "memory_leak_suspected leaky 'process'" in reported[0]
+    assert f" at {leaky_app.__file__}:{line}. Fix: " in reported[0]
+    # The threshold shows the monitor ran in the steady process too.
+    steady = run_instrumented("/steady", 5, APM_MEMORY_THRESHOLD_MB="1")
+    assert "memory_high leaky 'process'" in steady, steady
+    assert "memory_leak_suspected" not in steady, steady
+
+
+def test_memory_settings_are_validated_naming_the_variable() -> None:
+    with pytest.raises(
+        ConfigError, match=re.escape("APM_MEMORY_CHECK_INTERVAL_S=0.0: expected a number >= 0.01")
+    ):
+        APMConfig.from_env({"APM_MEMORY_CHECK_INTERVAL_S": "0"})
+    with pytest.raises(ConfigError, match="APM_MEMORY_TREND_MIN_SAMPLES=4: expected an integer >= 8"):
+        APMConfig.from_env({"APM_MEMORY_TREND_MIN_SAMPLES": "4"})
+    with pytest.raises(ConfigError, match="APM_HEAP_SNAPSHOT_ON_LEAK='sometimes': expected true or false"):
+        APMConfig.from_env({"APM_HEAP_SNAPSHOT_ON_LEAK": "sometimes"})

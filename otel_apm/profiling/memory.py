@@ -7,7 +7,7 @@ collector's statistics), once per ``APM_MEMORY_CHECK_INTERVAL_S``: cheap enough 
 A leak is growth that lasts, not a jump: the Theil-Sen slope of resident memory over
 ``APM_MEMORY_TREND_WINDOW_S`` (the median of the slopes between every pair of samples, which a
 few outliers or a garbage-collection sawtooth do not move) must reach
-``APM_MEMORY_LEAK_MIN_GROWTH_MB_PER_MIN``, and each quarter of the window must sit higher than
+``APM_MEMORY_LEAK_MIN_MB_PER_MIN``, and each quarter of the window must sit higher than
 the one before.  One jump (a cache filled once, a large request) raises one quarter over the
 next and no other, and a warm-up that levels off leaves its last quarters flat, so neither is
 reported; a leak raises them all.  Memory that tracemalloc itself uses while a heap profile runs
@@ -261,7 +261,7 @@ class MemoryMonitor:
             self.config.memory_trend_min_samples
         ):
             return
-        min_rate = self.config.memory_leak_min_growth_mb_per_min * _MB / 60
+        min_rate = self.config.memory_leak_min_mb_per_min * _MB / 60
         trend = growth_trend([(s.at_s, s.trend_bytes) for s in samples], min_rate)
         self.last_trend = trend
         if self._leaking:
@@ -294,9 +294,7 @@ class MemoryMonitor:
             return self._finding(
                 MEMORY_LEAK,
                 title,
-                severity_for(
-                    rate, self.config.memory_leak_min_growth_mb_per_min, self.config.critical_factor
-                ),
+                severity_for(rate, self.config.memory_leak_min_mb_per_min, self.config.critical_factor),
                 evidence,
                 "Look for a list, dict or cache that only grows (module-level, class attribute, "
                 "closure): bound it, evict from it, or stop keeping the references"

@@ -2,9 +2,17 @@
 
 GET /leak     builds a chunk and keeps it in a module-level list: it is never let go
 GET /steady   builds the same chunk and lets it go when the request ends
+
+Run as a script under ``opentelemetry-instrument`` it requests one endpoint through Flask's test
+client (the auto-instrumented Flask makes the server spans) for a number of seconds::
+
+    opentelemetry-instrument python tests/apps/leaky_app.py /leak 5
 """
 
 from __future__ import annotations
+
+import sys
+import time
 
 from flask import Flask
 
@@ -32,3 +40,15 @@ def make_app() -> Flask:
 def release() -> None:
     """Let go of what /leak kept, so one test's leak does not stay in the next one's process."""
     _kept.clear()
+
+
+def main(path: str, seconds: float) -> None:
+    client = make_app().test_client()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert client.get(path).status_code == 200
+        time.sleep(0.005)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], float(sys.argv[2]))
