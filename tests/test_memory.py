@@ -360,3 +360,25 @@ def test_memory_settings_are_validated_naming_the_variable() -> None:
         APMConfig.from_env({"APM_MEMORY_TREND_MIN_SAMPLES": "4"})
     with pytest.raises(ConfigError, match="APM_HEAP_SNAPSHOT_ON_LEAK='sometimes': expected true or false"):
         APMConfig.from_env({"APM_HEAP_SNAPSHOT_ON_LEAK": "sometimes"})
+
+
+def test_a_forked_worker_gets_a_monitor_of_its_own() -> None:
+    """gunicorn --preload builds the processor in the master: each worker must sample too."""
+    code = (
+        "import os, time\n"
+        "from otel_apm import APMSpanProcessor\n"
+        "p = APMSpanProcessor(None, memory_check_interval_s=0.01, console_enabled=False)\n"
+        "m = p.memory_monitor\n"
+        "pid = os.fork()\n"
+        "before = m.stats()['checks']\n"
+        "deadline = time.monotonic() + 30\n"
+        "while m.stats()['checks'] < before + 5 and time.monotonic() < deadline:\n"
+        "    time.sleep(0.01)\n"
+        "grew = m.stats()['checks'] >= before + 5\n"
+        "if pid == 0:\n"
+        "    os._exit(0 if grew else 3)\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "print(grew, os.waitstatus_to_exitcode(status))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.stdout == "True 0\n", proc.stderr

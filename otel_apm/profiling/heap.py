@@ -120,6 +120,15 @@ class HeapProfiler:
         time.sleep(duration_s)
         return self.end()
 
+    def abandon(self) -> None:
+        """In a forked child: forget a session the parent was running (its lock may be held
+        by a thread that does not exist here), stopping the tracing it started."""
+        if self._first is not None:
+            self._stop_tracing()
+        self._first = None
+        self.started_at = None
+        self._busy = threading.Lock()
+
     def _stop_tracing(self) -> None:
         if self._started_tracing:
             self._started_tracing = False

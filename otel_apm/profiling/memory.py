@@ -19,10 +19,12 @@ from __future__ import annotations
 import gc
 import logging
 import mmap
+import os
 import sys
 import threading
 import time
 import tracemalloc
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -153,6 +155,7 @@ class MemoryMonitor:
         self._leaking = False
         self._started_at = 0.0
         self._checks = 0
+        self._lock = threading.Lock()  # check() from a caller as well as from the thread
         self.last_trend: Trend | None = None
         self._failures = FailureLog(_log)
         self._stop = threading.Event()
@@ -165,9 +168,28 @@ class MemoryMonitor:
         if self._thread is not None:
             return
         self._register_metrics()
+        if hasattr(os, "register_at_fork"):
+            restart = weakref.WeakMethod(self._restart_in_child)
+            os.register_at_fork(after_in_child=lambda: _call_if_alive(restart))
+        self._launch()
+
+    def _launch(self) -> None:
         self._started_at = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="otel-apm-memory", daemon=True)
         self._thread.start()
+
+    def _restart_in_child(self) -> None:
+        """A forked worker (gunicorn --preload, multiprocessing) inherits no thread: it gets its
+        own, with its own samples and episodes, and a heap profile the parent ran ends there."""
+        if self._stop.is_set():
+            return
+        self._heap.abandon()
+        self._lock, self._stop = threading.Lock(), threading.Event()
+        self._samples.clear()
+        self._pending = []
+        self._profiling = self._high = self._leaking = False
+        self.last_trend = None
+        self._launch()
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stop sampling; a heap profile still running ends now and its findings are reported."""
@@ -180,8 +202,9 @@ class MemoryMonitor:
         # built before the logger provider, and a finding emitted before it is set would be lost.
         while not self._stop.wait(self.config.memory_check_interval_s):
             self._contained("check", self.check)
-        if self._profiling:
-            self._contained("heap profile", self._finish_heap)
+        with self._lock:
+            if self._profiling:
+                self._contained("heap profile", self._finish_heap)
 
     def _contained(self, where: str, work: Callable[[], None]) -> None:
         try:
@@ -207,6 +230,10 @@ class MemoryMonitor:
 
     def check(self) -> None:
         """Take one sample and act on it; the thread calls this every interval."""
+        with self._lock:
+            self._check()
+
+    def _check(self) -> None:
         now = time.monotonic()
         rss, virtual = read_memory()
         own = tracemalloc.get_tracemalloc_memory() if tracemalloc.is_tracing() else 0
@@ -285,9 +312,12 @@ class MemoryMonitor:
             "samples": len(samples),
             "python_blocks_growth": last.allocated_blocks - first.allocated_blocks,
         }
+        projection = (
+            f"the {threshold_mb:g} MB threshold in {minutes:.0f} min" if minutes else "over the threshold"
+        )
         title = (
             f"Memory grows {rate:.2f} MB/min over {window_s:.0f} s: leak suspected "
-            f"({rss_mb:.0f} MB now, {threshold_mb:g} MB threshold in {minutes:.0f} min)"
+            f"({rss_mb:.0f} MB now, {projection})"
         )
 
         def finding(sites: Sequence[AllocationSite]) -> Finding:
@@ -410,6 +440,13 @@ class MemoryMonitor:
             unit="By/s",
             description="Theil-Sen slope of resident memory over the trend window",
         )
+
+
+def _call_if_alive(method: weakref.WeakMethod[Callable[[], None]]) -> None:
+    """Fork hooks cannot be unregistered: a monitor garbage-collected since is skipped."""
+    bound = method()
+    if bound is not None:
+        bound()
 
 
 def _where(sites: Sequence[AllocationSite], setting: str) -> str:
