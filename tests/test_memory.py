@@ -22,8 +22,15 @@ from apps import leaky_app
 from conftest import OTel
 
 from otel_apm import APMConfig, ConfigError
-from otel_apm.detectors.base import Finding
-from otel_apm.profiling.memory import MEMORY_HIGH, MEMORY_LEAK, MemoryMonitor, growth_trend, read_memory
+from otel_apm.detectors.base import Finding, make_fingerprint
+from otel_apm.profiling.memory import (
+    MEMORY_HIGH,
+    MEMORY_LEAK,
+    MemoryMonitor,
+    growth_trend,
+    read_memory,
+    running_monitors,
+)
 
 F = "otel_apm.finding."
 INSTRUMENT = Path(sys.executable).parent / "opentelemetry-instrument"
@@ -100,6 +107,10 @@ def test_a_leaking_endpoint_is_reported_with_the_allocating_line(
     assert a["code.file.path"] == leaky_app.__file__
     assert a["code.line.number"] == line
     assert a[F + "code_location"] == f"{leaky_app.__file__}:{line}"
+    # The leak's identity is its line: the same in every process of the service.
+    assert a[F + "fingerprint"] == make_fingerprint(
+        MEMORY_LEAK, "test-svc", "process", a[F + "code_location"]
+    )
     sites = a[F + "evidence.allocation_sites"]
     assert sites[0].startswith(f"{leaky_app.__file__}:{line} +")
     assert sites[0].endswith('_kept.append(b"x" * CHUNK_BYTES)')
@@ -108,6 +119,8 @@ def test_a_leaking_endpoint_is_reported_with_the_allocating_line(
     assert a[F + "evidence.growth_mb_per_min"] >= FAST["memory_leak_min_mb_per_min"]
     assert a[F + "evidence.minutes_to_threshold"] >= 0
     assert a[F + "evidence.window_s"] >= 0.9 * FAST["memory_trend_window_s"]
+    assert a[F + "evidence.python_blocks_growth"] > 0  # the kept chunks are Python objects
+    assert a[F + "evidence.full_gc_collections"] >= 0
     assert a[F + "endpoint"] == "process" and a[F + "service"] == "test-svc"
     assert a[F + "span_ids"] == ()
     assert event.log_record.trace_id == 0
@@ -190,8 +203,9 @@ def test_memory_over_the_threshold_is_reported_once_per_episode_with_what_grew(
     (event,) = otel.events(MEMORY_HIGH)  # still over it, not announced again
     a = attrs(event)
     assert a[F + "evidence.threshold_mb"] == 1.0
-    rss_mb = a[F + "evidence.rss_mb"]
-    assert rss_mb > 1.0 and f"{rss_mb:.0f} MB is over the 1 MB threshold" in a[F + "title"]
+    assert a[F + "evidence.rss_mb"] > 1.0
+    assert a[F + "title"].startswith("Process memory ")
+    assert a[F + "title"].endswith(" MB is over the 1 MB threshold")
     assert a[F + "severity"] == "critical"  # over 5 times the threshold
     assert a["code.line.number"] == line_of(grow_in_thread, "# the growing line")
     assert a["code.file.path"] == __file__
@@ -265,9 +279,11 @@ def test_the_monitor_is_a_daemon_thread_stopped_on_shutdown(make_otel: Callable[
     threads = [t for t in threading.enumerate() if t.name == "otel-apm-memory"]
     assert threads and all(t.daemon for t in threads)
     otel.wait_for(lambda: monitor_of(otel).stats()["checks"] >= 2)
+    assert monitor_of(otel) in running_monitors()
     otel.shutdown()
     mine = monitor_of(otel)._thread
     assert mine is not None and not mine.is_alive()
+    assert monitor_of(otel) not in running_monitors()
 
 
 def test_the_monitor_is_off_when_disabled(make_otel: Callable[..., OTel]) -> None:
@@ -323,6 +339,7 @@ def run_instrumented(path: str, seconds: float, **settings: str) -> str:
         OTEL_METRICS_EXPORTER="none",
         OTEL_LOGS_EXPORTER="none",
         APM_CONSOLE_ENABLED="true",
+        APM_CONSOLE_INTERVAL_S="0",  # every finding printed, however alike
         APM_HEAP_SNAPSHOT_ON_LEAK="true",
         **{f"APM_{key.upper()}": str(value) for key, value in FAST.items()},
     )
@@ -341,14 +358,16 @@ def run_instrumented(path: str, seconds: float, **settings: str) -> str:
 def test_under_opentelemetry_instrument_a_leak_is_named_and_a_steady_service_is_not() -> None:
     leak = run_instrumented("/leak", 5)
     line = line_of(leaky_app.make_app, "_kept.append(")
-    reported = [s for s in leak.splitlines() if "memory_leak_suspected" in s]
+    _, after = leak.split(leaky_app.WARMED_UP)
+    reported = [s for s in after.splitlines() if "memory_leak_suspected" in s]
     assert len(reported) == 1, leak
     assert reported[0].startswith("[otel-apm] ") and "memory_leak_suspected leaky 'process'" in reported[0]
     assert f" at {leaky_app.__file__}:{line}. Fix: " in reported[0]
     # The threshold shows the monitor ran in the steady process too.
     steady = run_instrumented("/steady", 5, APM_MEMORY_THRESHOLD_MB="1")
     assert "memory_high leaky 'process'" in steady, steady
-    assert "memory_leak_suspected" not in steady, steady
+    _, after = steady.split(leaky_app.WARMED_UP)
+    assert "memory_leak_suspected" not in after, steady
 
 
 def test_memory_settings_are_validated_naming_the_variable() -> None:

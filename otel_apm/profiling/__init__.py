@@ -1,5 +1,2 @@
-"""Runtime profiling: what the process as a whole does (memory, CPU), beside what the traces say.
-
-Its findings are about the process, not one trace: ``trace_id`` 0, no spans, endpoint
-``process``; they leave through the processor's emitters (``APMSpanProcessor.emit_findings``).
-"""
+"""Runtime profiling of the application's own process: what traces cannot say, which code burns
+the CPU (cpu.py, flame graphs in flamegraph.py) and where memory goes."""

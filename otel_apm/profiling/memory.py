@@ -59,6 +59,7 @@ class MemorySample:
     virtual_bytes: int
     trend_bytes: int  # resident memory less tracemalloc's own, what the leak trend follows
     allocated_blocks: int  # sys.getallocatedblocks(): Python objects, whatever the allocator keeps
+    full_collections: int  # of the oldest generation: growth that outlives them is no garbage
 
 
 def read_memory() -> tuple[int, int]:
@@ -121,6 +122,15 @@ def growth_trend(samples: Sequence[tuple[float, float]], min_bytes_per_s: float)
 # A finding waiting for the heap profile that will name its allocation sites.
 _Pending = Callable[[Sequence[AllocationSite]], Finding]
 
+_running: weakref.WeakSet[MemoryMonitor] = weakref.WeakSet()
+
+
+def running_monitors() -> tuple[MemoryMonitor, ...]:
+    """The monitors sampling in this process: how an application run by opentelemetry-instrument,
+    which never holds the processor, reaches :meth:`MemoryMonitor.profile_heap` and
+    :meth:`MemoryMonitor.reset_trend`."""
+    return tuple(_running)
+
 
 class MemoryMonitor:
     """Samples memory every ``APM_MEMORY_CHECK_INTERVAL_S`` on a daemon thread (it never keeps the
@@ -171,6 +181,7 @@ class MemoryMonitor:
         if hasattr(os, "register_at_fork"):
             restart = weakref.WeakMethod(self._restart_in_child)
             os.register_at_fork(after_in_child=lambda: _call_if_alive(restart))
+        _running.add(self)
         self._launch()
 
     def _launch(self) -> None:
@@ -194,6 +205,7 @@ class MemoryMonitor:
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stop sampling; a heap profile still running ends now and its findings are reported."""
         self._stop.set()
+        _running.discard(self)
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout_s)
 
@@ -228,6 +240,19 @@ class MemoryMonitor:
         long (after a profile the monitor runs, if any)."""
         return self._heap.profile(self.config.heap_snapshot_duration_s if duration_s is None else duration_s)
 
+    def reset_trend(self) -> None:
+        """Start a new trend window now: the samples so far are forgotten, a leak episode ends,
+        and a heap profile running for one ends and reports.  Start-up (imports, caches filling)
+        is steady growth too: a window much longer than start-up, the default, sees it level
+        off; an application with a short window calls this once it is warmed up."""
+        with self._lock:
+            if self._profiling:
+                self._contained("heap profile", self._finish_heap)
+            self._samples.clear()
+            self._started_at = time.monotonic()
+            self._leaking = False
+            self.last_trend = None
+
     def check(self) -> None:
         """Take one sample and act on it; the thread calls this every interval."""
         with self._lock:
@@ -237,7 +262,8 @@ class MemoryMonitor:
         now = time.monotonic()
         rss, virtual = read_memory()
         own = tracemalloc.get_tracemalloc_memory() if tracemalloc.is_tracing() else 0
-        sample = MemorySample(now, rss, virtual, rss - own, sys.getallocatedblocks())
+        full = gc.get_stats()[-1]["collections"]
+        sample = MemorySample(now, rss, virtual, rss - own, sys.getallocatedblocks(), full)
         samples = self._samples
         samples.append(sample)
         while now - samples[0].at_s > self.config.memory_trend_window_s:
@@ -311,6 +337,7 @@ class MemoryMonitor:
             "window_s": round(window_s, 1),
             "samples": len(samples),
             "python_blocks_growth": last.allocated_blocks - first.allocated_blocks,
+            "full_gc_collections": last.full_collections - first.full_collections,
         }
         projection = (
             f"the {threshold_mb:g} MB threshold in {minutes:.0f} min" if minutes else "over the threshold"
@@ -366,6 +393,9 @@ class MemoryMonitor:
         window_s: float = 0.0,
     ) -> Finding:
         service = self._service()
+        site = sites[0].location if sites else None
+        # A leak is its allocating line, the same in every process; high memory is the service's.
+        identity = (site,) if site is not None and type == MEMORY_LEAK else ()
         evidence = dict(evidence)
         if sites:
             evidence["allocation_sites"] = tuple(s.describe() for s in sites)
@@ -376,7 +406,7 @@ class MemoryMonitor:
             type=type,
             title=title,
             severity=severity,
-            fingerprint=make_fingerprint(type, service, PROCESS),
+            fingerprint=make_fingerprint(type, service, PROCESS, *identity),
             service=service,
             endpoint=PROCESS,
             trace_id=0,
@@ -386,7 +416,7 @@ class MemoryMonitor:
             max_duration_ms=0.0,
             recommendation=recommendation,
             evidence=evidence,
-            code_location=sites[0].location if sites else None,
+            code_location=site,
         )
 
     # -- metrics -------------------------------------------------------------------------------
