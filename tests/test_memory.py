@@ -362,7 +362,8 @@ def test_under_opentelemetry_instrument_a_leak_is_named_and_a_steady_service_is_
     reported = [s for s in after.splitlines() if "memory_leak_suspected" in s]
     assert len(reported) == 1, leak
     assert reported[0].startswith("[otel-apm] ") and "memory_leak_suspected leaky 'process'" in reported[0]
-    assert f" at {leaky_app.__file__}:{line}. Fix: " in reported[0]
+    where = after[after.index(reported[0]) :].splitlines()[1]
+    assert where == f"    where: {leaky_app.__file__}:{line}", after
     # The threshold shows the monitor ran in the steady process too.
     steady = run_instrumented("/steady", 5, APM_MEMORY_THRESHOLD_MB="1")
     assert "memory_high leaky 'process'" in steady, steady

@@ -358,7 +358,6 @@ class MemoryMonitor:
                 + _where(sites, "APM_HEAP_SNAPSHOT_ON_LEAK")
                 + ".",
                 sites,
-                window_s=window_s,
             )
 
         self._announce(finding, self.config.heap_snapshot_on_leak)
@@ -390,7 +389,6 @@ class MemoryMonitor:
         evidence: dict[str, EvidenceValue],
         recommendation: str,
         sites: Sequence[AllocationSite],
-        window_s: float = 0.0,
     ) -> Finding:
         service = self._service()
         site = sites[0].location if sites else None
@@ -411,8 +409,8 @@ class MemoryMonitor:
             endpoint=PROCESS,
             trace_id=0,
             span_ids=(),
-            count=len(self._samples),
-            total_duration_ms=round(window_s * 1e3, 3),
+            count=0,  # spans: none; the samples and the window are in the evidence
+            total_duration_ms=0.0,
             max_duration_ms=0.0,
             recommendation=recommendation,
             evidence=evidence,
