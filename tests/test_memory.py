@@ -5,6 +5,7 @@ the config; every wait is for a condition, bounded by a timeout."""
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import re
 import subprocess
@@ -157,6 +158,62 @@ def test_one_jump_is_not_a_leak(make_otel: Callable[..., OTel]) -> None:
     assert not otel.events(MEMORY_LEAK)
 
 
+SAWTOOTH = """
+import ctypes, gc, json, sys, threading, time
+from otel_apm import APMSpanProcessor
+
+# glibc raises its mmap threshold each time a mapped block is freed, after which the teeth stay
+# in the heap as free space and resident memory no longer shows them: fix it at its default.
+M_MMAP_THRESHOLD = -3
+assert ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 128 * 1024) == 1
+
+class Cycle:  # half of a reference cycle: only the garbage collector frees it
+    pass
+
+def sawtooth(stop, teeth):
+    # Garbage builds up for 15 x 1 MiB over 0.3 s, then goes in one collection; again and again.
+    while not stop.is_set():
+        for _ in range(15):
+            a, b = Cycle(), Cycle()
+            a.other, b.other, a.payload = b, a, b"z" * 2**20
+            time.sleep(0.02)
+        teeth.append(gc.collect())
+
+p = APMSpanProcessor(None, **json.loads(sys.argv[1]))
+monitor = p.memory_monitor
+stop, teeth = threading.Event(), []
+thread = threading.Thread(target=sawtooth, args=(stop, teeth))
+thread.start()
+deadline = time.monotonic() + 60
+while monitor.last_trend is None and time.monotonic() < deadline:
+    time.sleep(0.01)
+checks = monitor.stats()["checks"]
+while monitor.stats()["checks"] < checks + 60 and time.monotonic() < deadline:  # three more windows
+    time.sleep(0.01)
+window = [s.trend_bytes for s in monitor.samples]
+stop.set()
+thread.join()
+p.shutdown()
+checks = monitor.stats()["checks"] - checks
+print(json.dumps({"teeth": teeth, "range": max(window) - min(window), "checks": checks}))
+"""
+
+
+def test_a_garbage_collection_sawtooth_is_not_a_leak() -> None:
+    """In a process of its own: a long-lived one's allocator keeps what it got back, and the
+    teeth would not show in its resident memory."""
+    settings = json.dumps({**FAST, "console_enabled": True, "console_interval_s": 0})
+    proc = subprocess.run(
+        [sys.executable, "-c", SAWTOOTH, settings], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["checks"] >= 60
+    assert len(result["teeth"]) >= 6 and all(collected >= 15 for collected in result["teeth"])
+    assert result["range"] >= 8 * MB  # the teeth are in the memory the monitor saw
+    assert "memory_leak_suspected" not in proc.stderr, proc.stderr
+
+
 def test_the_trend_tells_a_leak_from_a_jump_a_sawtooth_and_a_warm_up() -> None:
     rate = 1.0 * MB / 60  # 1 MB/min
     seconds = [i * 30.0 for i in range(20)]
@@ -172,6 +229,11 @@ def test_the_trend_tells_a_leak_from_a_jump_a_sawtooth_and_a_warm_up() -> None:
     assert not trend([base + min(i, 6) * 10 * MB for i in range(20)]).sustained  # warm-up
     assert not trend([base] * 20).sustained
     assert trend([base + 0.05 * MB * t + (i % 4) * 2 * MB for i, t in enumerate(seconds)]).sustained
+    # A sawtooth whose teeth line up with the quarters: each quarter higher, the slope steep, but
+    # the samples spread by more than the slope climbs.
+    teeth = trend([base + (i % 5) * 8 * MB + i // 5 * 2 * MB for i in range(20)])
+    assert teeth.quarters_rising == 3 and teeth.mb_per_min > 1
+    assert not teeth.sustained and teeth.growth_bytes < 2 * teeth.spread_bytes
     with pytest.raises(ValueError, match="at least 8 samples"):
         growth_trend([(0.0, 1.0), (1.0, 2.0)], rate)
 

@@ -4,14 +4,17 @@ and suspects a leak when it grows steadily, naming the lines that allocate when 
 A sample costs about 30 µs (reading /proc/self/statm, the allocator's block count and the
 collector's statistics), once per ``APM_MEMORY_CHECK_INTERVAL_S``: cheap enough to stay on.
 
-A leak is growth that lasts, not a jump: the Theil-Sen slope of resident memory over
-``APM_MEMORY_TREND_WINDOW_S`` (the median of the slopes between every pair of samples, which a
-few outliers or a garbage-collection sawtooth do not move) must reach
-``APM_MEMORY_LEAK_MIN_MB_PER_MIN``, and each quarter of the window must sit higher than
-the one before.  One jump (a cache filled once, a large request) raises one quarter over the
-next and no other, and a warm-up that levels off leaves its last quarters flat, so neither is
-reported; a leak raises them all.  Memory that tracemalloc itself uses while a heap profile runs
-is left out of the trend, so profiling cannot look like a leak.
+A leak is growth that lasts, not a jump nor a wobble: three tests over the samples of
+``APM_MEMORY_TREND_WINDOW_S``.  The Theil-Sen slope of resident memory (the median of the slopes
+between every pair of samples, which a few outliers do not move) must reach
+``APM_MEMORY_LEAK_MIN_MB_PER_MIN``; each quarter of the window must sit higher than the one
+before; and the growth over the window must be at least twice the interquartile spread of the
+samples around that slope.  One jump (a cache filled once, a large request) raises one quarter
+over the next and no other; a warm-up that levels off leaves its last quarters flat; a garbage
+collection sawtooth, whose teeth can line up with the quarters, spreads the samples by a whole
+tooth around a slope that climbs less than that.  A leak passes all three, a leak under a
+sawtooth once it has grown by about a tooth and a half.  Memory that tracemalloc itself uses
+while a heap profile runs is left out of the trend, so profiling cannot look like a leak.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
-from statistics import median
+from statistics import median, quantiles
 
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, get_meter
 
@@ -47,6 +50,9 @@ PROCESS = "process"  # the endpoint of findings about the whole process
 
 _MB = 1024 * 1024
 _QUARTERS = 4  # the window is cut in four: three rises in a row are no single jump
+# The growth over the window must be this many times the samples' interquartile spread around the
+# fitted slope: it rose by more than it wobbles.  A sawtooth's spread is half a tooth.
+_GROWTH_OVER_SPREAD = 2.0
 # Theil-Sen compares every pair of samples; past this many samples it compares a spaced
 # selection, which keeps a check under a millisecond whatever the window and interval.
 _MAX_TREND_POINTS = 64
@@ -82,6 +88,8 @@ class Trend:
 
     slope_bytes_per_s: float
     quarters_rising: int  # of the _QUARTERS - 1 steps between quarters, those that rose enough
+    growth_bytes: float  # the slope over the window's span
+    spread_bytes: float  # interquartile range of the samples around the slope
     sustained: bool
 
     @property
@@ -92,9 +100,10 @@ class Trend:
 def growth_trend(samples: Sequence[tuple[float, float]], min_bytes_per_s: float) -> Trend:
     """The trend of (seconds, bytes) samples, oldest first (at least 2 per quarter).
 
-    Sustained: the Theil-Sen slope reaches ``min_bytes_per_s`` (and is above 0), and each
-    quarter's median is above the previous one's by at least half of what that rate gives over
-    the time between them (and above it at all).
+    Sustained: the Theil-Sen slope reaches ``min_bytes_per_s`` (and is above 0), each quarter's
+    median is above the previous one's by at least half of what that rate gives over the time
+    between them (and above it at all), and the growth is at least ``_GROWTH_OVER_SPREAD`` times
+    the spread of the samples around the slope.
     """
     if len(samples) < 2 * _QUARTERS:
         raise ValueError(f"a trend needs at least {2 * _QUARTERS} samples, got {len(samples)}")
@@ -115,8 +124,16 @@ def growth_trend(samples: Sequence[tuple[float, float]], min_bytes_per_s: float)
         for (t0, v0), (t1, v1) in pairwise(levels)
         if v1 > v0 and v1 - v0 >= 0.5 * min_bytes_per_s * (t1 - t0)
     )
-    sustained = slope > 0 and slope >= min_bytes_per_s and rising == _QUARTERS - 1
-    return Trend(slope, rising, sustained)
+    intercept = median(v - slope * t for t, v in samples)
+    q1, _, q3 = quantiles((v - slope * t - intercept for t, v in samples), n=4)
+    growth, spread = slope * (samples[-1][0] - samples[0][0]), q3 - q1
+    sustained = (
+        slope > 0
+        and slope >= min_bytes_per_s
+        and rising == _QUARTERS - 1
+        and growth >= _GROWTH_OVER_SPREAD * spread
+    )
+    return Trend(slope, rising, growth, spread, sustained)
 
 
 # A finding waiting for the heap profile that will name its allocation sites.
