@@ -21,7 +21,7 @@ import requests
 from conftest import OTel
 
 from otel_apm.config import APMConfig, ConfigError
-from otel_apm.profiling.cpu import CpuProfiler, Profile
+from otel_apm.profiling.cpu import TRUNCATED, CpuProfiler, Profile
 
 ROOT = Path(__file__).resolve().parent.parent
 APPS = Path(__file__).resolve().parent / "apps"
@@ -31,7 +31,6 @@ SPEEDSCOPE_SCHEMA = (
 )
 SVG_NS = "{http://www.w3.org/2000/svg}"
 ROUNDS = 10
-PROFILE = (sys.executable, "-m", "otel_apm.cli", "profile")
 
 sys.path.insert(0, str(APPS))
 from hot_service import BURN_ITERATIONS, burn, create_app  # noqa: E402
@@ -180,17 +179,23 @@ def test_unknown_flame_graph_format_is_refused_naming_the_variable() -> None:
         APMConfig.from_env({"APM_PROFILING_FORMATS": "svg,png"})
 
 
-def test_profile_command_writes_the_flame_graphs(tmp_path: Path) -> None:
-    out = tmp_path / "flames"
+def _profile(*args: str) -> subprocess.CompletedProcess[str]:
+    """``otel-apm profile ARGS`` with only the environment the test gives (no OTEL_/APM_ of the
+    shell running the tests)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "APM_"))}
-    proc = subprocess.run(
-        [*PROFILE, "--out", str(out), "--format", "folded,svg", "--", str(HOT_SERVICE), str(ROUNDS)],
+    return subprocess.run(
+        [sys.executable, "-m", "otel_apm.cli", "profile", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
     )
+
+
+def test_profile_command_writes_the_flame_graphs(tmp_path: Path) -> None:
+    out = tmp_path / "flames"
+    proc = _profile("--out", str(out), "--format", "folded,svg", "--", str(HOT_SERVICE), str(ROUNDS))
     assert proc.returncode == 0, proc.stderr
     names = {p.name for p in out.iterdir()}
     assert {"process.folded", "process.svg", "GET_hot.folded", "GET_hot.svg"} <= names
@@ -203,15 +208,44 @@ def test_profile_command_writes_the_flame_graphs(tmp_path: Path) -> None:
 
 def test_profile_command_stops_a_server_after_the_duration(tmp_path: Path) -> None:
     out = tmp_path / "flames"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "APM_"))}
-    proc = subprocess.run(
-        [*PROFILE, "--out", str(out), "--duration", "8", "--", str(HOT_SERVICE), "forever"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = _profile("--out", str(out), "--duration", "8", "--", str(HOT_SERVICE), "forever")
     assert proc.returncode == 0, proc.stderr
     assert (out / "process.speedscope.json").exists()
     assert any("burn (" in s for s in _folded_counts(out / "process.folded"))
+
+
+def test_profile_command_without_a_program_says_how_to_call_it(tmp_path: Path) -> None:
+    proc = _profile("--out", str(tmp_path))
+    assert proc.returncode == 2
+    assert "otel-apm profile -- app.py" in proc.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_no_profiler_thread_unless_enabled(make_otel: Callable[..., OTel]) -> None:
+    def profiler_threads() -> list[str]:
+        return [t.name for t in threading.enumerate() if t.name == "otel-apm-cpu-profiler"]
+
+    before = profiler_threads()
+    otel = make_otel()
+    assert profiler_threads() == before
+    profiled = make_otel(profiling_enabled=True)
+    assert len(profiler_threads()) == len(before) + 1
+    profiled.processor.shutdown()
+    otel.processor.shutdown()
+    assert profiler_threads() == before
+
+
+def test_stacks_past_the_bound_are_counted_as_one_truncated_stack() -> None:
+    profiles: list[Profile] = []
+    profiler = CpuProfiler(APMConfig(profiling_max_stacks=1), profiles.append)
+    profiler.start()
+    try:
+        burn(BURN_ITERATIONS * 2)
+        sorted(str(i) for i in range(300_000))  # a second stack, past the bound
+        burn(BURN_ITERATIONS * 2)
+    finally:
+        profiler.stop(5)
+    (profile,) = profiles
+    stacks = {stack for counts in profile.samples.values() for (stack, _) in counts}
+    assert TRUNCATED in stacks
+    assert len(stacks) <= 2  # the one kept, and the truncated one (one per endpoint: here one)
