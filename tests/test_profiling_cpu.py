@@ -88,6 +88,9 @@ def test_hot_function_is_its_endpoints_top_hot_spot_and_absent_elsewhere(
     assert (Path(path), function) == (HOT_SERVICE, "burn")
     assert int(line) > burn.__code__.co_firstlineno  # a line of its body, where the loop runs
     assert top["otel_apm.finding.evidence.share"] >= APMConfig().cpu_hot_spot_share
+    # Every /hot request ended in the period, filed under its route (read when the root ended).
+    assert top["otel_apm.finding.evidence.requests"] == ROUNDS
+    assert top["otel_apm.finding.impact_ms"] > 0 and top["otel_apm.finding.rate_per_min"] > 0
     # The light endpoint sleeps: its profile, if it has one, never shows burn.
     for event in otel.events("cpu_hot_spot"):
         if _attrs(event)["otel_apm.finding.endpoint"] == "GET /light":
@@ -208,7 +211,7 @@ def test_profile_command_writes_the_flame_graphs(tmp_path: Path) -> None:
 
 def test_profile_command_stops_a_server_after_the_duration(tmp_path: Path) -> None:
     out = tmp_path / "flames"
-    proc = _profile("--out", str(out), "--duration", "8", "--", str(HOT_SERVICE), "forever")
+    proc = _profile("--out", str(out), "--duration", "10", "--", str(HOT_SERVICE), "forever")
     assert proc.returncode == 0, proc.stderr
     assert (out / "process.speedscope.json").exists()
     assert any("burn (" in s for s in _folded_counts(out / "process.folded"))

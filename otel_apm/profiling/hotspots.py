@@ -75,6 +75,10 @@ def _finding(
     service, name = endpoint
     cpu_ms = n * profile.sample_period_s * 1000
     requests = profile.requests.get(endpoint, 0)
+    impact_ms = cpu_ms / requests if requests else 0.0
+    severity = severity_for(share, config.cpu_hot_spot_share, config.critical_factor)
+    if impact_ms >= config.critical_impact_ms:  # as for every finding: the time a request loses
+        severity = "critical"
     evidence: dict[str, str | int | float | bool | tuple[str, ...]] = {
         "samples": n,
         "endpoint_samples": total,
@@ -89,7 +93,7 @@ def _finding(
     return Finding(
         type=TYPE,
         title=f"{function.function} takes {share:.0%} of the CPU sampled in {name}",
-        severity=severity_for(share, config.cpu_hot_spot_share, config.critical_factor),
+        severity=severity,
         fingerprint=make_fingerprint(TYPE, service, name, function.file, function.function),
         service=service,
         endpoint=name,
@@ -105,7 +109,7 @@ def _finding(
         ),
         services=(service,),
         evidence=evidence,
-        impact_ms=round(cpu_ms / requests, 3) if requests else 0.0,
+        impact_ms=round(impact_ms, 3),
         rate_per_min=round(requests / minutes, 3),
         code_location=f"{function.file}:{line}:{function.function}",
     )
