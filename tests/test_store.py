@@ -397,6 +397,20 @@ def test_processor_findings_reach_the_store(
     assert [f["type"] for f in report["n_plus_one"]] == ["n_plus_one_query"]
 
 
+def test_the_memory_monitors_finding_is_a_memory_warning_in_the_report(
+    store_url: str, make_otel: Callable[..., OTel], open_store: Callable[..., FindingsStore]
+) -> None:
+    otel = make_otel(store_url=store_url, memory_threshold_mb=1.0, memory_check_interval_s=0.05)
+    otel.wait_for(lambda: bool(otel.events("memory_high")))  # the real monitor, on its thread
+    otel.processor.shutdown()
+    store = open_store(store_url)
+    (high,) = store.findings(types=["memory_high"])
+    assert (high.occurrences, high.example_trace_ids, high.state) == (1, (), "open")
+    report = build_report(store, "1h")
+    assert [f["fingerprint"] for f in report["memory_warnings"]] == [high.fingerprint]
+    assert report["summary"]["by_type"] == {"memory_high": 1}
+
+
 def test_statistics_survive_a_restart_and_retention(
     store_url: str, make_otel: Callable[..., OTel], open_store: Callable[..., FindingsStore]
 ) -> None:
