@@ -649,6 +649,10 @@ def run_round(
         )
     elapsed = time.perf_counter() - t0
     cpu = collector.cpu_seconds() - cpu0
+    if variant.downstream:  # the sink counts a request before it answers; the collector, after
+        wait_until(
+            lambda: delta(collector.metrics(), before, FORWARDED_TRACES) >= requests, 30, 0.01, "answers"
+        )
     after = collector.metrics()
     clients.drop(name)
 

@@ -52,6 +52,13 @@ def evaluate(args: argparse.Namespace) -> int:
     return status
 
 
+def profile(args: argparse.Namespace) -> int:
+    """Run a Python program with the CPU profiler on; write its flame graphs at exit."""
+    from otel_apm.profiling.run import profile_program
+
+    return profile_program(args.program, args.out, args.format, args.hz, args.duration)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="otel-apm", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -90,6 +97,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("dir", nargs="?", default="tests/corpus", help="corpus folder (default: tests/corpus)")
     p.add_argument("--json", action="store_true", help="print the scores and mismatches as JSON")
     p.set_defaults(run=evaluate)
+    p = commands.add_parser(
+        "profile",
+        help="run a Python program under opentelemetry-instrument with the CPU profiler on; "
+        "write flame graphs (process and per endpoint) when it exits",
+    )
+    p.add_argument("--out", default="profile", help="directory for the flame graph files (default: profile)")
+    p.add_argument("--format", help="comma-separated: folded, speedscope, svg (default: all three)")
+    p.add_argument("--hz", type=float, help="stack samples per second (APM_PROFILING_SAMPLE_HZ, default 100)")
+    p.add_argument("--duration", type=float, metavar="S", help="interrupt the program after S seconds")
+    p.add_argument("program", nargs=argparse.REMAINDER, help="-- program.py [args] (or -m module [args])")
+    p.set_defaults(run=profile)
     args = parser.parse_args(argv)
     try:
         return int(args.run(args))

@@ -22,6 +22,8 @@ import yaml
 ExportMode = Literal["passthrough", "tail"]
 WebhookFormat = Literal["json", "slack"]
 REPORTER_NAMES = ("console", "webhook", "metrics")
+# The flame graph files otel_apm.profiling.flamegraph writes, by APM_PROFILING_FORMATS name.
+PROFILE_FORMATS = ("folded", "speedscope", "svg")
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -235,8 +237,70 @@ class APMConfig:
         "APM_CODE_LOCATION_ENABLED",
         doc="record the application frame of each DB and HTTP client call as code.* attributes",
     )
-    profiling_enabled: bool = _setting(False, "APM_PROFILING_ENABLED")
-    profiling_interval_ms: int = _setting(60000, "APM_PROFILING_INTERVAL", minimum=1)
+    profiling_enabled: bool = _setting(
+        False,
+        "APM_PROFILING_ENABLED",
+        doc="sample every thread's stack to find the functions that burn each endpoint's CPU",
+    )
+    profiling_interval_ms: int = _setting(
+        60000,
+        "APM_PROFILING_INTERVAL",
+        minimum=1,
+        doc="CPU profile period (ms): hot spots are reported and flame graphs written, then it restarts",
+    )
+    profiling_sample_hz: float = _setting(
+        100.0,
+        "APM_PROFILING_SAMPLE_HZ",
+        minimum=0.1,
+        maximum=1000.0,
+        doc="stack samples per second at most; lowered while sampling costs over the overhead budget",
+    )
+    profiling_max_overhead: float = _setting(
+        0.01,
+        "APM_PROFILING_MAX_OVERHEAD",
+        minimum=0.0001,
+        maximum=1.0,
+        doc="share of one core the sampler may use; its rate drops to stay under it",
+    )
+    profiling_busy_share: float = _setting(
+        0.05,
+        "APM_PROFILING_BUSY_SHARE",
+        minimum=0.0,
+        maximum=1.0,
+        doc="share of a sampling tick a thread must run on CPU, before and after its stack is read, "
+        "for that stack to count (waiting threads do not)",
+    )
+    profiling_max_stacks: int = _setting(
+        10000,
+        "APM_PROFILING_MAX_STACKS",
+        minimum=1,
+        doc="distinct stacks kept per profile period; further ones are counted as one truncated stack",
+    )
+    profiling_dir: str = _setting(
+        "",
+        "APM_PROFILING_DIR",
+        doc="directory where each period's flame graphs (process and per endpoint) replace the last ones",
+    )
+    profiling_formats: tuple[str, ...] = _setting(
+        PROFILE_FORMATS,
+        "APM_PROFILING_FORMATS",
+        choices=PROFILE_FORMATS,
+        doc="flame graph files written to APM_PROFILING_DIR: folded, speedscope, svg",
+    )
+    cpu_hot_spot_share: float = _setting(
+        0.1,
+        "APM_CPU_HOT_SPOT_SHARE",
+        minimum=0.0,
+        maximum=1.0,
+        doc="share of an endpoint's CPU samples one function must take (itself, not its callees) "
+        "to be a hot spot",
+    )
+    cpu_hot_spot_min_samples: int = _setting(
+        20,
+        "APM_CPU_HOT_SPOT_MIN_SAMPLES",
+        minimum=1,
+        doc="CPU samples an endpoint needs in a period before its shares are trusted",
+    )
     max_traces_in_flight: int = _setting(
         2048,
         "APM_MAX_TRACES_IN_FLIGHT",
@@ -379,7 +443,7 @@ class APMConfig:
 
     def __post_init__(self) -> None:
         # Lists are accepted where tuples are kept (keyword arguments, the collector's YAML).
-        for name in ("disabled_detectors", "reporters"):
+        for name in ("disabled_detectors", "reporters", "profiling_formats"):
             value = getattr(self, name)
             if isinstance(value, list):
                 object.__setattr__(self, name, tuple(value))

@@ -787,6 +787,7 @@ downstream:
 assembly:
   idle_timeout_s: 600     # nothing is analyzed before the signal
   max_wait_s: 600
+  gc_young_threshold: 4321
 analysis:
   n_plus_one_threshold: 5
   console_enabled: true
@@ -816,6 +817,7 @@ shutdown: {{timeout_s: 15}}
     assert "SIGTERM received, shutting down" in output
     assert "2 traces analyzed, 2 findings" in output
     assert "[otel-apm] WARNING n_plus_one_query" in output  # analysis.console_enabled
+    assert "young-generation GC threshold 4321" in output  # the process's own, as set
 
 
 def test_cli_invalid_config_exits_2_naming_the_key(tmp_path: Path) -> None:

@@ -34,6 +34,7 @@ def test_an_empty_file_gives_the_documented_defaults() -> None:
     assert config.downstream.retry.max_elapsed_s == 300
     assert (config.assembly.idle_timeout_s, config.assembly.max_wait_s) == (2, 30)
     assert config.assembly.max_spans_in_flight == 500000
+    assert config.assembly.gc_young_threshold == 50000
     assert config.analysis == APMConfig()
     assert config.telemetry.endpoint == "localhost:8888"
     assert config.shutdown.timeout_s == 20
@@ -61,6 +62,7 @@ def test_every_key_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (ds.retry.initial_interval_s, ds.retry.max_interval_s, ds.retry.max_elapsed_s) == (1, 10, 60)
     assert config.assembly.idle_timeout_s == 1.5
     assert config.assembly.max_spans_in_flight == 1000
+    assert config.assembly.gc_young_threshold == 2000
     assert config.analysis.slow_query_threshold_ms == 50
     assert config.analysis.n_plus_one_threshold == 3
     assert config.analysis.console_enabled is False

@@ -413,6 +413,76 @@ def test_attribute_value_types() -> None:
     assert (flag.db_system, flag.statement, flag.db_operation) == ("True", "SELECT 2", "")
 
 
+# Spans that share their attributes but not their kind, status or name: the collector fills a
+# span from the last one of the same shape, so each of these must still read as its own.
+HTTP_ATTRS = {"http.request.method": "GET", "url.full": "http://a/x", "error.type": "timeout"}
+DB_ATTRS = {"db.system": "postgresql"}
+PARAM_ATTRS = {"db.system.name": "mysql", "db.query.text": "SELECT ?", "db.query.parameter.0": 3}
+SHAPES: list[tuple[str, int, int, dict[str, Any]]] = [
+    ("GET", Span.SPAN_KIND_CLIENT, Status.STATUS_CODE_UNSET, HTTP_ATTRS),
+    ("GET", Span.SPAN_KIND_SERVER, Status.STATUS_CODE_UNSET, HTTP_ATTRS),
+    ("GET", Span.SPAN_KIND_CLIENT, Status.STATUS_CODE_ERROR, HTTP_ATTRS),
+    ("GET", Span.SPAN_KIND_CLIENT, Status.STATUS_CODE_UNSET, HTTP_ATTRS),  # a repeat of the first
+    ("connect", Span.SPAN_KIND_CLIENT, Status.STATUS_CODE_UNSET, DB_ATTRS),
+    ("query", Span.SPAN_KIND_CLIENT, Status.STATUS_CODE_UNSET, DB_ATTRS),
+    ("SELECT", Span.SPAN_KIND_CLIENT, Status.STATUS_CODE_UNSET, PARAM_ATTRS),
+    ("SELECT", Span.SPAN_KIND_CLIENT, Status.STATUS_CODE_UNSET, {**PARAM_ATTRS, "db.query.parameter.0": 4}),
+    ("SELECT", Span.SPAN_KIND_CLIENT, Status.STATUS_CODE_UNSET, PARAM_ATTRS),
+]
+
+
+def shapes_request() -> ExportTraceServiceRequest:
+    return request(
+        *(
+            proto_span(name, span_id=(i + 1).to_bytes(8, "big"), kind=kind, status=status, attrs=attrs)
+            for i, (name, kind, status, attrs) in enumerate(SHAPES)
+        )
+    )
+
+
+def expected_view(i: int) -> SpanView:
+    """What fill_attributes makes of span ``i`` of SHAPES on its own, as the SDK intake does."""
+    name, kind, status, attrs = SHAPES[i]
+    error = status == Status.STATUS_CODE_ERROR
+    view = SpanView(int(TRACE_ID_HEX, 16), i + 1, 0, name, kind - 1, 1_000, 2_000, error, "svc")
+    fill_attributes(view, {k: v for k, v in attrs.items() if k in ANALYZED_KEYS})
+    params = sorted(
+        f"{k.rpartition('.')[2]}={v}" for k, v in attrs.items() if k.startswith("db.query.parameter.")
+    )
+    view.db_params = ",".join(params) if params else None
+    return view
+
+
+def assert_views_as_expected(views: list[SpanView]) -> None:
+    assert len(views) == len(SHAPES)
+    for i, view in enumerate(views):
+        expected = expected_view(i)
+        for field in SpanView.__slots__:
+            assert getattr(view, field) == getattr(expected, field), (i, field)
+
+
+def test_spans_of_one_shape_read_alike_and_kind_status_name_are_part_of_the_shape() -> None:
+    first = views_from_request(shapes_request())
+    assert_views_as_expected(first)
+    assert [v.category for v in first[:2]] == [model.HTTP_CLIENT, model.HTTP_SERVER]
+    assert (first[0].exception_type, first[2].exception_type) == (None, "timeout")
+    assert [v.category for v in first[4:6]] == [model.DB_CONNECTION, model.DB]
+    assert [v.db_params for v in first[6:]] == ["0=3", "0=4", "0=3"]
+    assert_views_as_expected(views_from_request(shapes_request()))  # read again, from the fills
+
+
+def test_the_fills_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from otel_apm.ingest import otlp
+
+    monkeypatch.setattr(otlp, "FILLS_MAX", 2)
+    monkeypatch.setattr(otlp, "PAIRS_MAX", 3)
+    monkeypatch.setattr(otlp, "_FILLS", {})
+    monkeypatch.setattr(otlp, "_PAIRS", {})
+    for _ in range(2):
+        assert_views_as_expected(views_from_request(shapes_request()))
+        assert len(otlp._FILLS) <= 2 and len(otlp._PAIRS) <= 3
+
+
 class RecordingMapping(Mapping[str, Any]):
     """A real mapping that remembers every key read from it."""
 

@@ -1,7 +1,7 @@
 """What the collector does with a request: forward it, and analyze the traces it carries.
 
     receiver -> Pipeline.accept_*(request, payload) -> Forwarder (the payload, unchanged)
-                                                    -> views_from_request -> TraceAssembler
+                                                    -> views_from_payload -> TraceAssembler
     analysis thread: TraceAssembler.ready() -> Analyzer -> emitters (OTLP events, metrics, console)
 
 A request is taken whole or refused whole: room in the forward queue is reserved first, then the
@@ -9,7 +9,9 @@ assembler takes the spans (or refuses, past ``assembly.max_spans_in_flight``), t
 queued.  A refused request goes back to the client as RESOURCE_EXHAUSTED / 429, so the client's
 retry neither duplicates nor loses anything.  Spans whose ids are invalid (trace id not 16 bytes
 or all zero, span id not 8 bytes or all zero) are rejected as OTLP partial success and are not
-forwarded; only then is the request re-encoded.
+forwarded; only then is the request re-encoded.  With analysis on, the ids are checked once:
+reading the payload into views checks them, and only a request with a malformed span is walked
+again to find and remove its invalid spans.
 
 Failures of our own (ingest, analysis, emission) are contained: counted, logged once per kind,
 and never cost the forwarding of the request.
@@ -36,7 +38,7 @@ from otel_apm.collector.telemetry import Telemetry
 from otel_apm.contain import FailureLog
 from otel_apm.emit import Emitter, reporters, shutdown_emitters
 from otel_apm.emit.webhook import NOTICE_OUTCOMES, WebhookReporter
-from otel_apm.ingest.otlp import has_valid_ids, views_from_request
+from otel_apm.ingest.otlp import IngestCounts, has_valid_ids, views_from_payload
 from otel_apm.model import SpanView, Trace
 from otel_apm.stats import statistics_of
 from otel_apm.version import __version__
@@ -113,17 +115,22 @@ class Pipeline:
         self.telemetry.inc("requests_received_total", label="traces")
         if self._closed:
             return self._refuse("shutting_down")
-        total, invalid = _check_spans(request)
+        views: list[SpanView] = []
+        checked: tuple[int, int] | None = None
+        if self.analyzing:
+            counts = IngestCounts()
+            try:
+                views = views_from_payload(payload, counts)
+            except Exception as exc:
+                self.failures.record("ingest", exc)
+            else:
+                if not counts.malformed_spans:  # every id is valid: no need to look again
+                    checked = (counts.views, 0)
+        total, invalid = _check_spans(request) if checked is None else checked
         if invalid:
             self.telemetry.inc("spans_refused_total", invalid, label="invalid_id")
             payload = request.SerializeToString()
         accepted = total - invalid
-        views: list[SpanView] = []
-        if self.analyzing and accepted:
-            try:
-                views = views_from_request(request)
-            except Exception as exc:
-                self.failures.record("ingest", exc)
         if accepted:
             if not self.forwarder.reserve(len(payload)):
                 self.telemetry.inc("spans_refused_total", accepted, label="queue_full")

@@ -1,11 +1,14 @@
 """OTLP protobuf → SpanView: the collector's hot path, run for every span any service exports.
 
 Only what analysis reads is touched: ids, parent, name, kind, status, times, the resource's
-``service.name`` (once per ResourceSpans) and the attributes whose keys otel_apm.semconv reads.
-Every other attribute is skipped by key without converting its value, and events, links and
-trace state are never opened.  Within a request, equal strings and ids are shared between views
-(an ORM's statement repeats in every query span): a span waiting in the assembler costs about
-300 bytes rather than 800 (bench/bench_collector_engine.py).
+``service.name`` (once per ResourceSpans), exception events and the attributes whose keys
+otel_apm.semconv reads.  The request is parsed with a schema that declares nothing else
+(:data:`_VIEW_MESSAGES`), so links, trace state and the like never become Python objects, and
+a span whose shape (kind, status, name, attribute bytes) was seen before takes its analyzed
+fields from a cache rather than converting its attributes (:func:`views_from_payload`).  Equal
+strings and ids are shared between views (an ORM's statement repeats in every query span): a
+span waiting in the assembler costs about 370 bytes rather than 800
+(bench/bench_collector_engine.py).
 
 In the collector a trace spans services, so ``parent_id`` is the span's real parent even when
 that parent ran in another process: the caller's client span and the callee's server span end
@@ -27,6 +30,7 @@ yields wrong ids.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import re
 import threading
@@ -35,10 +39,15 @@ from typing import Any, TypeVar
 
 # protobuf ships no type information (types-protobuf is not a dependency); "unused-ignore" keeps
 # strict mypy quiet should the stubs be installed one day.
-from google.protobuf import json_format  # type: ignore[import-untyped, unused-ignore]
+from google.protobuf import (  # type: ignore[import-untyped, unused-ignore]
+    descriptor_pb2,
+    descriptor_pool,
+    json_format,
+    message_factory,
+)
 from google.protobuf.message import Message  # type: ignore[import-untyped, unused-ignore]
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span
 
 from otel_apm import semconv
@@ -109,21 +118,36 @@ COUNTS = IngestCounts()
 
 def views_from_request(req: ExportTraceServiceRequest, counts: IngestCounts | None = None) -> list[SpanView]:
     """The spans of one Export request, as views; malformed spans are skipped and counted."""
-    return views_from_resource_spans(req.resource_spans, counts)
+    return views_from_payload(req.SerializeToString(), counts)
 
 
 def views_from_resource_spans(
     resource_spans: Iterable[ResourceSpans], counts: IngestCounts | None = None
 ) -> list[SpanView]:
     """Views of every well-formed span, in the order they appear; never raises on odd content."""
+    return views_from_request(ExportTraceServiceRequest(resource_spans=resource_spans), counts)
+
+
+def views_from_payload(payload: bytes, counts: IngestCounts | None = None) -> list[SpanView]:
+    """Views of the spans of a serialized ExportTraceServiceRequest: what the collector received.
+
+    The payload is parsed again with :data:`_VIEW_MESSAGES`, a copy of the OTLP trace messages
+    that declares only what analysis reads, so protobuf's C parser skips the rest and nothing
+    unread becomes a Python object.  A span's attributes come as their serialized KeyValues;
+    spans that repeat one shape (kind, status, name and the same attribute bytes: an ORM's
+    statement in every query) are filled from :data:`_FILLS`, so a span costs a dictionary
+    lookup instead of converting its attributes.  Raises ``DecodeError`` only for bytes that
+    are not a request, which the receivers have refused already.
+    """
+    request = _view_schema().FromString(payload)
     views: list[SpanView] = []
     append = views.append
     malformed = 0
-    keys = ANALYZED_KEYS
-    scalar = _SCALAR_VALUES
     kinds = _KIND
-    # Within a request, equal strings (statements, names, systems, tables) and ids (a parent and
-    # its children) become one object: spans held for assembly cost a third of the memory.
+    fills = _FILLS
+    # Within a request, equal names and scopes and equal ids (a parent and its children) become
+    # one object: spans held for assembly cost a third of the memory.  Attribute values are
+    # shared through the fills.
     strings: dict[str, str] = {}
     share = strings.setdefault
     ids: dict[bytes, int] = {}
@@ -131,9 +155,8 @@ def views_from_resource_spans(
     # Consecutive spans mostly share a trace: its int is made once per run.
     last_trace_bytes: bytes | None = None
     trace_id = 0
-    param_prefix = semconv.DB_PARAMETER_PREFIX
-    for rs in resource_spans:
-        service = _service_name(rs)
+    for rs in request.resource_spans:
+        service = _service_name(rs.resource.attributes)
         for ss in rs.scope_spans:
             scope = share(ss.scope.name, ss.scope.name)
             for span in ss.spans:
@@ -163,46 +186,30 @@ def views_from_resource_spans(
                     if span_id is None:
                         span_id = ids[sb] = int.from_bytes(sb, "big")
                     name = span.name
+                    name = share(name, name)
+                    kind = kinds.get(span.kind, 0)
+                    error = span.status.code == _STATUS_ERROR
                     start = span.start_time_unix_nano
                     end = span.end_time_unix_nano
                     view = SpanView(
                         trace_id,
                         span_id,
                         parent_id,
-                        share(name, name),
-                        kinds.get(span.kind, 0),
+                        name,
+                        kind,
                         start,
                         end if end >= start else start,
-                        span.status.code == _STATUS_ERROR,
+                        error,
                         service,
                     )
-                    attrs: dict[str, Any] | None = None
-                    params: list[str] | None = None
-                    for kv in span.attributes:
-                        key = kv.key
-                        if key not in keys:
-                            if key.startswith(param_prefix):
-                                params = params or []
-                                params.append(f"{key[len(param_prefix) :]}={_scalar(kv.value)}")
-                            continue
-                        value = kv.value
-                        text = value.string_value
-                        if text:
-                            text = share(text, text)
-                        else:  # not a string, or an empty one: find out which
-                            which = value.WhichOneof("value")
-                            if which not in scalar:
-                                continue
-                            text = getattr(value, which)
-                        if attrs is None:
-                            attrs = {key: text}
-                        else:
-                            attrs[key] = text
-                    if attrs is not None:
-                        fill_attributes(view, attrs)
+                    shape = (kind, error, name, *span.attributes)
+                    fill = fills.get(shape)
+                    if fill is None:
+                        fill = _fill(view, shape)
+                    else:
+                        for slot, value in fill:
+                            setattr(view, slot, value)
                     view.scope = scope
-                    if params is not None:
-                        view.db_params = ",".join(sorted(params))
                     if span.events:
                         _read_exception(view, span.events)
                 except Exception:  # free in 3.11 when nothing raises; input must never crash intake
@@ -213,22 +220,74 @@ def views_from_resource_spans(
     return views
 
 
+# Fills by span shape (kind, error, name, serialized attributes...), across requests and
+# threads: each is the (slot, value) pairs that fill_attributes and the query parameters set.
+# Bounded: emptied when full, so a stream of spans with unique attributes costs a few MiB at most.
+_FILLS: dict[tuple[Any, ...], tuple[tuple[str, Any], ...]] = {}
+FILLS_MAX = 4096
+# Serialized KeyValue -> (key, scalar value or None): common keys and values repeat across shapes.
+_PAIRS: dict[bytes, tuple[str, Any]] = {}
+PAIRS_MAX = 16384
+
+
+def _fill(view: SpanView, shape: tuple[Any, ...]) -> tuple[tuple[str, Any], ...]:
+    """Fill ``view`` from the serialized attributes in ``shape[3:]`` and remember how, for the
+    next span of that shape: the slots that now differ from a new view's defaults."""
+    keys = ANALYZED_KEYS
+    param_prefix = semconv.DB_PARAMETER_PREFIX
+    attrs: dict[str, Any] = {}
+    params: list[str] | None = None
+    for raw in shape[3:]:
+        pair = _PAIRS.get(raw)
+        if pair is None:
+            if len(_PAIRS) >= PAIRS_MAX:
+                _PAIRS.clear()
+            kv = KeyValue.FromString(raw)
+            pair = _PAIRS[raw] = (kv.key, _scalar(kv.value))
+        key, value = pair
+        if key in keys:
+            if value is not None:  # a value of another type reads as absent
+                attrs[key] = value
+        elif key.startswith(param_prefix):
+            params = params or []
+            params.append(f"{key[len(param_prefix) :]}={value}")
+    if attrs:
+        fill_attributes(view, attrs)
+    if params is not None:
+        view.db_params = ",".join(sorted(params))
+    fill = tuple((slot, value) for slot, default in _defaults() if (value := getattr(view, slot)) != default)
+    if len(_FILLS) >= FILLS_MAX:
+        _FILLS.clear()
+    _FILLS[shape] = fill
+    return fill
+
+
+@functools.cache
+def _defaults() -> tuple[tuple[str, Any], ...]:
+    """The slots a view's attributes may set, with the value a new view has in each."""
+    given = {"trace_id", "span_id", "parent_id", "name", "kind", "start_ns", "end_ns", "error", "service"}
+    blank = SpanView(0, 0, 0, "", 0, 0, 0, False, "")
+    return tuple((slot, getattr(blank, slot)) for slot in SpanView.__slots__ if slot not in given)
+
+
 def _scalar(value: AnyValue) -> Any:
     which = value.WhichOneof("value")
     return getattr(value, which) if which in _SCALAR_VALUES else None
 
 
-def _read_exception(view: SpanView, events: Iterable[Span.Event]) -> None:
+def _read_exception(view: SpanView, events: Iterable[Any]) -> None:
     """The type of the last recorded exception event: what the error detector groups by."""
     for event in events:
         if event.name == "exception":
-            for kv in event.attributes:
+            for raw in event.attributes:
+                kv = KeyValue.FromString(raw)
                 if kv.key == "exception.type" and kv.value.string_value:
                     view.exception_type = kv.value.string_value
 
 
-def _service_name(rs: ResourceSpans) -> str:
-    for kv in rs.resource.attributes:
+def _service_name(attributes: Iterable[bytes]) -> str:
+    for raw in attributes:
+        kv = KeyValue.FromString(raw)
         if kv.key == semconv.SERVICE_NAME:
             value = kv.value
             which = value.WhichOneof("value")
@@ -238,6 +297,55 @@ def _service_name(rs: ResourceSpans) -> str:
                     return name
             break
     return UNKNOWN_SERVICE
+
+
+# The OTLP trace messages as analysis reads them, in .proto field syntax: field numbers and wire
+# types are those of opentelemetry/proto/trace/v1/trace.proto.  What is not declared (trace
+# state, links, dropped counts, flags, scope version, schema URLs) is skipped by the parser.
+# Enums are read as int32, as proto3's open enums are on the wire.  Attributes are ``bytes``: a
+# KeyValue is a length-delimited field either way, so each comes as its serialized bytes, parsed
+# with the real KeyValue only when a new span shape needs it.
+_VIEW_MESSAGES = {
+    "Status": "int32 code = 3",
+    "Event": "string name = 2; repeated bytes attributes = 3",
+    "Span": "bytes trace_id = 1; bytes span_id = 2; bytes parent_span_id = 4; string name = 5; "
+    "int32 kind = 6; fixed64 start_time_unix_nano = 7; fixed64 end_time_unix_nano = 8; "
+    "repeated bytes attributes = 9; repeated Event events = 11; Status status = 15",
+    "Scope": "string name = 1",
+    "ScopeSpans": "Scope scope = 1; repeated Span spans = 2",
+    "Resource": "repeated bytes attributes = 1",
+    "ResourceSpans": "Resource resource = 1; repeated ScopeSpans scope_spans = 2",
+    "Request": "repeated ResourceSpans resource_spans = 1",
+}
+
+
+@functools.cache
+def _view_schema() -> Any:
+    """The message class of an ExportTraceServiceRequest as :data:`_VIEW_MESSAGES` declares it."""
+    F = descriptor_pb2.FieldDescriptorProto
+    scalars = {
+        "bytes": F.TYPE_BYTES,
+        "string": F.TYPE_STRING,
+        "int32": F.TYPE_INT32,
+        "fixed64": F.TYPE_FIXED64,
+    }
+    file = descriptor_pb2.FileDescriptorProto(
+        name="otel_apm/ingest/view.proto", package="otel_apm.view", syntax="proto3"
+    )
+    for name, fields in _VIEW_MESSAGES.items():
+        message = file.message_type.add(name=name)
+        for declaration in fields.split(";"):
+            *label, kind, field_name, _, number = declaration.split()
+            field = message.field.add(name=field_name, number=int(number))
+            field.label = F.LABEL_REPEATED if label == ["repeated"] else F.LABEL_OPTIONAL
+            if kind in scalars:
+                field.type = scalars[kind]
+            else:
+                field.type = F.TYPE_MESSAGE
+                field.type_name = f".otel_apm.view.{kind}"
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("otel_apm.view.Request"))
 
 
 # -- OTLP/JSON -----------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import random
 import sys
 import threading
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry._logs import LoggerProvider
 from opentelemetry.context import Context
@@ -40,10 +40,13 @@ from otel_apm.emit.events import EventEmitter
 from otel_apm.emit.span_events import with_finding_events
 from otel_apm.ingest.callsite import CODE_FILE_PATH, CallSite
 from otel_apm.ingest.sdk import SpanReader, add_attributes, plain_attributes
-from otel_apm.model import SpanView, Trace
+from otel_apm.model import SpanView, Trace, endpoint_of
 from otel_apm.semconv import SERVICE_NAME
 from otel_apm.stats import Statistics, statistics_of
 from otel_apm.version import __version__
+
+if TYPE_CHECKING:
+    from otel_apm.profiling.cpu import CpuProfiler
 
 _log = logging.getLogger(__name__)
 
@@ -117,6 +120,9 @@ class APMSpanProcessor(SpanProcessor):
                 config.sample_rate,
             )
         self._register_own_metrics(meter_provider)
+        self._profiler: CpuProfiler | None = None
+        if config.enabled and config.profiling_enabled:
+            self._start_profiler()
 
     # -- SpanProcessor -------------------------------------------------------------------------
 
@@ -132,6 +138,8 @@ class APMSpanProcessor(SpanProcessor):
             return  # not a local root: filed by trace id when it ends
         try:
             ctx = span.context
+            if self._profiler is not None:
+                self._profiler.threads.started(ctx.span_id, span.name)
             evicted = self._assembler.open_root(ctx.trace_id, ctx.span_id)
             if evicted is not None:
                 self._count("traces_evicted")
@@ -176,6 +184,8 @@ class APMSpanProcessor(SpanProcessor):
         for lt in self._assembler.drain():
             self._count("traces_evicted")
             self._forward(self._finish(lt, None, None))
+        if self._profiler is not None:
+            self._profiler.stop(_EMITTER_SHUTDOWN_S)  # its last period's findings still go out
         try:
             shutdown_emitters(self._emitters, _EMITTER_SHUTDOWN_S)
         except Exception as exc:
@@ -231,6 +241,8 @@ class APMSpanProcessor(SpanProcessor):
         if lt is None:
             return self._late_or_truncated("late", ctx.trace_id, span)
         (root_view,) = self._read_spans([span])
+        if self._profiler is not None:
+            self._profiler.threads.ended(ctx.span_id, root_view.service, endpoint_of(root_view))
         lt.views.append(root_view)
         return self._finish(lt, root_view, span)
 
@@ -301,6 +313,13 @@ class APMSpanProcessor(SpanProcessor):
         spots) through the same emitters as the traces' findings."""
         self._count("findings", len(findings))
         self._emit(None, findings)
+
+    def _start_profiler(self) -> None:
+        """The CPU profiler (APM_PROFILING_ENABLED): told which local root each thread runs by
+        on_start and _intake, it reports its hot spots through :meth:`emit_findings`."""
+        from otel_apm.profiling.reporting import start_cpu_profiler  # loaded only when profiling
+
+        self._profiler = start_cpu_profiler(self.config, self.emit_findings)
 
     def _emit(self, trace: Trace | None, findings: Sequence[Finding]) -> None:
         for emitter in self._emitters:
