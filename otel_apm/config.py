@@ -126,7 +126,56 @@ class APMConfig:
     )
     slow_query_threshold_ms: float = _setting(100.0, "APM_SLOW_QUERY_THRESHOLD_MS", minimum=0.0)
     slow_request_threshold_ms: float = _setting(1000.0, "APM_SLOW_REQUEST_THRESHOLD_MS", minimum=0.0)
-    memory_threshold_mb: float = _setting(512.0, "APM_MEMORY_THRESHOLD_MB", minimum=0.0)
+    memory_threshold_mb: float = _setting(
+        512.0, "APM_MEMORY_THRESHOLD_MB", minimum=0.0, doc="resident memory that makes a memory_high finding"
+    )
+    memory_monitor_enabled: bool = _setting(
+        True,
+        "APM_MEMORY_MONITOR_ENABLED",
+        doc="sample the process's memory on a thread: memory_high, memory_leak_suspected, process metrics",
+    )
+    memory_check_interval_s: float = _setting(
+        30.0, "APM_MEMORY_CHECK_INTERVAL_S", minimum=0.01, doc="seconds between memory samples"
+    )
+    memory_trend_window_s: float = _setting(
+        600.0,
+        "APM_MEMORY_TREND_WINDOW_S",
+        minimum=0.1,
+        doc="memory must grow steadily over this long to be a suspected leak",
+    )
+    memory_trend_min_samples: int = _setting(
+        8, "APM_MEMORY_TREND_MIN_SAMPLES", minimum=8, doc="samples in the window needed for a trend"
+    )
+    memory_leak_min_mb_per_min: float = _setting(
+        1.0,
+        "APM_MEMORY_LEAK_MIN_MB_PER_MIN",
+        minimum=0.0,
+        doc="growth rate (Theil-Sen slope over the window) that makes a suspected leak",
+    )
+    memory_recovery_share: float = _setting(
+        0.9,
+        "APM_MEMORY_RECOVERY_SHARE",
+        minimum=0.0,
+        maximum=1.0,
+        doc="a high-memory episode ends below this share of the threshold; the next is reported anew",
+    )
+    heap_snapshot_on_leak: bool = _setting(
+        False,
+        "APM_HEAP_SNAPSHOT_ON_LEAK",
+        doc="on a suspected leak, trace allocations (tracemalloc) for a while to name the growing lines",
+    )
+    heap_snapshot_on_high_memory: bool = _setting(
+        False, "APM_HEAP_SNAPSHOT_ON_HIGH_MEMORY", doc="the same when memory goes over the threshold"
+    )
+    heap_snapshot_duration_s: float = _setting(
+        30.0,
+        "APM_HEAP_SNAPSHOT_DURATION_S",
+        minimum=0.0,
+        doc="how long a heap profile traces allocations (the program runs slower meanwhile)",
+    )
+    heap_snapshot_top: int = _setting(
+        10, "APM_HEAP_SNAPSHOT_TOP", minimum=1, doc="allocation sites a heap profile reports"
+    )
     n_plus_one_threshold: int = _setting(5, "APM_N_PLUS_ONE_THRESHOLD", minimum=2)
     n_plus_one_api_threshold: int = _setting(
         5,

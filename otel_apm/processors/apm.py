@@ -41,6 +41,7 @@ from otel_apm.emit.span_events import with_finding_events
 from otel_apm.ingest.callsite import CODE_FILE_PATH, CallSite
 from otel_apm.ingest.sdk import SpanReader, add_attributes, plain_attributes
 from otel_apm.model import SpanView, Trace, endpoint_of
+from otel_apm.profiling.memory import MemoryMonitor
 from otel_apm.semconv import SERVICE_NAME
 from otel_apm.stats import Statistics, statistics_of
 from otel_apm.version import __version__
@@ -65,6 +66,10 @@ class APMSpanProcessor(SpanProcessor):
     reporters the config turns on (:func:`otel_apm.emit.reporters`: console, webhook, metrics
     through ``meter_provider``), which ``shutdown()`` lets finish their work; ``detectors`` to
     the built-in ones (a custom Detector subclass can be added).
+
+    With ``APM_MEMORY_MONITOR_ENABLED`` (the default) it also starts a :class:`MemoryMonitor`
+    (``memory_monitor``), whose findings about the process go out through the same emitters,
+    and stops it on ``shutdown()``.
     """
 
     def __init__(
@@ -123,6 +128,12 @@ class APMSpanProcessor(SpanProcessor):
         self._profiler: CpuProfiler | None = None
         if config.enabled and config.profiling_enabled:
             self._start_profiler()
+        self.memory_monitor: MemoryMonitor | None = None
+        if config.enabled and config.memory_monitor_enabled:
+            self.memory_monitor = MemoryMonitor(
+                config, self.emit_findings, self._service_name, meter_provider
+            )
+            self.memory_monitor.start()
 
     # -- SpanProcessor -------------------------------------------------------------------------
 
@@ -181,6 +192,8 @@ class APMSpanProcessor(SpanProcessor):
         if self._shutdown:
             return
         self._shutdown = True
+        if self.memory_monitor is not None:
+            self.memory_monitor.stop()
         for lt in self._assembler.drain():
             self._count("traces_evicted")
             self._forward(self._finish(lt, None, None))
@@ -256,6 +269,10 @@ class APMSpanProcessor(SpanProcessor):
             )
         read, service = self._reader.read, self._service
         return [read(s, service) for s in spans]
+
+    def _service_name(self) -> str:
+        """The service named in findings: the configured one, else the spans' resource's."""
+        return self._service
 
     def _late_or_truncated(self, outcome: str, trace_id: int, span: ReadableSpan) -> Sequence[ReadableSpan]:
         self._count("spans_" + outcome)
