@@ -433,6 +433,62 @@ class APMConfig:
     span_events_enabled: bool = _setting(
         True, "APM_SPAN_EVENTS_ENABLED", doc="attach findings to the local root as span events"
     )
+    stats_enabled: bool = _setting(
+        True,
+        "APM_STATS_ENABLED",
+        doc="keep rolling statistics per endpoint and statement (last minute, hour, day, since start)",
+    )
+    stats_relative_accuracy: float = _setting(
+        0.01,
+        "APM_STATS_RELATIVE_ACCURACY",
+        minimum=0.0005,
+        maximum=0.2,
+        doc="relative error bound of the statistics' percentiles (0.01: within 1 %)",
+    )
+    stats_max_buckets: int = _setting(
+        2048,
+        "APM_STATS_MAX_BUCKETS",
+        minimum=16,
+        maximum=65536,
+        doc="buckets per percentile sketch; past it the lowest are merged (low percentiles lose accuracy)",
+    )
+    stats_slots: int = _setting(
+        6,
+        "APM_STATS_SLOTS",
+        minimum=2,
+        maximum=60,
+        doc="sub-intervals per rolling window: a window reads as (n-1)/n to all of its length",
+    )
+    stats_max_endpoints: int = _setting(
+        1000,
+        "APM_STATS_MAX_ENDPOINTS",
+        minimum=1,
+        doc="service+endpoint pairs with statistics of their own; later ones share an overflow entry",
+    )
+    stats_max_statements: int = _setting(
+        1000,
+        "APM_STATS_MAX_STATEMENTS",
+        minimum=1,
+        doc="statement fingerprints with statistics of their own; later ones share an overflow entry",
+    )
+    metrics_max_endpoints: int = _setting(
+        500,
+        "APM_METRICS_MAX_ENDPOINTS",
+        minimum=1,
+        doc="service+endpoint pairs with metric series of their own; later ones share the "
+        "otel.metric.overflow=true series",
+    )
+    metrics_max_statements: int = _setting(
+        500,
+        "APM_METRICS_MAX_STATEMENTS",
+        minimum=0,
+        doc="statement fingerprints with metric series of their own; later ones share the "
+        "otel.metric.overflow=true series; 0: no statement metrics (they cost about 1 µs a "
+        "statement and trace)",
+    )
+    stats_max_endpoints_per_statement: int = _setting(
+        20, "APM_STATS_MAX_ENDPOINTS_PER_STATEMENT", minimum=1, doc="endpoints listed per statement"
+    )
 
     def __post_init__(self) -> None:
         # Lists are accepted where tuples are kept (keyword arguments, the collector's YAML).

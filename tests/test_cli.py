@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,8 +30,14 @@ def test_demo_reports_the_n_plus_one_and_the_slow_query(demo: subprocess.Complet
     out = demo.stdout
     assert "n_plus_one_query   GET /authors             x3  N+1 queries: 12 x SELECT on books" in out
     assert "slow_query         GET /reports/ratings     x1  Slow SELECT on reviews" in out
-    assert "GET /authors/eager" not in out  # the eager-loading route is clean
+    findings, _, endpoints = out.partition("\nEndpoints, last minute")
+    assert "GET /authors/eager" not in findings  # the eager-loading route is clean
     assert "late 0, errors 0" in out
+    # the rolling statistics of the last minute: /authors ran three times, 13 queries each
+    assert re.search(r"^  GET /authors +x3 +p95 +[0-9.]+ ms +DB +[0-9]+% +13\.0 queries$", endpoints, re.M), (
+        out
+    )
+    assert re.search(r"^  GET /authors/eager +x1 .* 2\.0 queries$", endpoints, re.M), out
     # the console reporter printed each problem once, though /authors ran three times
     assert demo.stderr.count("[otel-apm] WARNING n_plus_one_query") == 1
 

@@ -40,6 +40,7 @@ __all__ = [
 
 Protocol = Literal["grpc", "http/protobuf"]
 Compression = Literal["gzip", "none"]
+HistogramAggregation = Literal["env", "explicit", "exponential"]
 MIB = 1024 * 1024
 
 Check = Callable[[Any, str], Any]
@@ -285,6 +286,15 @@ class DownstreamConfig:
         default=None, metadata=_m(_optional_file, "PEM CA bundle to verify an https downstream")
     )
     retry: RetryConfig = field(default_factory=RetryConfig, metadata=_sec(RetryConfig))
+    histograms: HistogramAggregation = field(
+        default="env",
+        metadata=_m(
+            _choice("env", "explicit", "exponential"),
+            "aggregation of the findings' duration histograms: exponential (base-2, scale chosen "
+            "by the SDK), explicit (the advisory buckets), or env: "
+            "OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION decides (explicit when unset)",
+        ),
+    )
 
     @property
     def queue_max_bytes(self) -> int:

@@ -32,7 +32,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from otel_apm.analyze import Analyzer
 from otel_apm.assemble.distributed import TraceAssembler
-from otel_apm.collector.config import CollectorConfig
+from otel_apm.collector.config import CollectorConfig, DownstreamConfig
 from otel_apm.collector.forwarder import Forwarder, Signal
 from otel_apm.collector.telemetry import Telemetry
 from otel_apm.contain import FailureLog
@@ -40,6 +40,7 @@ from otel_apm.emit import Emitter, reporters, shutdown_emitters
 from otel_apm.emit.webhook import NOTICE_OUTCOMES, WebhookReporter
 from otel_apm.ingest.otlp import IngestCounts, has_valid_ids, views_from_payload
 from otel_apm.model import SpanView, Trace
+from otel_apm.stats import statistics_of
 from otel_apm.version import __version__
 
 if TYPE_CHECKING:
@@ -75,6 +76,7 @@ class Pipeline:
         self.telemetry = telemetry
         self.forwarder = forwarder
         self.emitters = tuple(emitters)
+        self.statistics = statistics_of(self.emitters)  # the JSON API's rolling statistics
         self.analyzing = config.analysis.enabled
         self.analyzer = Analyzer(config.analysis)
         assembly = config.assembly
@@ -385,7 +387,7 @@ def _exporters(config: CollectorConfig) -> tuple[Any, Any]:
             "timeout": downstream.timeout_s,
             "compression": compression,
         }
-        return OTLPLogExporter(**common), OTLPMetricExporter(**common)
+        return OTLPLogExporter(**common), OTLPMetricExporter(**common, **_histograms(downstream))
     from opentelemetry.exporter.otlp.proto.http import Compression as HttpCompression
     from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter as HttpLogExporter
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
@@ -404,5 +406,23 @@ def _exporters(config: CollectorConfig) -> tuple[Any, Any]:
     base = downstream.endpoint
     return (
         HttpLogExporter(endpoint=f"{base}/v1/logs", **http_common),
-        HttpMetricExporter(endpoint=f"{base}/v1/metrics", **http_common),
+        HttpMetricExporter(endpoint=f"{base}/v1/metrics", **http_common, **_histograms(downstream)),
     )
+
+
+def _histograms(downstream: DownstreamConfig) -> dict[str, Any]:
+    """The metric exporter's histogram aggregation, unless left to its environment variable."""
+    from opentelemetry.sdk.metrics import Histogram
+    from opentelemetry.sdk.metrics.view import (
+        ExplicitBucketHistogramAggregation,
+        ExponentialBucketHistogramAggregation,
+    )
+
+    if downstream.histograms == "env":
+        return {}
+    aggregation = (
+        ExponentialBucketHistogramAggregation()
+        if downstream.histograms == "exponential"
+        else ExplicitBucketHistogramAggregation()
+    )
+    return {"preferred_aggregation": {Histogram: aggregation}}

@@ -100,6 +100,14 @@ def run_demo(db: str, otlp_endpoint: str | None) -> int:
         example = tally.examples[(kind, endpoint)]
         print(f"  {kind:<18} {endpoint:<24} x{n}  {example.title}")
         print(f"  {'':<18} fix: {example.recommendation}")
+    statistics = processor.statistics
+    if statistics is not None:
+        print("\nEndpoints, last minute (requests, p95, share of time in the database, queries each):")
+        for e in statistics.snapshot("minute").endpoints:
+            print(
+                f"  {e.endpoint:<24} x{e.count:<3} p95 {e.p95_ms or 0:8.1f} ms  "
+                f"DB {e.db_time_share:4.0%}  {e.queries_per_request:5.1f} queries"
+            )
     stats = processor.stats()
     print(
         f"\nAnalyzed {stats['traces_analyzed']} traces, {stats['spans_analyzed']} spans; "

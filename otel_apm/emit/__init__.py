@@ -35,8 +35,9 @@ def reporters(
     """The reporters APM_REPORTERS turns on, the same for the in-process processor, the demo and
     the collector.  The metrics reporter and the webhook's own counters record through
     ``meter_provider`` (the global one when None); a deployment with nowhere to send metrics (a
-    collector without a downstream) passes ``metrics=False``.  The OTel events are built by each
-    deployment, which owns their provider."""
+    collector without a downstream) passes ``metrics=False``.  The rolling statistics
+    (APM_STATS_ENABLED) are among them, found by :func:`otel_apm.stats.statistics_of`.  The OTel
+    events are built by each deployment, which owns their provider."""
     config.check_combination()
     chosen: list[Emitter] = []
     if config.reports_to("console"):
@@ -54,7 +55,11 @@ def reporters(
     if metrics and config.reports_to("metrics"):
         from otel_apm.emit.metrics import MetricsEmitter
 
-        chosen.append(MetricsEmitter(meter_provider))
+        chosen.append(MetricsEmitter(meter_provider, config))
+    if config.stats_enabled:
+        from otel_apm.stats import Statistics
+
+        chosen.append(Statistics(config))
     return chosen
 
 

@@ -1,88 +1,224 @@
-"""Per-transaction measures and finding counts through the OTel Metrics API.
+"""Per-transaction measures, statement totals and finding counts through the OTel Metrics API.
 
 Only the transaction duration is recorded per trace, as a histogram: its percentiles need every
-value.  DB time, query counts and findings are sums, so they are added up here, per service and
-endpoint, and reported by observable counters when a reader collects (Elastic APM's agents
-pre-aggregate their breakdown metrics the same way).  A histogram point costs the SDK about
-7 µs; a sum here costs a dict update.  What a sum gives up is the per-transaction distribution:
-divide by the transaction count (the duration histogram's count) for the mean per transaction.
+value.  DB time, query counts, statement times and findings are sums, so they are added up here,
+per service and endpoint (or statement), and reported by observable counters when a reader
+collects (Elastic APM's agents pre-aggregate their breakdown metrics the same way).  A histogram
+point costs the SDK about 9 µs; a sum here costs a dict update.  That is why statements have sums
+and no histogram: a point per query would cost more than the analysis of the query.  What a sum
+gives up is the distribution: divide by the count for the mean, and read percentiles from the
+rolling statistics (otel_apm.stats).
 
-Attribute keys are ours (``otel_apm.*``) where no semantic convention fits: in the collector one
-stream carries many services, so the service is an attribute, not only a resource.
+Names: ``otel_apm.*`` where no semantic convention fits (a transaction is a local root, HTTP or
+not; the instrumentations already emit ``http.server.request.duration``); semantic-convention
+attribute keys where one does (``http.route``, ``http.request.method``, ``error.type``,
+``db.system.name``, ``db.operation.name``, ``db.collection.name``, ``db.query.summary``).  In
+the collector one stream carries many services, so the service is an attribute, not only a
+resource.  The histogram's advisory buckets are the convention's for HTTP server durations;
+an exporter configured for exponential histograms
+(``OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION=base2_exponential_bucket_histogram``)
+overrides them.
+
+Cardinality is bounded before the SDK's own limit: the first ``APM_METRICS_MAX_ENDPOINTS``
+service+endpoint pairs and ``APM_METRICS_MAX_STATEMENTS`` statements get series of their own;
+what comes later is counted in one series with the only attribute ``otel.metric.overflow=true``,
+as the SDK's cardinality limit and the Collector's spanmetrics connector do, so totals stay right.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from functools import partial
 
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, get_meter
 from opentelemetry.util.types import AttributeValue
 
+from otel_apm.config import APMConfig
 from otel_apm.detectors.base import Finding
-from otel_apm.model import DB, Trace
+from otel_apm.detectors.dbshape import statements_of
+from otel_apm.model import DB, SpanView, Trace
+from otel_apm.sql import SqlShape
 from otel_apm.version import __version__
 
 SERVICE = "otel_apm.service"
 ENDPOINT = "otel_apm.endpoint"
 FINDING_TYPE = "otel_apm.finding.type"
 SEVERITY = "otel_apm.finding.severity"
+FINGERPRINT = "otel_apm.statement.fingerprint"
+STATEMENT_KEYS = (
+    SERVICE,
+    FINGERPRINT,
+    "db.system.name",
+    "db.operation.name",
+    "db.collection.name",
+    "db.query.summary",
+)
+OVERFLOW_ATTRIBUTES: dict[str, AttributeValue] = {"otel.metric.overflow": True}
+# The semantic conventions' advice for http.server.request.duration, in seconds.
+DURATION_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+
+
+class _Admission:
+    """The first ``limit`` keys seen get series of their own; the rest share the overflow series."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._keys: set[Hashable] = set()
+
+    def admits(self, key: Hashable) -> bool:
+        keys = self._keys
+        if key in keys:
+            return True
+        if len(keys) < self._limit:
+            keys.add(key)
+            return True
+        return False
 
 
 class _Sums:
-    """Monotonic totals by attribute set, read by an observable counter's callback."""
+    """Monotonic totals by attribute set, read by an observable counter's callback; ``None``
+    values stand for the overflow series."""
 
     def __init__(self, keys: tuple[str, ...]) -> None:
         self._keys = keys
-        self._totals: dict[tuple[str, ...], float] = {}
+        self._totals: dict[tuple[AttributeValue, ...] | None, float] = {}
 
-    def add(self, values: tuple[str, ...], amount: float) -> None:
+    def add(self, values: tuple[AttributeValue, ...] | None, amount: float) -> None:
         self._totals[values] = self._totals.get(values, 0) + amount
 
     def observe(self) -> list[Observation]:
         return [
-            Observation(total, dict(zip(self._keys, values, strict=True)))
+            Observation(
+                total, OVERFLOW_ATTRIBUTES if values is None else dict(zip(self._keys, values, strict=True))
+            )
             for values, total in list(self._totals.items())
         ]
 
 
+class _StatementTotals:
+    """Time and runs per (service, fingerprint), both updated through one short key per statement
+    and trace; the attributes are made once per statement, for the first ``limit`` of them."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._attributes: dict[tuple[str, str], dict[str, AttributeValue]] = {}
+        self._totals: dict[tuple[str, str] | None, list[int]] = {}  # key -> [nanoseconds, runs]
+
+    def add(self, key: tuple[str, str], shape: SqlShape, spans: list[SpanView]) -> None:
+        entry = self._totals.get(key)
+        if entry is None:
+            if len(self._attributes) < self._limit:
+                tables = shape.tables
+                summary = " ".join((shape.operation, *tables)) if shape.operation else " ".join(tables)
+                values = (
+                    *key,
+                    spans[0].db_system or "",
+                    shape.operation,
+                    tables[0] if tables else "",
+                    summary,
+                )
+                self._attributes[key] = dict(zip(STATEMENT_KEYS, values, strict=True))
+                entry = self._totals[key] = [0, 0]
+            else:
+                entry = self._totals.setdefault(None, [0, 0])
+        entry[0] += sum(s.end_ns - s.start_ns for s in spans)
+        entry[1] += len(spans)
+
+    def observe(self, index: int, scale: float) -> list[Observation]:
+        return [
+            Observation(totals[index] * scale, OVERFLOW_ATTRIBUTES if key is None else self._attributes[key])
+            for key, totals in list(self._totals.items())
+        ]
+
+
 class MetricsEmitter:
-    def __init__(self, meter_provider: MeterProvider | None = None) -> None:
+    def __init__(self, meter_provider: MeterProvider | None = None, config: APMConfig | None = None) -> None:
+        config = config if config is not None else APMConfig()
         meter = get_meter("otel_apm", __version__, meter_provider=meter_provider)
         self._lock = threading.Lock()
+        self._endpoints = _Admission(config.metrics_max_endpoints)
+        self._statements = _StatementTotals(config.metrics_max_statements)
+        self._statement_metrics = config.metrics_max_statements > 0
         self._duration = meter.create_histogram(
             "otel_apm.transaction.duration",
             unit="s",
             description="Duration of local root spans (transactions), by endpoint",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS_S,
         )
         self._db_duration = _Sums((SERVICE, ENDPOINT))
         self._db_queries = _Sums((SERVICE, ENDPOINT))
         self._findings = _Sums((FINDING_TYPE, SEVERITY, SERVICE, ENDPOINT))
-        for name, sums, unit, description in (
-            ("otel_apm.transaction.db.duration", self._db_duration, "s", "DB time of transactions, summed"),
-            ("otel_apm.transaction.db.queries", self._db_queries, "{query}", "DB queries of transactions"),
-            ("otel_apm.findings", self._findings, "{finding}", "Performance problems found, by type"),
+        statements = self._statements
+        for name, read, unit, description in (
+            (
+                "otel_apm.transaction.db.duration",
+                self._db_duration.observe,
+                "s",
+                "DB time of transactions, summed",
+            ),
+            (
+                "otel_apm.transaction.db.queries",
+                self._db_queries.observe,
+                "{query}",
+                "DB queries of transactions",
+            ),
+            (
+                "otel_apm.db.statement.duration",
+                partial(statements.observe, 0, 1e-9),
+                "s",
+                "Time in each statement",
+            ),
+            (
+                "otel_apm.db.statement.executions",
+                partial(statements.observe, 1, 1),
+                "{execution}",
+                "Statement runs",
+            ),
+            ("otel_apm.findings", self._findings.observe, "{finding}", "Performance problems found, by type"),
         ):
-            meter.create_observable_counter(name, [self._observer(sums)], unit=unit, description=description)
+            meter.create_observable_counter(name, [self._observer(read)], unit=unit, description=description)
 
-    def _observer(self, sums: _Sums) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    def _observer(
+        self, read: Callable[[], list[Observation]]
+    ) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def observe(_: CallbackOptions) -> Iterable[Observation]:
             with self._lock:
-                return sums.observe()
+                return read()
 
         return observe
 
     def emit(self, trace: Trace | None, findings: Sequence[Finding]) -> None:
         with self._lock:
             for finding in findings:
-                self._findings.add((finding.type, finding.severity, finding.service, finding.endpoint), 1)
+                admitted = self._endpoints.admits((finding.service, finding.endpoint))
+                self._findings.add(
+                    (finding.type, finding.severity, finding.service, finding.endpoint) if admitted else None,
+                    1,
+                )
             # No root: findings about the process, or a trace cut short by our bounds.
             root = trace.root if trace is not None else None
             if trace is None or root is None:
                 return
             where = (root.service, trace.endpoint)
+            admitted = self._endpoints.admits(where)
             queries, db_ms = trace.breakdown().get(DB, (0, 0.0))
-            self._db_duration.add(where, db_ms / 1e3)
-            self._db_queries.add(where, queries)
-        attrs: dict[str, AttributeValue] = {SERVICE: where[0], ENDPOINT: where[1], "error": root.error}
+            self._db_duration.add(where if admitted else None, db_ms / 1e3)
+            self._db_queries.add(where if admitted else None, queries)
+            if queries and self._statement_metrics:
+                self._add_statements(trace)
+        attrs: dict[str, AttributeValue] = OVERFLOW_ATTRIBUTES
+        if admitted:
+            attrs = {SERVICE: where[0], ENDPOINT: where[1]}
+            if root.http_route:
+                attrs["http.route"] = root.http_route
+            if root.http_method:
+                attrs["http.request.method"] = root.http_method
+            if root.error:
+                attrs["error.type"] = root.exception_type or "_OTHER"
         self._duration.record((root.end_ns - root.start_ns) / 1e9, attrs)
+
+    def _add_statements(self, trace: Trace) -> None:
+        add = self._statements.add
+        for key, (shape, spans) in statements_of(trace).items():
+            add(key, shape, spans)

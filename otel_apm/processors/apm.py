@@ -43,6 +43,7 @@ from otel_apm.ingest.sdk import SpanReader, add_attributes, plain_attributes
 from otel_apm.model import SpanView, Trace, endpoint_of
 from otel_apm.profiling.memory import MemoryMonitor
 from otel_apm.semconv import SERVICE_NAME
+from otel_apm.stats import Statistics, statistics_of
 from otel_apm.version import __version__
 
 if TYPE_CHECKING:
@@ -227,6 +228,13 @@ class APMSpanProcessor(SpanProcessor):
             "errors_detector": self._analyzer.failures.total,
             "findings_suppressed": self._analyzer.suppressed,
         }
+
+    @property
+    def statistics(self) -> Statistics | None:
+        """The rolling statistics per endpoint and statement (``snapshot(window)``,
+        ``closed_minutes()``), or None when APM_STATS_ENABLED is off or emitters were given
+        without them."""
+        return statistics_of(self._emitters)
 
     # -- internals -----------------------------------------------------------------------------
 
