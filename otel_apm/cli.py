@@ -6,9 +6,13 @@ import argparse
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from otel_apm.config import APMConfig, ConfigError
+
+if TYPE_CHECKING:
+    from otel_apm.store.db import FindingsStore
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -37,6 +41,8 @@ def collector(args: argparse.Namespace) -> int:
             ("downstream.endpoint", args.downstream),
             ("downstream.protocol", args.downstream_protocol),
             ("telemetry.endpoint", args.metrics_endpoint),
+            ("store.url", args.store),
+            ("api.endpoint", args.api_endpoint),
         )
         if value is not None
     }
@@ -50,6 +56,61 @@ def evaluate(args: argparse.Namespace) -> int:
     status, text = run(args.dir, as_json=args.json)
     print(text, file=sys.stderr if status == 2 else sys.stdout)
     return status
+
+
+def _using_store(args: argparse.Namespace, work: Callable[[FindingsStore], int]) -> int:
+    """``work(store)`` on the store named by ``--store``, else by APM_STORE_URL: a bad argument
+    exits 2, a store that cannot be read 1, each with one line saying why."""
+    from otel_apm.store.db import FindingsStore
+
+    config = APMConfig.from_env(store_url=args.store) if args.store else APMConfig.from_env()
+    if not config.store_url:
+        raise ConfigError(
+            "no store: pass --store sqlite:///path.sqlite (or postgresql://...) or set APM_STORE_URL"
+        )
+    store = FindingsStore.from_config(config)
+    if store.url.backend == "sqlite" and not os.path.isfile(store.url.target):
+        raise ConfigError(f"no store at {store.url.target!r} (a reader does not create one)")
+    try:
+        return work(store)
+    except ValueError as exc:
+        print(f"otel-apm {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        print(f"otel-apm {args.command}: cannot read the store {store.url}: {exc!r}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+
+
+def report(args: argparse.Namespace) -> int:
+    """Print the performance report of a store for a window."""
+    from otel_apm.store.report import build_report, render
+
+    def run(store: FindingsStore) -> int:
+        report = build_report(store, args.window, limit=args.limit, service=args.service)
+        sys.stdout.write(render(report, args.format))
+        return 0
+
+    return _using_store(args, run)
+
+
+def mute(args: argparse.Namespace) -> int:
+    """Mute (or unmute) a finding by fingerprint: the report lists it no more."""
+
+    def run(store: FindingsStore) -> int:
+        if store.set_muted(args.fingerprint, not args.unmute):
+            return 0
+        print(f"otel-apm mute: no finding {args.fingerprint!r} in the store", file=sys.stderr)
+        return 1
+
+    return _using_store(args, run)
+
+
+def _at_least_one(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
 
 
 def profile(args: argparse.Namespace) -> int:
@@ -89,6 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--metrics-endpoint", metavar="HOST:PORT", help="Prometheus /metrics listen address (localhost:8888)"
     )
+    p.add_argument("--store", metavar="URL", help="findings store: sqlite:///file or postgresql://...; none")
+    p.add_argument("--api-endpoint", metavar="HOST:PORT", help="JSON API over the store (localhost:8889)")
     p.set_defaults(run=collector)
     p = commands.add_parser(
         "evaluate",
@@ -97,6 +160,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("dir", nargs="?", default="tests/corpus", help="corpus folder (default: tests/corpus)")
     p.add_argument("--json", action="store_true", help="print the scores and mismatches as JSON")
     p.set_defaults(run=evaluate)
+    p = commands.add_parser("report", help="the performance report of a findings store, ranked by impact")
+    p.add_argument(
+        "--store", metavar="URL", help="sqlite:///file or postgresql://... (default: APM_STORE_URL)"
+    )
+    p.add_argument("--window", default="24h", help="how far back: 15m, 1h, 24h, 7d ... or all (default 24h)")
+    p.add_argument("--service", help="one service's problems and statistics (default: every service)")
+    p.add_argument("--format", choices=("table", "json", "markdown"), default="table")
+    p.add_argument("--limit", type=_at_least_one, default=10, help="rows listed per section (default 10)")
+    p.set_defaults(run=report)
+    p = commands.add_parser(
+        "mute", help="mute a finding in the store by fingerprint (it is no longer reported)"
+    )
+    p.add_argument("fingerprint")
+    p.add_argument(
+        "--store", metavar="URL", help="sqlite:///file or postgresql://... (default: APM_STORE_URL)"
+    )
+    p.add_argument("--unmute", action="store_true", help="report it again")
+    p.set_defaults(run=mute)
     p = commands.add_parser(
         "profile",
         help="run a Python program under opentelemetry-instrument with the CPU profiler on; "

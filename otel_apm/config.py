@@ -489,6 +489,37 @@ class APMConfig:
     stats_max_endpoints_per_statement: int = _setting(
         20, "APM_STATS_MAX_ENDPOINTS_PER_STATEMENT", minimum=1, doc="endpoints listed per statement"
     )
+    store_url: str = _setting(
+        "",
+        "APM_STORE_URL",
+        secret=True,  # a PostgreSQL URL may hold a password
+        doc="keep findings in a store: sqlite:///path/file.sqlite, or postgresql://user@host/db"
+        "?schema=name to share one; empty: no store",
+    )
+    store_retention_days: float = _setting(
+        30.0, "APM_STORE_RETENTION_DAYS", minimum=0.01, doc="findings not seen for this long are removed"
+    )
+    store_resolve_after_h: float = _setting(
+        24.0,
+        "APM_STORE_RESOLVE_AFTER_H",
+        minimum=0.0,
+        doc="an open finding not seen for this long is reported as resolved (open again when seen)",
+    )
+    store_minute_stats_h: float = _setting(
+        2.0,
+        "APM_STORE_MINUTE_STATS_H",
+        minimum=1.0,
+        doc="statistics older than this are kept by the hour instead of by the minute",
+    )
+    store_examples: int = _setting(
+        5, "APM_STORE_EXAMPLES", minimum=1, doc="example trace ids kept per finding, the latest ones"
+    )
+    store_queue_size: int = _setting(
+        10000,
+        "APM_STORE_QUEUE_SIZE",
+        minimum=1,
+        doc="findings waiting for the store's writer; past it they are dropped and counted",
+    )
 
     def __post_init__(self) -> None:
         # Lists are accepted where tuples are kept (keyword arguments, the collector's YAML).
@@ -501,6 +532,10 @@ class APMConfig:
             object.__setattr__(self, "suppressions", rules)
         for f in dataclasses.fields(self):
             _validate(f, getattr(self, f.name))
+        if self.store_url:
+            from otel_apm.store.url import parse_store_url
+
+            parse_store_url(self.store_url)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> APMConfig:

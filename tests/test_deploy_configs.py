@@ -750,10 +750,10 @@ def providers(module: str) -> set[str]:
 
 
 def test_analyzer_image_installs_every_module_the_collector_imports() -> None:
-    """The analyzer image installs the project without extras (``pip install .``): a module the
-    package imports (the demo aside, which needs the demo extra) that is not brought by
-    [project].dependencies is missing in the image, and ``otel-apm collector`` fails there (PyYAML,
-    for --config, is the one to watch)."""
+    """The analyzer image installs the project with the extras its Dockerfile names
+    (``pip install ".[postgres]"``): a module the package imports (the demo aside, which needs the
+    demo extra) that is not brought by [project].dependencies and those extras is missing in the
+    image, and ``otel-apm collector`` fails there (PyYAML, for --config, is the one to watch)."""
     try:
         import tomllib
     except ImportError:  # Python 3.10
@@ -761,9 +761,13 @@ def test_analyzer_image_installs_every_module_the_collector_imports() -> None:
             raise
         pytest.skip("tomllib needs Python 3.11")
     dockerfile = (ROOT / ANALYZER_DOCKERFILE).read_text(encoding="utf-8")
-    assert re.search(r"^RUN pip install \.(\s|$)", dockerfile, re.MULTILINE), "the image installs `.`"
+    installed = re.search(r'^RUN pip install "?\.(?:\[([a-z,]+)\])?"?(\s|$)', dockerfile, re.MULTILINE)
+    assert installed, "the image installs `.`"
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    image = requirement_closure(project["dependencies"])
+    extras = installed.group(1).split(",") if installed.group(1) else []
+    image = requirement_closure(
+        [*project["dependencies"], *(r for e in extras for r in project["optional-dependencies"][e])]
+    )
     missing = {
         module: sorted(files)
         for module, files in imported_modules(ROOT / "otel_apm", skip={"demo"}).items()

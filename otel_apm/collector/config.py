@@ -22,6 +22,7 @@ from otel_apm.analyze import check_detector_names
 from otel_apm.config import APMConfig, ConfigError
 
 __all__ = [
+    "ApiConfig",
     "AssemblyConfig",
     "AuthConfig",
     "CollectorConfig",
@@ -32,6 +33,7 @@ __all__ = [
     "ReceiversConfig",
     "RetryConfig",
     "ShutdownConfig",
+    "StoreConfig",
     "TLSConfig",
     "TelemetryConfig",
     "load_config",
@@ -330,6 +332,66 @@ class TelemetryConfig:
     )
 
 
+def _apm_default(name: str) -> Any:
+    return next(f.default for f in dataclasses.fields(APMConfig) if f.name == name)
+
+
+def _apm_setting(name: str, *, optional: bool = False) -> Check:
+    """The check of APMConfig's ``name`` (bounds, the store URL's syntax), naming the YAML path."""
+
+    def check(value: Any, path: str) -> Any:
+        if optional and value is None:
+            return None
+        _check_analysis_value(name, value, path)
+        return value
+
+    return check
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """The findings store, each key being the analysis setting ``store_<key>`` (APM_STORE_<KEY>):
+    its default and its check are APMConfig's; the collector's reporters read them from there."""
+
+    url: str | None = field(
+        default=None,
+        metadata=_m(
+            _apm_setting("store_url", optional=True),
+            "sqlite:///file.sqlite or postgresql://user@host/db[?schema=name]; null = no store",
+        ),
+    )
+    retention_days: float = field(
+        default=_apm_default("store_retention_days"), metadata=_m(_apm_setting("store_retention_days"))
+    )
+    resolve_after_h: float = field(
+        default=_apm_default("store_resolve_after_h"), metadata=_m(_apm_setting("store_resolve_after_h"))
+    )
+    minute_stats_h: float = field(
+        default=_apm_default("store_minute_stats_h"), metadata=_m(_apm_setting("store_minute_stats_h"))
+    )
+    examples: int = field(default=_apm_default("store_examples"), metadata=_m(_apm_setting("store_examples")))
+    queue_size: int = field(
+        default=_apm_default("store_queue_size"), metadata=_m(_apm_setting("store_queue_size"))
+    )
+
+    def settings(self) -> dict[str, Any]:
+        """As APMConfig fields."""
+        settings = {f"store_{f.name}": getattr(self, f.name) for f in dataclasses.fields(self)}
+        settings["store_url"] = self.url or ""
+        return settings
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    endpoint: str | None = field(
+        default="localhost:8889",
+        metadata=_m(
+            _listen_endpoint(True),
+            "JSON API over the findings store (/api/v1/...), served when store.url is set; null = off",
+        ),
+    )
+
+
 @dataclass(frozen=True)
 class ShutdownConfig:
     timeout_s: float = field(
@@ -345,7 +407,13 @@ class CollectorConfig:
     assembly: AssemblyConfig = field(default_factory=AssemblyConfig, metadata=_sec(AssemblyConfig))
     analysis: APMConfig = field(default_factory=APMConfig, metadata={"analysis": True})
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig, metadata=_sec(TelemetryConfig))
+    store: StoreConfig = field(default_factory=StoreConfig, metadata=_sec(StoreConfig))
+    api: ApiConfig = field(default_factory=ApiConfig, metadata=_sec(ApiConfig))
     shutdown: ShutdownConfig = field(default_factory=ShutdownConfig, metadata=_sec(ShutdownConfig))
+
+    def __post_init__(self) -> None:
+        # The reporters of every deployment read the store from the analysis settings.
+        object.__setattr__(self, "analysis", dataclasses.replace(self.analysis, **self.store.settings()))
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any] | None) -> CollectorConfig:
@@ -409,15 +477,13 @@ def _analysis(data: Any, path: str) -> APMConfig:
         return APMConfig()
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path}: expected a mapping of analysis settings, got {_describe(data)}")
-    names = [f.name for f in dataclasses.fields(APMConfig)]
+    names = [f.name for f in dataclasses.fields(APMConfig) if not f.name.startswith("store_")]
     for key, value in data.items():
+        if key.startswith("store_") and key in StoreConfig().settings():
+            raise ConfigError(f"{path}.{key}: the store is configured in its own section, store.{key[6:]}")
         if key not in names:
             raise ConfigError(f"{path}.{key}: unknown key (expected one of {', '.join(names)})")
-        try:
-            APMConfig(**{key: value})
-        except ConfigError as exc:
-            _, _, accepts = str(exc).partition(": ")
-            raise ConfigError(f"{path}.{key}: {accepts}, got {_describe(value)}") from None
+        _check_analysis_value(key, value, f"{path}.{key}")
     config = APMConfig(**dict(data))
     try:
         check_detector_names(config)
@@ -428,6 +494,15 @@ def _analysis(data: Any, path: str) -> APMConfig:
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     return config
+
+
+def _check_analysis_value(name: str, value: Any, path: str) -> None:
+    """APMConfig's check of one setting, its message naming the YAML ``path``."""
+    try:
+        APMConfig(**{name: value})
+    except ConfigError as exc:
+        _, _, accepts = str(exc).partition(": ")
+        raise ConfigError(f"{path}: {accepts}, got {_describe(value)}") from None
 
 
 def _cross_check(config: Any, path: str) -> None:

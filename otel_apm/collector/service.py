@@ -21,12 +21,18 @@ import threading
 import time
 from collections.abc import Callable
 from types import FrameType, TracebackType
+from typing import TypeVar
 
+from otel_apm.collector.api import ApiServer
 from otel_apm.collector.config import CollectorConfig
 from otel_apm.collector.forwarder import Forwarder
+from otel_apm.collector.httpserver import BackgroundHTTPServer
 from otel_apm.collector.pipeline import Emission, Pipeline
 from otel_apm.collector.receivers import GrpcReceiver, HttpReceiver
 from otel_apm.collector.telemetry import Telemetry, TelemetryServer
+from otel_apm.store.db import FindingsStore
+from otel_apm.store.emitter import StoreEmitter
+from otel_apm.store.url import parse_store_url
 
 _log = logging.getLogger("otel_apm.collector")
 
@@ -53,6 +59,7 @@ class CollectorService:
         self._grpc: GrpcReceiver | None = None
         self._http: HttpReceiver | None = None
         self._metrics: TelemetryServer | None = None
+        self._api: ApiServer | None = None
         self._started = False
         self._stopping = False
         self._stopped = threading.Event()
@@ -65,18 +72,23 @@ class CollectorService:
         config = self.config
         self.emission = Emission(config)
         self.pipeline = Pipeline(config, self.telemetry, self.forwarder, self.emission.emitters)
+        store = next((e for e in self.emission.emitters if isinstance(e, StoreEmitter)), None)
+        if store is not None:
+            self.telemetry.observe("store_findings_written_total", lambda: store.stats()["written"])
+            self.telemetry.observe("store_findings_dropped_total", lambda: store.stats()["dropped"])
         try:
             self._grpc = GrpcReceiver(config, self.pipeline)
             self._http = HttpReceiver(config, self.pipeline, self.telemetry)
             if config.telemetry.endpoint is not None:
-                try:
-                    self._metrics = TelemetryServer(
-                        config.telemetry.endpoint, self.telemetry, lambda: not self._stopping
-                    )
-                except OSError as exc:
-                    raise OSError(
-                        f"telemetry endpoint cannot listen on {config.telemetry.endpoint}: {exc}"
-                    ) from None
+                self._metrics = _listen(
+                    "telemetry",
+                    config.telemetry.endpoint,
+                    lambda endpoint: TelemetryServer(endpoint, self.telemetry, lambda: not self._stopping),
+                )
+            if config.store.url is not None and config.api.endpoint is not None:
+                self._api = _listen(
+                    "api", config.api.endpoint, lambda endpoint: _api_server(endpoint, config)
+                )
         except BaseException:
             self._close_listeners()
             self.emission.shutdown(1.0)
@@ -85,11 +97,13 @@ class CollectorService:
         self.pipeline.start()
         self._grpc.start()
         self._http.start()
-        if self._metrics is not None:
-            self._metrics.start()
+        for server in (self._metrics, self._api):
+            if server is not None:
+                server.start()
         self._started = True
         _log.info(
-            "otel-apm collector listening: OTLP/gRPC %s, OTLP/HTTP %s%s; downstream %s; /metrics %s",
+            "otel-apm collector listening: OTLP/gRPC %s, OTLP/HTTP %s%s; downstream %s; /metrics %s "
+            "(findings store %s, JSON API %s)",
             _address(config.receivers.grpc.endpoint, self.grpc_port),
             _address(config.receivers.http.endpoint, self.http_port),
             " (TLS)" if config.receivers.tls.enabled else "",
@@ -97,6 +111,8 @@ class CollectorService:
             if config.downstream.endpoint
             else "none (analyze only)",
             _address(config.telemetry.endpoint, self.metrics_port) if config.telemetry.endpoint else "off",
+            parse_store_url(config.store.url) if config.store.url else "none",
+            _address(config.api.endpoint, self.api_port) if self._api and config.api.endpoint else "off",
         )
         return self
 
@@ -150,6 +166,9 @@ class CollectorService:
         if self._metrics is not None:
             self._metrics.stop()
             self._metrics = None
+        if self._api is not None:
+            self._api.stop()
+            self._api = None
         snapshot = self.telemetry.snapshot()
         _log.info(
             "otel-apm collector stopped in %.2fs: %d spans received, %d traces analyzed, %d findings, "
@@ -169,8 +188,9 @@ class CollectorService:
             self._grpc.stop(0)
         if self._http is not None:
             self._http.server_close()
-        if self._metrics is not None:
-            self._metrics.server_close()
+        for server in (self._metrics, self._api):
+            if server is not None:
+                server.server_close()
 
     def __enter__(self) -> CollectorService:
         return self.start()
@@ -198,6 +218,25 @@ class CollectorService:
     @property
     def metrics_port(self) -> int:
         return self._metrics.port if self._metrics is not None else 0
+
+    @property
+    def api_port(self) -> int:
+        return self._api.port if self._api is not None else 0
+
+
+_Server = TypeVar("_Server", bound=BackgroundHTTPServer)
+
+
+def _listen(name: str, endpoint: str, make: Callable[[str], _Server]) -> _Server:
+    """``make(endpoint)``, its OSError (a port in use) naming which endpoint could not listen."""
+    try:
+        return make(endpoint)
+    except OSError as exc:
+        raise OSError(f"{name} endpoint cannot listen on {endpoint}: {exc}") from None
+
+
+def _api_server(endpoint: str, config: CollectorConfig) -> ApiServer:
+    return ApiServer(endpoint, FindingsStore.from_config(config.analysis))
 
 
 def _address(endpoint: str, port: int) -> str:

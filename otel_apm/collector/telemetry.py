@@ -73,6 +73,13 @@ METRICS: dict[str, tuple[Kind, str, str | None, tuple[str, ...]]] = {
         tuple(d.type for d in DEFAULT_DETECTORS),
     ),
     "findings_suppressed_total": ("counter", "Findings silenced by a suppression rule", None, ()),
+    "store_findings_written_total": ("counter", "Findings written to the findings store", None, ()),
+    "store_findings_dropped_total": (
+        "counter",
+        "Findings not stored: the store's queue was full or writing failed (logged once)",
+        None,
+        (),
+    ),
     "webhook_notices_total": (
         "counter",
         "Webhook reporter notices by outcome: queued, delivered, dropped (queue full), rejected (4xx), "

@@ -36,8 +36,9 @@ def reporters(
     the collector.  The metrics reporter and the webhook's own counters record through
     ``meter_provider`` (the global one when None); a deployment with nowhere to send metrics (a
     collector without a downstream) passes ``metrics=False``.  The rolling statistics
-    (APM_STATS_ENABLED) are among them, found by :func:`otel_apm.stats.statistics_of`.  The OTel
-    events are built by each deployment, which owns their provider."""
+    (APM_STATS_ENABLED) are among them, found by :func:`otel_apm.stats.statistics_of`, and the
+    findings store (APM_STORE_URL), which keeps their closed minutes too.  The OTel events are
+    built by each deployment, which owns their provider."""
     config.check_combination()
     chosen: list[Emitter] = []
     if config.reports_to("console"):
@@ -56,10 +57,16 @@ def reporters(
         from otel_apm.emit.metrics import MetricsEmitter
 
         chosen.append(MetricsEmitter(meter_provider, config))
+    statistics = None
     if config.stats_enabled:
         from otel_apm.stats import Statistics
 
-        chosen.append(Statistics(config))
+        statistics = Statistics(config)
+        chosen.append(statistics)
+    if config.store_url:
+        from otel_apm.store.emitter import StoreEmitter
+
+        chosen.append(StoreEmitter(config, statistics))
     return chosen
 
 

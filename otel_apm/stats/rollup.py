@@ -412,10 +412,14 @@ class Statistics:
 
     # -- reading -----------------------------------------------------------------------------------
 
-    def closed_minutes(self) -> list[MinuteRecord]:
+    def closed_minutes(self, final: bool = False) -> list[MinuteRecord]:
         """The per-minute records (endpoints and statements) closed since the last call, oldest
-        first; they are forgotten here.  Idle keys' last minutes are closed too."""
+        first; they are forgotten here.  Idle keys' last minutes are closed too.  ``final``: the
+        minute in progress is closed as well (at shutdown, so a store keeps it); later traces
+        are then counted in the next minute."""
         tick = math.floor(self._clock() / self._tick_s)
+        if final:
+            tick = (tick // self._slots + 1) * self._slots
         with self._lock:
             self._advance_all(tick)
             out = list(self._pending)
