@@ -7,7 +7,7 @@ by round, between two freshly built APMSpanProcessors (console off, no-op export
 for ``profiling_enabled``:
 
   off  APMSpanProcessor(BatchSpanProcessor(no-op exporter))
-  on   the same with profiling_enabled=True (100 Hz default, 1 % budget, 60 s period)
+  on   the same with profiling_enabled=True (20 Hz default, 1 % budget, 60 s period)
 
   cpu    a SERVER span around pure-Python work (sorting and formatting records, ~0.6 ms)
   flask  the demo's Flask + SQLAlchemy app on SQLite through Flask's test client, instrumented
@@ -150,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--requests", type=int, default=300, help="requests per round (default 300)")
     parser.add_argument("--rounds", type=int, default=21, help="rounds per variant (default 21)")
-    parser.add_argument("--hz", type=float, help="APM_PROFILING_SAMPLE_HZ for the 'on' variant (default 100)")
+    parser.add_argument("--hz", type=float, help="APM_PROFILING_SAMPLE_HZ for the 'on' variant (default 20)")
     parser.add_argument("--workload", choices=("cpu", "flask", "both"), default="both")
     args = parser.parse_args(argv)
     if args.hz is not None:

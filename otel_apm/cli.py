@@ -185,7 +185,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--out", default="profile", help="directory for the flame graph files (default: profile)")
     p.add_argument("--format", help="comma-separated: folded, speedscope, svg (default: all three)")
-    p.add_argument("--hz", type=float, help="stack samples per second (APM_PROFILING_SAMPLE_HZ, default 100)")
+    p.add_argument(
+        "--hz",
+        type=float,
+        help="stack samples per second (default: APM_PROFILING_SAMPLE_HZ if set, else 100)",
+    )
     p.add_argument("--duration", type=float, metavar="S", help="interrupt the program after S seconds")
     p.add_argument("program", nargs=argparse.REMAINDER, help="-- program.py [args] (or -m module [args])")
     p.set_defaults(run=profile)

@@ -298,7 +298,7 @@ class APMConfig:
         doc="CPU profile period (ms): hot spots are reported and flame graphs written, then it restarts",
     )
     profiling_sample_hz: float = _setting(
-        100.0,
+        20.0,
         "APM_PROFILING_SAMPLE_HZ",
         minimum=0.1,
         maximum=1000.0,

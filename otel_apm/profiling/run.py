@@ -22,6 +22,8 @@ from otel_apm.profiling.flamegraph import SUFFIXES
 _WHOLE_RUN_MS = 2**31 - 1
 # Not sent anywhere unless asked: the program's findings show on the console.
 _EXPORTERS = ("OTEL_TRACES_EXPORTER", "OTEL_METRICS_EXPORTER", "OTEL_LOGS_EXPORTER")
+# A one-off profile wants detail from a short run more than the always-on default's low cost.
+_ONE_OFF_HZ = 100.0
 
 
 def profile_program(
@@ -42,6 +44,8 @@ def profile_program(
     }
     if hz is not None:
         env["APM_PROFILING_SAMPLE_HZ"] = str(hz)
+    else:
+        env.setdefault("APM_PROFILING_SAMPLE_HZ", str(_ONE_OFF_HZ))
     if formats is not None:
         env["APM_PROFILING_FORMATS"] = formats
     env.setdefault("OTEL_PYTHON_CONFIGURATOR", "otel_apm")
