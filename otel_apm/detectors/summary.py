@@ -24,18 +24,8 @@ class TraceSummary:
     __slots__ = ("_fingerprints", "by_category", "error", "longest_ns", "root_ms", "statements", "total_ns")
 
     def __init__(self, trace: Trace) -> None:
-        by_category: dict[str, list[SpanView]] = {}
-        error = False
-        for s in trace.spans:
-            group = by_category.get(s.category)
-            if group is None:
-                by_category[s.category] = [s]
-            else:
-                group.append(s)
-            if s.error or s.exception_type is not None:
-                error = True
-        self.by_category = by_category
-        self.error = error
+        self.by_category = by_category = trace.by_category()
+        self.error = any([s.error or s.exception_type is not None for s in trace.spans])
         self.root_ms = None if trace.root is None else trace.root.duration_ms
         self.total_ns: dict[str, int] = {}
         self.longest_ns: dict[str, int] = {}
