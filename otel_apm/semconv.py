@@ -123,11 +123,18 @@ def fill_attributes(view: model.SpanView, attrs: Mapping[str, Any]) -> None:
 
 def code_location(attrs: Mapping[str, Any]) -> str | None:
     """The call site as "path:line:function" from code.* attributes (stable names first), or None."""
-    path = _first(attrs, CODE_FILE)
+    get = attrs.get  # read for every DB and HTTP client span: lookups inline
+    path = get("code.file.path")
     if path is None:
-        return None
-    line = _first(attrs, CODE_LINE)
-    function = _first(attrs, CODE_FUNCTION)
+        path = get("code.filepath")
+        if path is None:
+            return None
+    line = get("code.line.number")
+    if line is None:
+        line = get("code.lineno")
+    function = get("code.function.name")
+    if function is None:
+        function = get("code.function")
     return f"{path}:{'' if line is None else line}:{'' if function is None else function}"
 
 
