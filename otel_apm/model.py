@@ -112,7 +112,17 @@ class Trace:
     shutdown) or lost spans past ``max_spans_per_trace``; detectors that need the root skip it.
     """
 
-    __slots__ = ("_breakdown", "_by_id", "_derived", "_siblings", "complete", "root", "spans", "trace_id")
+    __slots__ = (
+        "_breakdown",
+        "_by_category",
+        "_by_id",
+        "_derived",
+        "_siblings",
+        "complete",
+        "root",
+        "spans",
+        "trace_id",
+    )
 
     def __init__(
         self, trace_id: int, spans: list[SpanView], root: SpanView | None, complete: bool = True
@@ -122,6 +132,7 @@ class Trace:
         self.root = root
         self.complete = complete
         self._breakdown: dict[str, tuple[int, float]] | None = None
+        self._by_category: dict[str, list[SpanView]] | None = None
         self._by_id: dict[int, SpanView] | None = None
         self._siblings: dict[str, dict[int, list[SpanView]]] = {}
         self._derived: dict[Hashable, Any] = {}
@@ -152,6 +163,19 @@ class Trace:
                         group.append(s)
         return filed
 
+    def by_category(self) -> dict[str, list[SpanView]]:
+        """The spans of each category, in arrival order, filed once per trace."""
+        if self._by_category is None:
+            filed: dict[str, list[SpanView]] = {}
+            for s in self.spans:
+                group = filed.get(s.category)
+                if group is None:
+                    filed[s.category] = [s]
+                else:
+                    group.append(s)
+            self._by_category = filed
+        return self._by_category
+
     def breakdown(self) -> dict[str, tuple[int, float]]:
         """(span count, summed milliseconds) per category below the root, computed once.
 
@@ -160,10 +184,10 @@ class Trace:
         if self._breakdown is None:
             out: dict[str, tuple[int, float]] = {}
             root = self.root
-            for s in self.spans:
-                if s is not root:
-                    count, spent = out.get(s.category, (0, 0.0))
-                    out[s.category] = (count + 1, spent + (s.end_ns - s.start_ns) / 1e6)
+            for category, spans in self.by_category().items():
+                spent = [(s.end_ns - s.start_ns) / 1e6 for s in spans if s is not root]
+                if spent:
+                    out[category] = (len(spent), sum(spent))
             self._breakdown = out
         return self._breakdown
 

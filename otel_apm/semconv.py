@@ -60,7 +60,7 @@ def fill_attributes(view: model.SpanView, attrs: Mapping[str, Any]) -> None:
     if db_system is None:
         db_system = get("db.system")
     if db_system is not None:
-        view.db_system = system = str(db_system)
+        view.db_system = system = db_system if type(db_system) is str else str(db_system)
         statement = get("db.query.text")
         if statement is None:
             statement = get("db.statement")
@@ -75,9 +75,19 @@ def fill_attributes(view: model.SpanView, attrs: Mapping[str, Any]) -> None:
             view.category = model.DB_CONNECTION  # SQLAlchemy's Engine.connect span
         else:
             view.category = model.DB
-        view.db_table = _str_or_none(_first(attrs, DB_TABLE))
-        view.server_address = _str_or_none(_first(attrs, SERVER_ADDRESS))
-        view.code = code_location(attrs)
+        # Inline lookups, stable name first: a helper call per key would cost more than the key.
+        table = get("db.collection.name")
+        if table is None:
+            table = get("db.sql.table")
+        if table is not None:
+            view.db_table = table if type(table) is str else str(table)
+        address = get("server.address")
+        if address is None:
+            address = get("net.peer.name")
+        if address is not None:
+            view.server_address = address if type(address) is str else str(address)
+        if "code.file.path" in attrs or "code.filepath" in attrs:
+            view.code = code_location(attrs)
         params = get("db.statement.parameters")
         if params is not None:
             view.db_params = str(params)
@@ -97,7 +107,8 @@ def fill_attributes(view: model.SpanView, attrs: Mapping[str, Any]) -> None:
             view.category = model.HTTP_CLIENT
             view.url = _str_or_none(_first(attrs, HTTP_URL))
             view.server_address = _str_or_none(_first(attrs, SERVER_ADDRESS))
-            view.code = code_location(attrs)
+            if "code.file.path" in attrs or "code.filepath" in attrs:
+                view.code = code_location(attrs)
         else:
             view.category = model.HTTP_SERVER
             view.http_route = _str_or_none(get("http.route"))
@@ -112,11 +123,18 @@ def fill_attributes(view: model.SpanView, attrs: Mapping[str, Any]) -> None:
 
 def code_location(attrs: Mapping[str, Any]) -> str | None:
     """The call site as "path:line:function" from code.* attributes (stable names first), or None."""
-    path = _first(attrs, CODE_FILE)
+    get = attrs.get  # read for every DB and HTTP client span: lookups inline
+    path = get("code.file.path")
     if path is None:
-        return None
-    line = _first(attrs, CODE_LINE)
-    function = _first(attrs, CODE_FUNCTION)
+        path = get("code.filepath")
+        if path is None:
+            return None
+    line = get("code.line.number")
+    if line is None:
+        line = get("code.lineno")
+    function = get("code.function.name")
+    if function is None:
+        function = get("code.function")
     return f"{path}:{'' if line is None else line}:{'' if function is None else function}"
 
 

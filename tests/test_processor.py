@@ -178,6 +178,46 @@ def test_failures_in_analysis_never_reach_the_app(
     assert len(otel.spans()) == 3 * 8
 
 
+def test_a_detector_whose_bound_rules_the_trace_out_is_neither_built_nor_fed(
+    make_otel: Callable[..., OTel],
+) -> None:
+    from otel_apm.config import APMConfig
+    from otel_apm.detectors.history import History
+    from otel_apm.detectors.n_plus_one import NPlusOneQueryDetector
+    from otel_apm.detectors.summary import TraceSummary
+
+    built: list[int] = []
+    skipped: list[tuple[int, int]] = []
+
+    class Counted(NPlusOneQueryDetector):
+        def __init__(self, config: APMConfig, trace: Trace, history: History) -> None:
+            super().__init__(config, trace, history)
+            built.append(trace.trace_id)
+
+    class Never(Detector):
+        type = "never"
+        categories = frozenset({"db"})
+
+        @classmethod
+        def can_fire(cls, config: APMConfig, summary: TraceSummary) -> bool:
+            return False
+
+        @classmethod
+        def on_skip(cls, config: APMConfig, summary: TraceSummary, history: History) -> None:
+            skipped.append((summary.count("db"), summary.most_repeated()))
+
+        def on_complete(self) -> list[Finding]:
+            raise AssertionError("built although it cannot fire")
+
+    otel = make_otel(detectors=(Counted, Never))
+    request(otel, n=4)  # four of one shape: under the N+1 threshold of 5
+    looped = request(otel, n=6)
+    assert built == [looped]
+    assert [e.log_record.trace_id for e in otel.events("n_plus_one_query")] == [looped]
+    assert skipped == [(5, 4), (7, 6)]
+    assert otel.processor.stats()["errors_detector"] == 0
+
+
 def test_a_failing_emitter_is_contained(make_otel: Callable[..., OTel]) -> None:
     from otel_apm import APMSpanProcessor
 

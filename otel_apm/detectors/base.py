@@ -16,6 +16,7 @@ from typing import ClassVar, Literal
 
 from otel_apm.config import APMConfig
 from otel_apm.detectors.history import History
+from otel_apm.detectors.summary import TraceSummary
 from otel_apm.model import SpanView, Trace, endpoint_of
 
 Severity = Literal["warning", "critical"]
@@ -115,6 +116,19 @@ class Detector(ABC):
     @classmethod
     def enabled(cls, config: APMConfig) -> bool:
         return True
+
+    @classmethod
+    def can_fire(cls, config: APMConfig, summary: TraceSummary) -> bool:
+        """False when the trace's totals already rule out any finding of this detector: it is
+        then not built and sees no span, which is what makes a trace with no problem cheap.
+        Must never be False for a trace the detector would report on; a detector without such
+        a bound (the default) always runs."""
+        return True
+
+    @classmethod  # noqa: B027 - optional hook
+    def on_skip(cls, config: APMConfig, summary: TraceSummary, history: History) -> None:
+        """Called instead of running the detector when ``can_fire`` said no: for what it must
+        remember of every trace even so (the query history)."""
 
     def visit_span(self, span: SpanView) -> None:  # noqa: B027 - optional hook
         """Called for each span whose category is in ``categories``, in arrival order."""

@@ -9,9 +9,11 @@ time lands on the span that spent it.
 
 from __future__ import annotations
 
+from otel_apm.config import APMConfig
 from otel_apm.detectors.base import Detector, EvidenceValue, Finding, by_start, covered_ms, severity_for
 from otel_apm.detectors.dbshape import db_shape
 from otel_apm.detectors.n_plus_one_api import call_template
+from otel_apm.detectors.summary import TraceSummary
 from otel_apm.model import CACHE, DB, DB_CONNECTION, HTTP_CLIENT, MESSAGING, RPC, SpanView
 
 # Kinds of work in the breakdown; every other category (internal spans, the server spans of the
@@ -38,6 +40,10 @@ class BottleneckDetector(Detector):
 
     type = "bottleneck"
     defers_to_others = True
+
+    @classmethod
+    def can_fire(cls, config: APMConfig, summary: TraceSummary) -> bool:
+        return summary.root_ms is not None and summary.root_ms >= config.bottleneck_min_duration_ms
 
     def on_complete(self) -> list[Finding]:
         trace = self.trace

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from collections import Counter
 
+from otel_apm.config import APMConfig
 from otel_apm.detectors.base import Detector, EvidenceValue, Finding, severity_for, union_ms
 from otel_apm.detectors.dbshape import db_shapes
+from otel_apm.detectors.summary import TraceSummary
 from otel_apm.model import DB, DB_CONNECTION, SpanView, endpoint_of
 from otel_apm.sql import SqlShape
 
@@ -32,16 +34,20 @@ class ChattyTransactionDetector(Detector):
     # request, an N+1 that is all of its queries) are that finding's problem, not chattiness.
     defers_to_others = True
 
+    @classmethod
+    def can_fire(cls, config: APMConfig, summary: TraceSummary) -> bool:
+        """Exact bounds over the whole trace: no entry can have more queries than the trace has
+        DB spans, nor more DB time than their summed durations."""
+        count = summary.count(DB) + summary.count(DB_CONNECTION)
+        spent = summary.total_ns.get(DB, 0) + summary.total_ns.get(DB_CONNECTION, 0)
+        return not (
+            count < config.chatty_query_threshold
+            and spent < 1e6 * config.chatty_db_share * config.chatty_min_duration_ms
+        )
+
     def on_complete(self) -> list[Finding]:
         # One comprehension over the trace costs less than a dispatched visit_span per DB span.
         db = [s for s in self.trace.spans if s.category in _DB_TIME]
-        config = self.config
-        # Exact bounds over the whole trace, before any grouping: no entry can have more queries
-        # than the trace has DB spans, nor more DB time than their summed durations.
-        if len(db) < config.chatty_query_threshold and sum([s.end_ns - s.start_ns for s in db]) < (
-            1e6 * config.chatty_db_share * config.chatty_min_duration_ms
-        ):
-            return []
         findings = []
         for entry, spans in self._by_entry(db).items():
             finding = self._judge(entry, spans)

@@ -17,9 +17,11 @@ import re
 from collections import Counter
 from collections.abc import Iterator
 
+from otel_apm.config import APMConfig
 from otel_apm.detectors.base import EvidenceValue, Finding, SiblingsDetector, by_start, severity_for
 from otel_apm.detectors.dbshape import db_shapes
 from otel_apm.detectors.n_plus_one_api import call_template
+from otel_apm.detectors.summary import TraceSummary
 from otel_apm.model import DB, HTTP_CLIENT, SpanView
 from otel_apm.sql import SqlShape
 
@@ -106,6 +108,12 @@ class ConsecutiveDbQueriesDetector(SiblingsDetector):
     type = "consecutive_db_queries"
     sibling_category = DB
 
+    @classmethod
+    def can_fire(cls, config: APMConfig, summary: TraceSummary) -> bool:
+        return (
+            summary.count(DB) >= 2 and summary.saving_bound_ns(DB) >= config.consecutive_db_min_saved_ms * 1e6
+        )
+
     def on_complete(self) -> list[Finding]:
         min_saved = self.config.consecutive_db_min_saved_ms
         findings = []
@@ -178,6 +186,13 @@ class ConsecutiveHttpCallsDetector(SiblingsDetector):
 
     type = "consecutive_http_calls"
     sibling_category = HTTP_CLIENT
+
+    @classmethod
+    def can_fire(cls, config: APMConfig, summary: TraceSummary) -> bool:
+        return (
+            summary.count(HTTP_CLIENT) >= 2
+            and summary.saving_bound_ns(HTTP_CLIENT) >= config.consecutive_http_min_saved_ms * 1e6
+        )
 
     def on_complete(self) -> list[Finding]:
         min_saved = self.config.consecutive_http_min_saved_ms

@@ -14,8 +14,10 @@ titled "handled", because raising and catching in a hot path still costs time an
 
 from __future__ import annotations
 
+from otel_apm.config import APMConfig
 from otel_apm.detectors.base import Detector, EvidenceValue, Finding, by_start, union_ms
 from otel_apm.detectors.dbshape import db_shape
+from otel_apm.detectors.summary import TraceSummary
 from otel_apm.model import DB, HTTP_CLIENT, KIND_SERVER, SpanView, endpoint_of
 
 UNSPECIFIED = "unspecified error"  # status ERROR with no exception, error.type or HTTP status
@@ -29,6 +31,10 @@ class ErrorDetector(Detector):
     """
 
     type = "error"
+
+    @classmethod
+    def can_fire(cls, config: APMConfig, summary: TraceSummary) -> bool:
+        return summary.error
 
     def on_complete(self) -> list[Finding]:
         failed = [s for s in self.trace.spans if s.error or s.exception_type is not None]

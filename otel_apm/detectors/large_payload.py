@@ -12,6 +12,7 @@ from otel_apm.config import APMConfig
 from otel_apm.detectors.base import Detector, EvidenceValue, Finding, severity_for, union_ms
 from otel_apm.detectors.history import History
 from otel_apm.detectors.n_plus_one_api import call_template
+from otel_apm.detectors.summary import TraceSummary
 from otel_apm.model import HTTP_CLIENT, HTTP_SERVER, SpanView, Trace, endpoint_of
 
 REQUEST, RESPONSE = "request", "response"
@@ -22,6 +23,10 @@ class LargePayloadDetector(Detector):
 
     type = "large_payload"
     categories = frozenset({HTTP_CLIENT, HTTP_SERVER})
+
+    @classmethod
+    def can_fire(cls, config: APMConfig, summary: TraceSummary) -> bool:
+        return summary.largest_body((HTTP_CLIENT, HTTP_SERVER)) >= config.large_payload_bytes
 
     def __init__(self, config: APMConfig, trace: Trace, history: History) -> None:
         super().__init__(config, trace, history)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from otel_apm.config import APMConfig
 from otel_apm.detectors.advice import Relation, eager_loading, guess_relation, stack_of
 from otel_apm.detectors.base import EvidenceValue, Finding, SiblingsDetector, severity_for, union_ms
 from otel_apm.detectors.loops import db_sequence, source_index
+from otel_apm.detectors.summary import TraceSummary
 from otel_apm.model import DB, SpanView
 from otel_apm.sql import SqlShape
 
@@ -75,6 +77,11 @@ class MNPlusOneQueryDetector(SiblingsDetector):
 
     type = "mn_plus_one_query"
     sibling_category = DB
+
+    @classmethod
+    def can_fire(cls, config: APMConfig, summary: TraceSummary) -> bool:
+        """A loop body has at least two shapes, each run once per repetition."""
+        return summary.shapes_repeated(config.mn_plus_one_threshold) >= MIN_PERIOD
 
     def on_complete(self) -> list[Finding]:
         threshold = self.config.mn_plus_one_threshold

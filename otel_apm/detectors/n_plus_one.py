@@ -14,11 +14,13 @@ from __future__ import annotations
 
 from itertools import chain
 
+from otel_apm.config import APMConfig
 from otel_apm.detectors.advice import eager_loading, guess_relation, stack_of
 from otel_apm.detectors.base import EvidenceValue, Finding, SiblingsDetector, severity_for, union_ms
 from otel_apm.detectors.loops import db_sequence, is_intentional, source_index
 from otel_apm.detectors.mn_plus_one import MNPlusOneQueryDetector, repetitions
 from otel_apm.detectors.repeated_query import RepeatedIdenticalQueryDetector, identical_key
+from otel_apm.detectors.summary import TraceSummary
 from otel_apm.model import DB, SpanView
 from otel_apm.sql import SqlShape
 
@@ -30,6 +32,10 @@ class NPlusOneQueryDetector(SiblingsDetector):
 
     type = "n_plus_one_query"
     sibling_category = DB
+
+    @classmethod
+    def can_fire(cls, config: APMConfig, summary: TraceSummary) -> bool:
+        return summary.most_repeated() >= config.n_plus_one_threshold
 
     def on_complete(self) -> list[Finding]:
         threshold = self.config.n_plus_one_threshold

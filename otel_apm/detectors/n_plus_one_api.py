@@ -16,6 +16,7 @@ import re
 from functools import lru_cache
 from urllib.parse import urlsplit
 
+from otel_apm.config import APMConfig
 from otel_apm.detectors.base import (
     EvidenceValue,
     Finding,
@@ -24,6 +25,7 @@ from otel_apm.detectors.base import (
     severity_for,
     union_ms,
 )
+from otel_apm.detectors.summary import TraceSummary
 from otel_apm.model import HTTP_CLIENT, SpanView
 
 ID = "{id}"
@@ -112,6 +114,10 @@ class NPlusOneApiCallDetector(SiblingsDetector):
 
     type = "n_plus_one_api_call"
     sibling_category = HTTP_CLIENT
+
+    @classmethod
+    def can_fire(cls, config: APMConfig, summary: TraceSummary) -> bool:
+        return summary.count(HTTP_CLIENT) >= config.n_plus_one_api_threshold
 
     def on_complete(self) -> list[Finding]:
         threshold = self.config.n_plus_one_api_threshold

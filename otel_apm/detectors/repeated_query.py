@@ -14,8 +14,9 @@ from otel_apm.detectors.advice import reuse_result, stack_of
 from otel_apm.detectors.base import Detector, EvidenceValue, Finding, by_start, severity_for, union_ms
 from otel_apm.detectors.dbshape import db_shape
 from otel_apm.detectors.history import History
+from otel_apm.detectors.summary import TraceSummary
 from otel_apm.model import DB, SpanView, Trace
-from otel_apm.sql import SqlShape
+from otel_apm.sql import SqlShape, parse_sql
 
 Key = tuple[str, str | None]  # raw statement text, recorded parameters
 
@@ -37,6 +38,20 @@ class RepeatedIdenticalQueryDetector(Detector):
 
     type = "repeated_identical_query"
     categories = frozenset({DB})
+
+    @classmethod
+    def can_fire(cls, config: APMConfig, summary: TraceSummary) -> bool:
+        """Some text ran often enough, and its runs' values can be known alike: recorded, or
+        in the text (see :func:`identical_key`)."""
+        threshold = config.repeated_query_threshold
+        for text, spans in summary.texts().items():
+            if len(spans) >= threshold:
+                shape = parse_sql(text)
+                if not shape.truncated and (
+                    not shape.placeholders or any(s.db_params is not None for s in spans)
+                ):
+                    return True
+        return False
 
     def __init__(self, config: APMConfig, trace: Trace, history: History) -> None:
         super().__init__(config, trace, history)

@@ -8,6 +8,7 @@ from otel_apm.config import APMConfig
 from otel_apm.detectors.base import Detector, EvidenceValue, Finding, severity_for
 from otel_apm.detectors.dbshape import db_shape
 from otel_apm.detectors.history import History
+from otel_apm.detectors.summary import TraceSummary
 from otel_apm.model import DB, SpanView, Trace
 from otel_apm.sql import SqlShape
 
@@ -20,6 +21,10 @@ class SlowQueryDetector(Detector):
 
     type = "slow_query"
     categories = frozenset({DB})
+
+    @classmethod
+    def can_fire(cls, config: APMConfig, summary: TraceSummary) -> bool:
+        return summary.longest_ns.get(DB, 0) >= config.slow_query_threshold_ms * 1e6
 
     def __init__(self, config: APMConfig, trace: Trace, history: History) -> None:
         super().__init__(config, trace, history)

@@ -18,7 +18,8 @@ from otel_apm.config import APMConfig
 from otel_apm.detectors.base import Detector, Finding, severity_for
 from otel_apm.detectors.dbshape import db_shape
 from otel_apm.detectors.history import History
-from otel_apm.model import DB, SpanView, Trace
+from otel_apm.detectors.summary import TraceSummary
+from otel_apm.model import DB, SpanView
 from otel_apm.sql import SqlShape
 
 
@@ -26,34 +27,23 @@ class SlowQueryOutlierDetector(Detector):
     """DB spans >= FACTOR x their statement's recent p95 and >= MIN_MS, below the slow_query threshold."""
 
     type = "slow_query_outlier"
-    categories = frozenset({DB})
+    # No categories: the trace summary already files the DB round trips by statement text.
 
-    def __init__(self, config: APMConfig, trace: Trace, history: History) -> None:
-        super().__init__(config, trace, history)
-        # Filed by service and statement text: each distinct text is parsed once per trace.
-        self._by_text: dict[tuple[str, str | None], list[SpanView]] = {}
+    @classmethod
+    def can_fire(cls, config: APMConfig, summary: TraceSummary) -> bool:
+        """Only a span of at least MIN_MS can be an outlier: most traces have none."""
+        return summary.longest_ns.get(DB, 0) / 1e6 >= config.slow_query_outlier_min_ms
 
-    def visit_span(self, span: SpanView) -> None:
-        if span.cached:  # served without a round trip: not an execution of the statement
-            return
-        key = (span.service, span.statement)
-        group = self._by_text.get(key)
-        if group is None:
-            self._by_text[key] = [span]
-        else:
-            group.append(span)
+    @classmethod
+    def on_skip(cls, config: APMConfig, summary: TraceSummary, history: History) -> None:
+        """No outlier here, but every duration still goes into the history, as later traces
+        are judged against it."""
+        add = history.queries.add
+        for key, (_, spans) in _by_fingerprint(summary).items():
+            add(key, [(s.end_ns - s.start_ns) / 1e6 for s in spans])
 
     def on_complete(self) -> list[Finding]:
-        by_key: dict[tuple[str, str], tuple[SqlShape, list[SpanView]]] = {}
-        for (service, text), spans in self._by_text.items():
-            # Without a text, each span's shape comes from its own operation and table.
-            shaped = [(db_shape(s), [s]) for s in spans] if text is None else [(db_shape(spans[0]), spans)]
-            for shape, group in shaped:
-                entry = by_key.get((service, shape.fingerprint))
-                if entry is None:
-                    by_key[service, shape.fingerprint] = (shape, group)
-                else:
-                    entry[1].extend(group)
+        by_key = _by_fingerprint(TraceSummary.of(self.trace))
         config = self.config
         queries = self.history.queries
         min_ms = config.slow_query_outlier_min_ms
@@ -112,6 +102,22 @@ class SlowQueryOutlierDetector(Detector):
                 "statement.fingerprint": shape.fingerprint,
             },
         )
+
+
+def _by_fingerprint(summary: TraceSummary) -> dict[tuple[str, str], tuple[SqlShape, list[SpanView]]]:
+    """The trace's DB round trips by service and statement fingerprint, each distinct text
+    parsed once."""
+    by_key: dict[tuple[str, str], tuple[SqlShape, list[SpanView]]] = {}
+    for (service, text), spans in summary.statements.items():
+        # Without a text, each span's shape comes from its own operation and table.
+        shaped = [(db_shape(s), [s]) for s in spans] if text is None else [(db_shape(spans[0]), spans)]
+        for shape, group in shaped:
+            entry = by_key.get((service, shape.fingerprint))
+            if entry is None:
+                by_key[service, shape.fingerprint] = (shape, list(group))  # the summary's stays as is
+            else:
+                entry[1].extend(group)
+    return by_key
 
 
 def _ms(value: float) -> str:

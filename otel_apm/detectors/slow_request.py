@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from otel_apm.config import APMConfig
 from otel_apm.detectors.base import Detector, EvidenceValue, Finding, severity_for
+from otel_apm.detectors.summary import TraceSummary
 
 
 class SlowRequestDetector(Detector):
     """Reads only the root and, when it is slow, the trace's time breakdown: no per-span cost."""
 
     type = "slow_request"
+
+    @classmethod
+    def can_fire(cls, config: APMConfig, summary: TraceSummary) -> bool:
+        return summary.root_ms is not None and summary.root_ms >= config.slow_request_threshold_ms
 
     def on_complete(self) -> list[Finding]:
         trace = self.trace

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import site
 import sysconfig
-from types import FrameType
+from types import CodeType, FrameType
 
 import otel_apm
 
@@ -21,6 +21,7 @@ CODE_LINE_NUMBER = "code.line.number"
 CODE_FUNCTION_NAME = "code.function.name"
 
 MAX_DEPTH = 128  # frames walked before giving up: a recursion must not make a span expensive
+MAX_SITES = 4096  # application lines whose attributes are kept, past which the memo starts over
 
 
 def _library_roots() -> tuple[str, ...]:
@@ -40,6 +41,12 @@ class CallSite:
     def __init__(self) -> None:
         self._roots = _library_roots()
         self._is_app: dict[str, bool] = {}
+        # The attributes of each application call seen, so a loop's thousandth query costs a
+        # lookup rather than a line-table decoding, a new dict and a name.  Keyed by the code
+        # object's id, as hashing a code object hashes its bytecode and constants each time; the
+        # entry holds the code object, so the id cannot be reused while it is remembered.
+        # Bounded: call sites are few, but code built at run time could mint them without end.
+        self._sites: dict[tuple[int, int], tuple[CodeType, dict[str, str | int]]] = {}
 
     def is_app(self, filename: str) -> bool:
         known = self._is_app.get(filename)
@@ -55,27 +62,50 @@ class CallSite:
             return False
         return not path.startswith(self._roots)
 
-    def find(self, frame: FrameType | None) -> tuple[str, int, str] | None:
-        """(file, line, qualified function) of the first application frame from ``frame`` up."""
+    def _app_frame(self, frame: FrameType | None) -> FrameType | None:
+        """The first application frame from ``frame`` up, within MAX_DEPTH frames."""
         is_app = self._is_app
         for _ in range(MAX_DEPTH):
             if frame is None:
                 return None
-            code = frame.f_code
-            filename = code.co_filename
+            filename = frame.f_code.co_filename
             app = is_app.get(filename)
             if app is None:
                 app = self.is_app(filename)
             if app:
-                return filename, frame.f_lineno, _qualname(code)
+                return frame
             frame = frame.f_back
         return None
 
-    def attributes(self, frame: FrameType | None) -> dict[str, str | int] | None:
-        found = self.find(frame)
+    def find(self, frame: FrameType | None) -> tuple[str, int, str] | None:
+        """(file, line, qualified function) of the first application frame from ``frame`` up."""
+        found = self._app_frame(frame)
         if found is None:
             return None
-        return {CODE_FILE_PATH: found[0], CODE_LINE_NUMBER: found[1], CODE_FUNCTION_NAME: found[2]}
+        return found.f_code.co_filename, found.f_lineno, _qualname(found.f_code)
+
+    def attributes(self, frame: FrameType | None) -> dict[str, str | int] | None:
+        """The code.* attributes of the first application frame from ``frame`` up; the same dict
+        for every call from one line, which callers copy from and never change."""
+        found = self._app_frame(frame)
+        if found is None:
+            return None
+        # Keyed by the instruction offset: f_lineno decodes the line table on every read, which
+        # cost more than the rest of the walk (measured), while one offset is one line.
+        code, key = found.f_code, (id(found.f_code), found.f_lasti)
+        site = self._sites.get(key)
+        if site is None:
+            if len(self._sites) >= MAX_SITES:
+                self._sites.clear()
+            site = self._sites[key] = (
+                code,
+                {
+                    CODE_FILE_PATH: code.co_filename,
+                    CODE_LINE_NUMBER: found.f_lineno,
+                    CODE_FUNCTION_NAME: _qualname(code),
+                },
+            )
+        return site[1]
 
 
 def _qualname(code: object) -> str:

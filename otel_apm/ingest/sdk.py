@@ -24,8 +24,11 @@ def plain_attributes(span: ReadableSpan) -> Mapping[str, Any]:
     the dict, for about ten lookups a span.  The public mapping stays the fallback should the
     SDK's internals change.
     """
-    raw = getattr(span, "_attributes", None)
-    inner = getattr(raw, "_dict", None)
+    sdk: Any = span  # the SDK's internals, read directly: a getattr() call costs more than they do
+    try:
+        inner = sdk._attributes._dict
+    except AttributeError:
+        inner = None
     if type(inner) is dict:
         return inner
     return span.attributes or _EMPTY
@@ -40,15 +43,18 @@ def add_attributes(span: Span, attrs: Mapping[str, str | int]) -> None:
     cost); at on_start the span is not yet shared and our values are plain str and int, so with
     no value-length limit to apply, the write goes straight into the SDK's dict.
     """
-    raw = getattr(span, "_attributes", None)
-    inner = getattr(raw, "_dict", None)
-    if type(inner) is not dict or getattr(raw, "_immutable", True) is not False:
+    sdk: Any = span
+    try:
+        raw = sdk._attributes
+        inner, immutable, maxlen, max_value_len = raw._dict, raw._immutable, raw.maxlen, raw.max_value_len
+    except AttributeError:
+        inner = immutable = maxlen = max_value_len = None
+    if type(inner) is not dict or immutable is not False:
         span.set_attributes(attrs)  # not the SDK we know: its own method, its own rules
         return
-    maxlen = getattr(raw, "maxlen", None)
     if maxlen is not None and len(inner) + len(attrs) > maxlen:
         return
-    if getattr(raw, "max_value_len", None) is None and span.is_recording():
+    if max_value_len is None and span.is_recording():
         inner.update(attrs)
     else:
         span.set_attributes(attrs)

@@ -1,0 +1,111 @@
+"""bench_processor.py's comparison counted in instructions (valgrind's callgrind), not seconds.
+
+    .venv/bin/python bench/bench_instructions.py [--traces N] [--workload clean|nplusone]
+
+Wall-clock ratios swing with whatever else the machine runs; the instructions a run executes do
+not.  Each variant of bench_processor.py (a: SDK + BatchSpanProcessor, b: ours in pass-through,
+c: ours in tail mode) runs in a child process under ``valgrind --tool=callgrind`` twice: warm-up
+only, then warm-up plus N traces and the same flushes as a timed round.  The difference is the
+instructions of N traces, whatever the interpreter's start-up costs.  Hash randomization and
+address-space randomization are off and the garbage collector is paused after the warm-up, so a
+run repeats to within about 0.1 %; a collection would otherwise land in one run and not the other.
+Instructions are not time (a cache miss costs more than an add), so this complements the timed
+benchmark: it shows what a change saves, on any machine, without noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+
+import bench_processor as bp
+from workload import FINDINGS_PER_TRACE, SPANS_PER_TRACE, WORKLOADS
+
+WARMUP = 200
+
+
+def child(variant: str, workload: str, traces: int) -> None:
+    """Warm up, pause the collector, run ``traces`` traces and the round's flushes, exit."""
+    bp.db_calls = WORKLOADS[workload]
+    queue = max(2048, (WARMUP + traces) * SPANS_PER_TRACE + 1024)
+    if variant == "a":
+        v = bp.make_baseline(queue)
+    elif variant == "b":
+        v = bp.make_ours("b", "ours", queue)
+    else:
+        v = bp.make_ours("c", "ours tail", queue, export_mode="tail", sample_rate=1.0)
+    tracer = v.tracer
+    for _ in range(WARMUP):
+        bp.run_trace(tracer)
+    v.flush()
+    gc.collect()
+    gc.disable()
+    for _ in range(traces):
+        bp.run_trace(tracer)
+    v.flush()
+    os._exit(0)  # the providers' shutdown is not part of the count
+
+
+def instructions(variant: str, workload: str, traces: int) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = subprocess.run(
+            [
+                "setarch",
+                "-R",
+                "valgrind",
+                "--tool=callgrind",
+                f"--callgrind-out-file={tmp}/out",
+                sys.executable,
+                __file__,
+                "--child",
+                variant,
+                "--workload",
+                workload,
+                "--traces",
+                str(traces),
+            ],
+            env={**os.environ, "PYTHONHASHSEED": "0"},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    found = re.search(r"Collected : (\d+)", out.stderr)
+    if found is None:
+        raise SystemExit(f"no instruction count from callgrind:\n{out.stderr[-2000:]}")
+    return int(found.group(1))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--traces", type=int, default=300, help="traces counted per variant (300)")
+    parser.add_argument("--workload", choices=sorted(FINDINGS_PER_TRACE), default="clean")
+    parser.add_argument("--variants", default="a,b,c", help="of a, b, c (a,b,c)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child(args.child, args.workload, args.traces)
+    variants = args.variants.split(",")
+    per_span = {}
+    for v in variants:
+        delta = instructions(v, args.workload, args.traces) - instructions(v, args.workload, 0)
+        per_span[v] = delta / (args.traces * SPANS_PER_TRACE)
+        print(f"  {v}: {per_span[v]:>10,.0f} instructions/span", file=sys.stderr, flush=True)
+    print(
+        f"\nInstructions per span ({args.traces} traces x {SPANS_PER_TRACE} spans, workload {args.workload})"
+    )
+    for v in variants:
+        ratio = f"{per_span[v] / per_span['a']:.3f}" if "a" in per_span and v != "a" else "-"
+        print(f"  {v} {per_span[v]:>12,.0f}   ratio to a: {ratio}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""What a trace holds, gathered once before any detector is built.
+
+Most traces have no problem, and most detectors can tell from a few totals that they cannot fire:
+no DB span over the slow-query threshold, no statement shape repeated enough for an N+1, no body
+over the payload limit.  Each detector's :meth:`~otel_apm.detectors.base.Detector.can_fire` asks
+this summary, and a detector that cannot fire is neither instantiated nor fed any span (Sentry's
+performance detectors exit early on the same kind of bounds).  Every figure here is an upper bound
+of what a detector measures, never an estimate, so the findings are the same as without it.
+"""
+
+from __future__ import annotations
+
+from otel_apm.detectors.dbshape import db_shape
+from otel_apm.model import DB, SpanView, Trace
+from otel_apm.sql import parse_sql
+
+StatementKey = tuple[str, str | None]  # service, raw statement text
+
+
+class TraceSummary:
+    """Spans by category with their count, summed and longest duration, whether any span failed,
+    and the trace's DB round trips (not cached) by service and statement text."""
+
+    __slots__ = ("_fingerprints", "by_category", "error", "longest_ns", "root_ms", "statements", "total_ns")
+
+    def __init__(self, trace: Trace) -> None:
+        self.by_category = by_category = trace.by_category()
+        self.error = any([s.error or s.exception_type is not None for s in trace.spans])
+        self.root_ms = None if trace.root is None else trace.root.duration_ms
+        self.total_ns: dict[str, int] = {}
+        self.longest_ns: dict[str, int] = {}
+        for category, group in by_category.items():
+            durations = [s.end_ns - s.start_ns for s in group]
+            self.total_ns[category] = sum(durations)
+            self.longest_ns[category] = max(durations)
+        statements: dict[StatementKey, list[SpanView]] = {}
+        for s in by_category.get(DB, ()):
+            if not s.cached:  # served without a round trip: not an execution of the statement
+                key = (s.service, s.statement)
+                same = statements.get(key)
+                if same is None:
+                    statements[key] = [s]
+                else:
+                    same.append(s)
+        self.statements = statements
+        self._fingerprints: dict[str, int] | None = None
+
+    root_ms: float | None  # the root's duration, None when the trace has no root
+
+    @classmethod
+    def of(cls, trace: Trace) -> TraceSummary:
+        """The trace's summary, made once however many callers ask."""
+        return trace.derived("summary", lambda: cls(trace))
+
+    def count(self, category: str) -> int:
+        return len(self.by_category.get(category, ()))
+
+    def fingerprint_counts(self) -> dict[str, int]:
+        """DB round trips per statement fingerprint over the whole trace: no parent holds more
+        of one shape than this.  Each distinct text is parsed once (a cache hit, mostly)."""
+        if self._fingerprints is None:
+            counts: dict[str, int] = {}
+            for (_, text), spans in self.statements.items():
+                if text:
+                    fingerprint = parse_sql(text).fingerprint
+                    counts[fingerprint] = counts.get(fingerprint, 0) + len(spans)
+                else:  # without a text each span's shape comes from its own operation and table
+                    for s in spans:
+                        fingerprint = db_shape(s).fingerprint
+                        counts[fingerprint] = counts.get(fingerprint, 0) + 1
+            self._fingerprints = counts
+        return self._fingerprints
+
+    def texts(self) -> dict[str, list[SpanView]]:
+        """DB round trips by statement text, whatever their service."""
+        out: dict[str, list[SpanView]] = {}
+        for (_, text), spans in self.statements.items():
+            if text:
+                out.setdefault(text, []).extend(spans)
+        return out
+
+    def most_repeated(self) -> int:
+        """The most round trips of one statement shape."""
+        return max(self.fingerprint_counts().values(), default=0)
+
+    def shapes_repeated(self, times: int) -> int:
+        """How many statement shapes ran at least ``times`` times."""
+        return sum(1 for n in self.fingerprint_counts().values() if n >= times)
+
+    def largest_body(self, categories: tuple[str, ...]) -> int:
+        """The largest HTTP request or response body recorded on spans of ``categories``."""
+        largest = 0
+        for category in categories:
+            for s in self.by_category.get(category, ()):
+                for size in (s.request_size, s.response_size):
+                    if size is not None and size > largest:
+                        largest = size
+        return largest
+
+    def saving_bound_ns(self, category: str) -> int:
+        """What running a category's spans concurrently could give back at most: their summed
+        time less the longest.  Siblings of any one parent can give back no more."""
+        return self.total_ns.get(category, 0) - self.longest_ns.get(category, 0)
