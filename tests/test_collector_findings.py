@@ -140,3 +140,24 @@ def test_a_finding_made_while_the_downstream_is_down_arrives_once_it_is_back(
     assert event["_resource_service"] == RESOURCE_SERVICE_NAME
     assert col.value('requests_dropped_total{signal="logs"}') == 0
     provider.shutdown()
+
+
+def test_events_go_in_requests_of_at_most_events_per_request(
+    sink: OTLPSink, start_collector: Callable[..., Collector]
+) -> None:
+    """Three traces analyzed in one batch (at shutdown: they were still idle-waiting) with
+    ``downstream.events_per_request: 2``: two log requests, of 2 and 1 events, sent before the
+    forwarder stopped."""
+    col = start_collector(sink.endpoint, assembly__idle_timeout_s=600, downstream__events_per_request=2)
+    provider, _ = tracer_provider(OTLPSpanExporter(endpoint=col.grpc_endpoint, insecure=True))
+    for route in ("/authors", "/books", "/reviews"):
+        n_plus_one_trace(provider, route=route)
+    provider.shutdown()
+    sink.wait_for(lambda: col.value("spans_received_total") == 24)
+    assert col.value("traces_analyzed_total") == 0
+    assert col.service.shutdown(10)
+    sizes = [
+        len(sl.log_records) for req in sink.log_requests for rl in req.resource_logs for sl in rl.scope_logs
+    ]
+    assert sorted(sizes) == [1, 2]  # delivered by concurrent workers, in either order
+    assert len(finding_events(sink, "n_plus_one_query")) == 3

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
-from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, SeverityNumber
+from opentelemetry.proto.logs.v1.logs_pb2 import SeverityNumber
 from opentelemetry.trace import TraceFlags
 from opentelemetry.util.types import AttributeValue
 
@@ -36,52 +37,74 @@ _SEVERITY_NUMBER = {severity: SeverityNumber.ValueType(number.value) for severit
 
 class FindingEvents:
     """An Emitter that collects the records of the traces it is told of, until ``flush`` hands
-    them to the forwarder as one request (the pipeline calls it after each analysis batch)."""
+    them to the forwarder as one request (the pipeline calls it after each analysis batch), or
+    until there are ``per_request`` of them, so a long batch is not held whole in memory."""
 
-    def __init__(self, forwarder: Forwarder, resource: Mapping[str, AttributeValue]) -> None:
+    def __init__(
+        self, forwarder: Forwarder, resource: Mapping[str, AttributeValue], per_request: int
+    ) -> None:
         self._forwarder = forwarder
+        self._per_request = per_request
         self._resource = [_key_value(key, value) for key, value in resource.items()]
-        self._pending: list[LogRecord] = []
+        self._request: ExportLogsServiceRequest | None = None
+        self._records: Any = None  # the request's repeated LogRecord field, added to in place
+        # The string attributes of the request, each built once: findings of one problem share
+        # most of theirs (title, fingerprint, statement, ...); its numbers mostly differ.
+        self._strings: dict[tuple[str, str], KeyValue] = {}
 
     def emit(self, trace: Trace | None, findings: Sequence[Finding]) -> None:
         if not findings:
             return
+        if self._request is None:
+            self._start_request()
         end_ns = trace.root.end_ns if trace is not None and trace.root is not None else 0
         observed_ns = time.time_ns()
+        strings = self._strings
         for finding in findings:
-            record = LogRecord(
+            record = self._records.add(
                 time_unix_nano=end_ns,
                 observed_time_unix_nano=observed_ns,
                 severity_number=_SEVERITY_NUMBER[finding.severity],
                 severity_text=finding.severity.upper(),
                 body=AnyValue(string_value=finding.title),
-                attributes=[_key_value(key, value) for key, value in finding_attributes(finding).items()],
                 event_name=EVENT_NAME,
             )
+            attributes = []
+            for key, value in finding_attributes(finding).items():
+                if isinstance(value, str):
+                    kv = strings.get((key, value))
+                    if kv is None:
+                        kv = strings[key, value] = _key_value(key, value)
+                else:
+                    kv = _key_value(key, value)
+                attributes.append(kv)
+            record.attributes.extend(attributes)
             span = offending_span(finding)
             if span is not None:
                 record.trace_id = span[0].to_bytes(16, "big")
                 record.span_id = span[1].to_bytes(8, "big")
                 record.flags = TraceFlags.SAMPLED
-            self._pending.append(record)
+        if len(self._records) >= self._per_request:
+            self.flush()
 
     def flush(self) -> None:
         """Queue the records collected so far as one request.  They go past the queue's bound:
         the bound pushes back on clients, and these records come from spans already admitted."""
-        if not self._pending:
+        request, records = self._request, self._records
+        if request is None or not records:
             return
-        records, self._pending = self._pending, []
-        self._forwarder.put_unbounded("logs", self.request(records).SerializeToString(), len(records))
+        self._request = self._records = None
+        self._strings = {}
+        self._forwarder.put_unbounded("logs", request.SerializeToString(), len(records))
 
-    def request(self, records: Sequence[LogRecord]) -> ExportLogsServiceRequest:
+    def _start_request(self) -> None:
         request = ExportLogsServiceRequest()
         resource_logs = request.resource_logs.add()
         resource_logs.resource.attributes.extend(self._resource)
         scope_logs = resource_logs.scope_logs.add()
         scope_logs.scope.name = SCOPE
         scope_logs.scope.version = __version__
-        scope_logs.log_records.extend(records)
-        return request
+        self._request, self._records = request, scope_logs.log_records
 
 
 def _key_value(key: str, value: AttributeValue) -> KeyValue:
