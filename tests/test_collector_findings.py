@@ -28,6 +28,7 @@ from test_collector import (
     tracer_provider,
 )
 from test_detectors import shop_request
+from test_reporters import process_finding
 
 from otel_apm.analyze import Analyzer
 from otel_apm.collector.findings import FindingEvents
@@ -35,7 +36,6 @@ from otel_apm.collector.forwarder import Forwarder
 from otel_apm.collector.pipeline import RESOURCE_SERVICE_NAME, Emission
 from otel_apm.collector.telemetry import Telemetry
 from otel_apm.config import APMConfig
-from otel_apm.detectors.base import Finding
 from otel_apm.emit.events import EventEmitter
 from otel_apm.model import Trace
 from otel_apm.version import __version__
@@ -69,20 +69,7 @@ def test_events_built_as_protobuf_match_the_sdk_path_field_for_field() -> None:
         code_location="shop/books.py:42:load_books",
         evidence={**n_plus_one.evidence, "flag": True, "ratio": 0.25, "names": ("a", "b")},
     )
-    process = Finding(
-        type="memory_leak_suspected",
-        title="Memory grows",
-        severity="critical",
-        fingerprint="f00d",
-        service="shop",
-        endpoint="process",
-        trace_id=0,
-        span_ids=(),
-        count=1,
-        total_duration_ms=0.0,
-        max_duration_ms=0.0,
-        recommendation="Look at what grew",
-    )
+    process = process_finding(0.0, severity="critical", service="shop")
 
     with OTLPSink() as ours_sink, OTLPSink() as sdk_sink:
         config = collector_config(ours_sink.endpoint)

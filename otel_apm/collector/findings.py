@@ -108,11 +108,11 @@ class FindingEvents:
 
 
 def _key_value(key: str, value: AttributeValue) -> KeyValue:
-    return KeyValue(key=key, value=_any_value(value))
+    return KeyValue(key=key, value=any_value(value))
 
 
-def _any_value(value: AttributeValue) -> AnyValue:
-    """An attribute value as OTLP, as the SDK's encoder maps it (bool before int: a bool is one);
+def any_value(value: AttributeValue) -> AnyValue:
+    """An attribute value as OTLP AnyValue, as the SDK's encoder maps it (bool before int: a bool is one);
     the attributes of findings are str, bool, int, float and lists of str, the likeliest first."""
     if isinstance(value, str):
         return AnyValue(string_value=value)
@@ -128,4 +128,4 @@ def _any_value(value: AttributeValue) -> AnyValue:
         return AnyValue()
     if isinstance(value, Mapping):
         return AnyValue(kvlist_value=KeyValueList(values=[_key_value(str(k), v) for k, v in value.items()]))
-    return AnyValue(array_value=ArrayValue(values=[_any_value(item) for item in value]))
+    return AnyValue(array_value=ArrayValue(values=[any_value(item) for item in value]))
