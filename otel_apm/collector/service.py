@@ -151,7 +151,7 @@ class CollectorService:
         if not self.pipeline.drain(left() * _DRAIN_SHARE / (1 - _RECEIVER_SHARE)):
             _log.warning("otel-apm collector: traces still being analyzed at the shutdown deadline")
             clean = False
-        # 3. flush findings and the forward queue together
+        # 3. flush the findings' metrics and the forward queue (spans, logs, finding events) together
         flushers = [
             _in_thread(
                 "emission", lambda: self.emission.shutdown(left()) if self.emission else True, results
