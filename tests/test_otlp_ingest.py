@@ -30,6 +30,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, StatusC
 from opentelemetry.trace import Status as ApiStatus
 
 from otel_apm import model
+from otel_apm.collector.findings import any_value
 from otel_apm.ingest.otlp import (
     ANALYZED_KEYS,
     UNKNOWN_SERVICE,
@@ -73,20 +74,6 @@ def by_name(views: list[SpanView]) -> dict[str, SpanView]:
     return out
 
 
-def anyvalue(value: Any) -> AnyValue:
-    if isinstance(value, bool):
-        return AnyValue(bool_value=value)
-    if isinstance(value, int):
-        return AnyValue(int_value=value)
-    if isinstance(value, float):
-        return AnyValue(double_value=value)
-    if isinstance(value, bytes):
-        return AnyValue(bytes_value=value)
-    if isinstance(value, list):
-        return AnyValue(array_value=ArrayValue(values=[anyvalue(v) for v in value]))
-    return AnyValue(string_value=value)
-
-
 def proto_span(
     name: str = "s",
     *,
@@ -108,14 +95,14 @@ def proto_span(
         start_time_unix_nano=start,
         end_time_unix_nano=end,
         status=Status(code=status),  # type: ignore[arg-type]
-        attributes=[KeyValue(key=k, value=anyvalue(v)) for k, v in (attrs or {}).items()],
+        attributes=[KeyValue(key=k, value=any_value(v)) for k, v in (attrs or {}).items()],
     )
 
 
 def request(*spans: Span, service: Any = "svc") -> ExportTraceServiceRequest:
     resource = ProtoResource()
     if service is not None:
-        resource.attributes.append(KeyValue(key="service.name", value=anyvalue(service)))
+        resource.attributes.append(KeyValue(key="service.name", value=any_value(service)))
     return ExportTraceServiceRequest(
         resource_spans=[ResourceSpans(resource=resource, scope_spans=[ScopeSpans(spans=list(spans))])]
     )

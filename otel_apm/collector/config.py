@@ -284,6 +284,14 @@ class DownstreamConfig:
         metadata=_m(_number(0, exclusive=True), "bytes waiting to be forwarded, at most (a second bound)"),
     )
     workers: int = field(default=4, metadata=_m(_number(1, integer=True), "requests forwarded concurrently"))
+    events_per_request: int = field(
+        default=512,
+        metadata=_m(
+            _number(1, integer=True),
+            "finding events sent in one log request at most (the collector's own; an analysis batch "
+            "with more sends more requests)",
+        ),
+    )
     ca_file: str | None = field(
         default=None, metadata=_m(_optional_file, "PEM CA bundle to verify an https downstream")
     )

@@ -153,12 +153,23 @@ class Forwarder:
             self._bytes -= size
 
     def put_reserved(self, signal: Signal, payload: bytes, items: int = 0) -> None:
+        self._put(_Item(signal, payload, items), reserved=True)
+
+    def put_unbounded(self, signal: Signal, payload: bytes, items: int = 0) -> None:
+        """Queue past the bounds, for what the collector makes itself (the findings' events): the
+        bounds push back on clients, and no client can be asked to retry this.  It is bounded all
+        the same, by the spans in flight it was made from, which the bounds did admit."""
+        self._put(_Item(signal, payload, items), reserved=False)
+
+    def _put(self, item: _Item, reserved: bool) -> None:
         if not self.enabled:
             return
-        item = _Item(signal, payload, items)
         with self._cond:
             closed = self._closed
             if not closed:
+                if not reserved:
+                    self._count += 1
+                    self._bytes += len(item.payload)
                 self._queue.append(item)
                 self._cond.notify()
         if closed:  # reserved before shutdown, put after it emptied the queue: too late to send

@@ -2,7 +2,8 @@
 
     receiver -> Pipeline.accept_*(request, payload) -> Forwarder (the payload, unchanged)
                                                     -> views_from_payload -> TraceAssembler
-    analysis thread: TraceAssembler.ready() -> Analyzer -> emitters (OTLP events, metrics, console)
+    analysis thread: TraceAssembler.ready() -> Analyzer -> emitters (metrics, console, ...)
+                                                        -> FindingEvents -> Forwarder (logs)
 
 A request is taken whole or refused whole: room in the forward queue is reserved first, then the
 assembler takes the spans (or refuses, past ``assembly.max_spans_in_flight``), then the payload is
@@ -33,6 +34,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from otel_apm.analyze import Analyzer
 from otel_apm.assemble.distributed import TraceAssembler
 from otel_apm.collector.config import CollectorConfig, DownstreamConfig
+from otel_apm.collector.findings import FindingEvents
 from otel_apm.collector.forwarder import Forwarder, Signal
 from otel_apm.collector.telemetry import Telemetry
 from otel_apm.contain import FailureLog
@@ -76,6 +78,7 @@ class Pipeline:
         self.telemetry = telemetry
         self.forwarder = forwarder
         self.emitters = tuple(emitters)
+        self._batched = [e for e in self.emitters if isinstance(e, FindingEvents)]  # sent per batch
         self.statistics = statistics_of(self.emitters)  # the JSON API's rolling statistics
         self.analyzing = config.analysis.enabled
         self.analyzer = Analyzer(config.analysis)
@@ -207,6 +210,11 @@ class Pipeline:
         with self._analysis_lock:
             for trace in traces:
                 self._analyze(trace)
+            for emitter in self._batched:
+                try:
+                    emitter.flush()
+                except Exception as exc:
+                    self.failures.record(f"emit {type(emitter).__name__}", exc)
 
     def _analyze(self, trace: Trace) -> None:
         try:
@@ -292,26 +300,22 @@ def _count_data_points(request: ExportMetricsServiceRequest) -> int:
     return points
 
 
-# -- emission: findings downstream as OTLP, through SDK providers of our own ------------------------
+# -- emission: findings downstream as OTLP, events by the forwarder, metrics by an SDK provider ------
 
 
 class Emission:
-    """The emitters of findings and their providers: OTLP log records (events) and metrics sent to
-    the downstream (same endpoint, protocol and headers), under the resource
-    ``service.name=otel-apm-collector``; none without a downstream.  Plus the reporters that
-    ``analysis`` turns on (:func:`otel_apm.emit.reporters`), the metrics reporter only with a
-    downstream to send them to."""
+    """The emitters of findings: OTLP log records (events, :class:`FindingEvents`, through the
+    ``forwarder``) and metrics (an SDK MeterProvider of our own, exporting to the same endpoint,
+    protocol and headers), under the resource ``service.name=otel-apm-collector``; none without a
+    downstream.  Plus the reporters that ``analysis`` turns on (:func:`otel_apm.emit.reporters`),
+    the metrics reporter only with a downstream to send them to."""
 
-    def __init__(self, config: CollectorConfig) -> None:
-        from otel_apm.emit.events import EventEmitter
-
+    def __init__(self, config: CollectorConfig, forwarder: Forwarder) -> None:
         self.emitters: list[Emitter] = []
         self._shutdowns: list[Callable[[float], None]] = []
         meter_provider: MeterProvider | None = None
         downstream = config.downstream
         if downstream.endpoint is not None:
-            from opentelemetry.sdk._logs import LoggerProvider
-            from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
             from opentelemetry.sdk.metrics import MeterProvider as SDKMeterProvider
             from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
             from opentelemetry.sdk.resources import Resource
@@ -319,21 +323,14 @@ class Emission:
             resource = Resource.create(
                 {"service.name": RESOURCE_SERVICE_NAME, "service.version": __version__}
             )
-            log_exporter, metric_exporter = _exporters(config)
-            logger_provider = LoggerProvider(resource=resource)
-            logger_provider.add_log_record_processor(BatchLogRecordProcessor(log_exporter))
-            reader = PeriodicExportingMetricReader(metric_exporter)
+            reader = PeriodicExportingMetricReader(_metric_exporter(config))
             meter_provider = sdk_meter_provider = SDKMeterProvider(resource=resource, metric_readers=[reader])
-            self.emitters.append(EventEmitter(logger_provider))
-
-            def shutdown_logs(timeout_s: float) -> None:
-                logger_provider.force_flush(int(timeout_s * 1000))
-                logger_provider.shutdown()
+            self.emitters.append(FindingEvents(forwarder, resource.attributes, downstream.events_per_request))
 
             def shutdown_metrics(timeout_s: float) -> None:
                 sdk_meter_provider.shutdown(int(timeout_s * 1000))  # a last collection and export
 
-            self._shutdowns += [shutdown_logs, shutdown_metrics]
+            self._shutdowns.append(shutdown_metrics)
         configured = reporters(config.analysis, meter_provider, metrics=meter_provider is not None)
         self.emitters += configured
         self._shutdowns.append(lambda timeout_s: shutdown_emitters(configured, timeout_s))
@@ -358,14 +355,13 @@ class Emission:
         return True
 
 
-def _exporters(config: CollectorConfig) -> tuple[Any, Any]:
-    """The OTLP log and metric exporters towards the downstream."""
+def _metric_exporter(config: CollectorConfig) -> Any:
+    """The OTLP metric exporter towards the downstream."""
     downstream = config.downstream
     assert downstream.endpoint is not None
     headers = dict(downstream.headers)
     if downstream.protocol == "grpc":
         import grpc  # type: ignore[import-untyped, unused-ignore]
-        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
         secure = downstream.endpoint.startswith("https://")
@@ -387,9 +383,8 @@ def _exporters(config: CollectorConfig) -> tuple[Any, Any]:
             "timeout": downstream.timeout_s,
             "compression": compression,
         }
-        return OTLPLogExporter(**common), OTLPMetricExporter(**common, **_histograms(downstream))
+        return OTLPMetricExporter(**common, **_histograms(downstream))
     from opentelemetry.exporter.otlp.proto.http import Compression as HttpCompression
-    from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter as HttpLogExporter
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
         OTLPMetricExporter as HttpMetricExporter,
     )
@@ -403,10 +398,8 @@ def _exporters(config: CollectorConfig) -> tuple[Any, Any]:
     }
     if downstream.ca_file is not None:
         http_common["certificate_file"] = downstream.ca_file
-    base = downstream.endpoint
-    return (
-        HttpLogExporter(endpoint=f"{base}/v1/logs", **http_common),
-        HttpMetricExporter(endpoint=f"{base}/v1/metrics", **http_common, **_histograms(downstream)),
+    return HttpMetricExporter(
+        endpoint=f"{downstream.endpoint}/v1/metrics", **http_common, **_histograms(downstream)
     )
 
 

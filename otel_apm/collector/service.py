@@ -6,8 +6,9 @@
 
 Shutdown, all within ``shutdown.timeout_s``: stop accepting (gRPC refuses new calls, the HTTP
 listener closes, idle connections are closed, requests in progress finish), analyze every trace
-still being assembled, then flush the findings' events and metrics and the forward queue
-together.  What could not be delivered by the deadline is counted and logged.
+still being assembled (their findings' events join the forward queue), then flush the
+findings' metrics and the forward queue together.  What could not be delivered by the deadline
+is counted and logged.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ class CollectorService:
         if self._started:
             return self
         config = self.config
-        self.emission = Emission(config)
+        self.emission = Emission(config, self.forwarder)
         self.pipeline = Pipeline(config, self.telemetry, self.forwarder, self.emission.emitters)
         store = next((e for e in self.emission.emitters if isinstance(e, StoreEmitter)), None)
         if store is not None:
@@ -150,7 +151,7 @@ class CollectorService:
         if not self.pipeline.drain(left() * _DRAIN_SHARE / (1 - _RECEIVER_SHARE)):
             _log.warning("otel-apm collector: traces still being analyzed at the shutdown deadline")
             clean = False
-        # 3. flush findings and the forward queue together
+        # 3. flush the findings' metrics and the forward queue (spans, logs, finding events) together
         flushers = [
             _in_thread(
                 "emission", lambda: self.emission.shutdown(left()) if self.emission else True, results

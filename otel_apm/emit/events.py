@@ -16,7 +16,8 @@ from otel_apm.emit.attributes import EVENT_NAME, finding_attributes
 from otel_apm.model import Trace
 from otel_apm.version import __version__
 
-_SEVERITY = {"warning": SeverityNumber.WARN, "critical": SeverityNumber.ERROR}
+SEVERITY = {"warning": SeverityNumber.WARN, "critical": SeverityNumber.ERROR}
+SCOPE = "otel_apm"  # the instrumentation scope of the events
 
 
 class EventEmitter:
@@ -24,7 +25,7 @@ class EventEmitter:
     a provider installed after this emitter was built, so start-up order does not matter."""
 
     def __init__(self, logger_provider: LoggerProvider | None = None) -> None:
-        self._logger = get_logger("otel_apm", __version__, logger_provider=logger_provider)
+        self._logger = get_logger(SCOPE, __version__, logger_provider=logger_provider)
 
     def emit(self, trace: Trace | None, findings: Sequence[Finding]) -> None:
         end_ns = trace.root.end_ns if trace is not None and trace.root is not None else None
@@ -32,7 +33,7 @@ class EventEmitter:
             self._logger.emit(
                 timestamp=end_ns,
                 context=_context_of(finding),
-                severity_number=_SEVERITY[finding.severity],
+                severity_number=SEVERITY[finding.severity],
                 severity_text=finding.severity.upper(),
                 body=finding.title,
                 attributes=finding_attributes(finding),
@@ -40,15 +41,18 @@ class EventEmitter:
             )
 
 
-def _context_of(finding: Finding) -> Context:
-    """The offending span's context, so the backend links the event to it; a finding about the
-    process (trace id 0) is emitted in no span's context rather than the caller's."""
+def offending_span(finding: Finding) -> tuple[int, int] | None:
+    """(trace id, span id) of the span the event is linked to; None for a finding about the
+    process (trace id 0), which is emitted in no span's context rather than the caller's."""
     if not finding.trace_id or not finding.span_ids:
+        return None
+    return finding.trace_id, finding.span_ids[0]
+
+
+def _context_of(finding: Finding) -> Context:
+    """The offending span's context, so the backend links the event to it."""
+    span = offending_span(finding)
+    if span is None:
         return Context()
-    span_context = SpanContext(
-        finding.trace_id,
-        finding.span_ids[0],
-        is_remote=False,
-        trace_flags=TraceFlags(TraceFlags.SAMPLED),
-    )
+    span_context = SpanContext(*span, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED))
     return set_span_in_context(NonRecordingSpan(span_context))

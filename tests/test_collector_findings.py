@@ -1,0 +1,150 @@
+"""The collector's finding events, built as protobuf and sent by its forwarder, against the SDK path.
+
+The in-process processor emits findings through an SDK LoggerProvider and the OTLP exporter; the
+collector builds the OTLP log records itself.  Both are sent to a real OTLPSink over gRPC here and
+the decoded requests compared field by field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import grpc  # type: ignore[import-untyped]
+from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
+from opentelemetry.sdk.resources import Resource
+from otlp_sink import OTLPSink
+from test_collector import (
+    Collector,
+    collector_config,
+    finding_events,
+    n_plus_one_trace,
+    sink,
+    start_collector,
+    tracer_provider,
+)
+from test_detectors import shop_request
+from test_reporters import process_finding
+
+from otel_apm.analyze import Analyzer
+from otel_apm.collector.findings import FindingEvents
+from otel_apm.collector.forwarder import Forwarder
+from otel_apm.collector.pipeline import RESOURCE_SERVICE_NAME, Emission
+from otel_apm.collector.telemetry import Telemetry
+from otel_apm.config import APMConfig
+from otel_apm.emit.events import EventEmitter
+from otel_apm.model import Trace
+from otel_apm.version import __version__
+
+__all__ = ["sink", "start_collector"]  # the fixtures, imported for these tests
+
+
+def _without_observed_time(resource_logs: ResourceLogs) -> list[tuple[bytes, bytes, LogRecord]]:
+    """(resource, scope, record) of each record, the observed time (the moment of emission, which
+    differs between the two paths) checked to be set and then cleared."""
+    out = []
+    for scope_logs in resource_logs.scope_logs:
+        for record in scope_logs.log_records:
+            assert record.observed_time_unix_nano > 0
+            record.observed_time_unix_nano = 0
+            out.append(
+                (resource_logs.resource.SerializeToString(), scope_logs.scope.SerializeToString(), record)
+            )
+    return out
+
+
+def test_events_built_as_protobuf_match_the_sdk_path_field_for_field() -> None:
+    """A real N+1 finding (every attribute type: strings, ints, floats, bools, string lists, code
+    location) in a trace, and a finding about the process (no span, no trace): the collector's
+    records equal those of the SDK LoggerProvider + OTLP exporter, resource and scope included."""
+    spans = shop_request(10, 0)
+    trace = Trace(7, spans, spans[0])
+    (n_plus_one,) = Analyzer(APMConfig()).analyze(trace)
+    n_plus_one = dataclasses.replace(
+        n_plus_one,
+        code_location="shop/books.py:42:load_books",
+        evidence={**n_plus_one.evidence, "flag": True, "ratio": 0.25, "names": ("a", "b")},
+    )
+    process = process_finding(0.0, severity="critical", service="shop")
+
+    with OTLPSink() as ours_sink, OTLPSink() as sdk_sink:
+        config = collector_config(ours_sink.endpoint)
+        forwarder = Forwarder(config.downstream, Telemetry())
+        emission = Emission(config, forwarder)
+        (events,) = [e for e in emission.emitters if isinstance(e, FindingEvents)]
+        forwarder.start()
+        events.emit(trace, [n_plus_one])
+        events.emit(None, [process])
+        events.flush()
+        assert forwarder.shutdown(10)
+        emission.shutdown(5)
+
+        resource = Resource.create({"service.name": RESOURCE_SERVICE_NAME, "service.version": __version__})
+        provider = LoggerProvider(resource=resource)
+        provider.add_log_record_processor(
+            SimpleLogRecordProcessor(OTLPLogExporter(endpoint=sdk_sink.endpoint, insecure=True))
+        )
+        sdk = EventEmitter(provider)
+        sdk.emit(trace, [n_plus_one])
+        sdk.emit(None, [process])
+        provider.shutdown()
+
+        assert len(ours_sink.log_requests) == 1  # one request for the batch
+        ours = [
+            r
+            for req in ours_sink.log_requests
+            for rl in req.resource_logs
+            for r in _without_observed_time(rl)
+        ]
+        theirs = [
+            r for req in sdk_sink.log_requests for rl in req.resource_logs for r in _without_observed_time(rl)
+        ]
+    assert len(ours) == 2
+    assert ours == theirs
+    linked, unlinked = (record for _, _, record in ours)
+    assert linked.trace_id == (7).to_bytes(16, "big") and linked.flags == 1
+    assert linked.time_unix_nano == spans[0].end_ns
+    assert (unlinked.trace_id, unlinked.span_id, unlinked.flags, unlinked.time_unix_nano) == (b"", b"", 0, 0)
+
+
+def test_a_finding_made_while_the_downstream_is_down_arrives_once_it_is_back(
+    sink: OTLPSink, start_collector: Callable[..., Collector]
+) -> None:
+    """The events go through the forwarder's retries, like the spans they were found in."""
+    col = start_collector(sink.endpoint)
+    sink.reject(grpc.StatusCode.UNAVAILABLE)
+    provider, _ = tracer_provider(OTLPSpanExporter(endpoint=col.grpc_endpoint, insecure=True))
+    n_plus_one_trace(provider)
+    sink.wait_for(lambda: col.value('findings_total{type="n_plus_one_query"}') == 1, timeout=20)
+    sink.wait_for(lambda: sink.rejected >= 10)  # the workers keep retrying
+    assert not sink.log_records()
+    sink.reject(None)
+    (event,) = sink.wait_for(lambda: finding_events(sink, "n_plus_one_query"), timeout=20)
+    assert event["_resource_service"] == RESOURCE_SERVICE_NAME
+    assert col.value('requests_dropped_total{signal="logs"}') == 0
+    provider.shutdown()
+
+
+def test_events_go_in_requests_of_at_most_events_per_request(
+    sink: OTLPSink, start_collector: Callable[..., Collector]
+) -> None:
+    """Three traces analyzed in one batch (at shutdown: they were still idle-waiting) with
+    ``downstream.events_per_request: 2``: two log requests, of 2 and 1 events, sent before the
+    forwarder stopped."""
+    col = start_collector(sink.endpoint, assembly__idle_timeout_s=600, downstream__events_per_request=2)
+    provider, _ = tracer_provider(OTLPSpanExporter(endpoint=col.grpc_endpoint, insecure=True))
+    for route in ("/authors", "/books", "/reviews"):
+        n_plus_one_trace(provider, route=route)
+    provider.shutdown()
+    sink.wait_for(lambda: col.value("spans_received_total") == 24)
+    assert col.value("traces_analyzed_total") == 0
+    assert col.service.shutdown(10)
+    sizes = [
+        len(sl.log_records) for req in sink.log_requests for rl in req.resource_logs for sl in rl.scope_logs
+    ]
+    assert sorted(sizes) == [1, 2]  # delivered by concurrent workers, in either order
+    assert len(finding_events(sink, "n_plus_one_query")) == 3
