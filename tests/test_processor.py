@@ -229,6 +229,29 @@ def test_a_failing_emitter_is_contained(make_otel: Callable[..., OTel]) -> None:
     assert len(otel.spans()) == 8
 
 
+def test_an_emitter_failing_to_shut_down_leaves_the_others_theirs(make_otel: Callable[..., OTel]) -> None:
+    from otel_apm import APMSpanProcessor
+
+    class Holding:
+        def __init__(self, fails: bool) -> None:
+            self.fails, self.stopped = fails, False
+
+        def emit(self, trace: Trace | None, findings: Sequence[Finding]) -> None:
+            pass
+
+        def shutdown(self, timeout_s: float) -> None:
+            self.stopped = True
+            if self.fails:
+                raise OSError("disk full")
+
+    first, second = Holding(fails=True), Holding(fails=False)
+    otel = make_otel()
+    processor = APMSpanProcessor(None, otel.processor.config, emitters=[first, second])
+    processor.shutdown()
+    assert (first.stopped, second.stopped) == (True, True)
+    assert processor.stats()["errors_emit"] == 1
+
+
 def test_odd_attributes_and_huge_sql_are_analyzed_without_error(otel: OTel) -> None:
     odd: list[dict[str, object]] = [
         {"db.system": "postgresql", "db.statement": ["not", "a", "string"]},

@@ -336,7 +336,9 @@ class Emission:
             self._shutdowns += [shutdown_logs, shutdown_metrics]
         configured = reporters(config.analysis, meter_provider, metrics=meter_provider is not None)
         self.emitters += configured
-        self._shutdowns.append(lambda timeout_s: shutdown_emitters(configured, timeout_s))
+        # The reporters first: what they count while they finish (webhook notices delivered or
+        # given up, findings stored) goes out in the meter provider's last export.
+        self._shutdowns.insert(0, lambda timeout_s: shutdown_emitters(configured, timeout_s))
 
     def shutdown(self, timeout_s: float) -> bool:
         """Flush and stop the providers within ``timeout_s``; True when they finished in time."""

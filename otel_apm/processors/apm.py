@@ -199,10 +199,7 @@ class APMSpanProcessor(SpanProcessor):
             self._forward(self._finish(lt, None, None))
         if self._profiler is not None:
             self._profiler.stop(_EMITTER_SHUTDOWN_S)  # its last period's findings still go out
-        try:
-            shutdown_emitters(self._emitters, _EMITTER_SHUTDOWN_S)
-        except Exception as exc:
-            self._failed("emit", exc)
+        shutdown_emitters(self._emitters, _EMITTER_SHUTDOWN_S, lambda exc: self._failed("emit", exc))
         if self._next is not None:
             self._next.shutdown()
 
