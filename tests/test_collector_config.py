@@ -3,9 +3,12 @@ messages that name the key path; the command exits 2 on each of them."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from otel_apm.cli import main
 from otel_apm.collector.config import CollectorConfig, ConfigError, load_config
@@ -68,6 +71,37 @@ def test_every_key_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
     assert config.analysis.console_enabled is False
     assert config.telemetry.endpoint is None
     assert config.shutdown.timeout_s == 5
+    assert ds.histograms == "exponential"
+    assert config.store.url == config.analysis.store_url == "postgresql://apm@db.example/apm?schema=otel_apm"
+    store = config.analysis
+    assert (store.store_retention_days, store.store_resolve_after_h, store.store_minute_stats_h) == (7, 12, 3)
+    assert (store.store_examples, store.store_queue_size) == (2, 500)
+    assert config.api.endpoint == "127.0.0.1:18889"
+
+
+def test_the_full_example_names_every_key() -> None:
+    """full.yaml is the one place every key is read from a file: a key added to config.py must
+    be added there too (the analysis section is APMConfig's, checked by its own tests)."""
+
+    def keys(cls: type, prefix: str = "") -> set[str]:
+        out: set[str] = set()
+        for f in dataclasses.fields(cls):
+            if "section" in f.metadata:
+                out |= keys(f.metadata["section"], f"{prefix}{f.name}.")
+            elif "analysis" not in f.metadata:
+                out.add(prefix + f.name)
+        return out
+
+    def written(data: dict[str, Any], prefix: str = "") -> set[str]:
+        out: set[str] = set()
+        for key, value in data.items():
+            if isinstance(value, dict) and key not in ("analysis", "headers"):
+                out |= written(value, f"{prefix}{key}.")
+            elif key != "analysis":
+                out.add(prefix + key)
+        return out
+
+    assert written(yaml.safe_load((DATA / "full.yaml").read_text())) == keys(CollectorConfig)
 
 
 def test_flags_override_the_file() -> None:
