@@ -162,6 +162,31 @@ def test_waiting_threads_are_not_counted_and_busy_ones_are() -> None:
     assert profile.sample_count == sum(sum(c.values()) for c in profile.samples.values()) > 0
 
 
+def test_a_forked_worker_samples_with_a_thread_of_its_own() -> None:
+    """gunicorn --preload builds the processor in the master: each worker must be profiled too,
+    its samples reported by the worker, not by the parent's thread, which it does not have."""
+    code = (
+        "import os, sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent / 'apps')!r})\n"
+        "from hot_service import BURN_ITERATIONS, burn\n"
+        "from otel_apm import APMConfig\n"
+        "from otel_apm.profiling.cpu import CpuProfiler\n"
+        "profiles = []\n"
+        "profiler = CpuProfiler(APMConfig(), profiles.append)\n"
+        "profiler.start()\n"
+        "pid = os.fork()\n"
+        "burn(BURN_ITERATIONS * 4)\n"
+        "profiler.stop(5)\n"
+        "counted = sum(p.sample_count for p in profiles)\n"
+        "if pid == 0:\n"
+        "    os._exit(0 if counted > 0 else 3)\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "print(counted > 0, os.waitstatus_to_exitcode(status))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout == "True 0\n", proc.stderr
+
+
 def test_sampling_rate_drops_to_stay_within_its_cpu_budget() -> None:
     """At a budget far below one tick's cost, the sampler stretches its period to match."""
     profiler = CpuProfiler(APMConfig(profiling_sample_hz=200, profiling_max_overhead=0.0001), lambda _: None)
