@@ -223,3 +223,10 @@ def test_the_deployed_analyzer_config_is_valid() -> None:
     config = load_config(str(path), environ={})
     assert config.receivers.grpc.endpoint.endswith(":4317")
     assert config.telemetry.endpoint is not None and config.telemetry.endpoint.endswith(":8888")
+
+
+def test_a_refused_store_url_is_not_repeated_with_its_password() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, {"store.url": "postgresql://apm:s3cret@db:x/apm"}, environ={})
+    assert str(caught.value).startswith("store.url: the port is not a number")
+    assert "s3cret" not in str(caught.value)
