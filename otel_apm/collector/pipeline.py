@@ -76,7 +76,7 @@ class Pipeline:
         self.telemetry = telemetry
         self.forwarder = forwarder
         self.emitters = tuple(emitters)
-        self.statistics = statistics_of(self.emitters)  # the JSON API's rolling statistics
+        self.statistics = statistics_of(self.emitters)  # the rolling statistics, as processor.statistics
         self.analyzing = config.analysis.enabled
         self.analyzer = Analyzer(config.analysis)
         assembly = config.assembly
