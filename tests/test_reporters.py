@@ -8,9 +8,7 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import re
-import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import OTel, wait_until
+from conftest import OTel, in_forked_child, wait_until
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from otlp_sink import OTLPSink, attributes
 from test_autoinstrument import _run_app
@@ -415,29 +413,18 @@ def test_webhook_shutdown_is_bounded_and_counts_what_it_could_not_send(
 
 def test_a_forked_worker_delivers_with_a_sender_of_its_own(hook: WebhookSink) -> None:
     """gunicorn --preload builds the reporter in the master: a worker has no sender thread, and
-    one of the parent's locks may be held at the fork (held here by this thread, as the sender
-    holds the digest's while it looks for due summaries)."""
+    one of the parent's locks may be held at the fork (as the sender holds the digest's while
+    it looks for due summaries)."""
     reporter = WebhookReporter(APMConfig(reporters=("webhook",), webhook_url=hook.url, **FAST))
     reporter.emit(None, [process_finding(1.0, fingerprint="parent")])
     wait_until(lambda: reporter.stats()["delivered"] == 1)
-    with reporter._digest._lock:
-        pid = os.fork()
-    if pid == 0:  # the worker
-        status = 1
-        try:
-            reporter.emit(None, [process_finding(1.0, fingerprint="worker")])
-            reporter.shutdown(10.0)
-            status = 0 if reporter.stats()["delivered"] == 1 else 3
-        finally:
-            os._exit(status)
-    deadline = time.monotonic() + 30
-    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if done[0] == 0:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        pytest.fail("the forked worker hung on a lock its parent held")
-    assert os.waitstatus_to_exitcode(done[1]) == 0
+
+    def worker() -> bool:
+        reporter.emit(None, [process_finding(1.0, fingerprint="worker")])
+        reporter.shutdown(10.0)
+        return reporter.stats()["delivered"] == 1
+
+    in_forked_child(worker, held=reporter._digest._lock)
     reporter.shutdown(5.0)
     assert [n["fingerprint"] for n in hook.notices("new")] == ["parent", "worker"]
 

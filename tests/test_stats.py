@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Sequence
 
 import pytest
-from conftest import SERVICE_NAME, OTel, wait_until
+from conftest import SERVICE_NAME, OTel, in_forked_child, wait_until
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
@@ -232,6 +232,23 @@ def test_statistics_can_be_turned_off_and_bad_settings_name_the_variable(
     with pytest.raises(ConfigError, match="APM_STATS_RELATIVE_ACCURACY"):
         APMConfig.from_env({"APM_STATS_RELATIVE_ACCURACY": "0"})
     assert APMConfig.from_env({"APM_STATS_MAX_ENDPOINTS": "5"}).stats_max_endpoints == 5
+
+
+def test_a_forked_worker_counts_its_own_traces(make_otel: Callable[..., OTel]) -> None:
+    """gunicorn --preload: the worker's statistics start empty (the parent's traces are the
+    parent's to store), and the lock the parent's store writer may hold at the fork is not
+    the worker's."""
+    otel = make_otel()
+    stats = otel.processor.statistics
+    assert stats is not None
+    request(otel.tracer, "/parent", time.time_ns(), 5.0)
+
+    def worker() -> bool:
+        request(otel.tracer, "/worker", time.time_ns(), 5.0)
+        return [e.endpoint for e in stats.snapshot("minute").endpoints] == ["GET /worker"]
+
+    in_forked_child(worker, held=stats._lock)
+    assert [e.endpoint for e in stats.snapshot("minute").endpoints] == ["GET /parent"]
 
 
 def test_the_collector_keeps_statistics_of_what_arrives_over_otlp(
