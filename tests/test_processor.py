@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable, Sequence
 
 import pytest
-from conftest import OTel
+from conftest import OTel, in_forked_child
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
@@ -250,6 +250,23 @@ def test_an_emitter_failing_to_shut_down_leaves_the_others_theirs(make_otel: Cal
     processor.shutdown()
     assert (first.stopped, second.stopped) == (True, True)
     assert processor.stats()["errors_emit"] == 1
+
+
+def test_a_forked_worker_is_not_stopped_by_a_lock_the_metrics_export_held(
+    make_otel: Callable[..., OTel],
+) -> None:
+    """The SDK's export thread reads the metrics reporter's totals under its lock: a worker
+    forked at that moment (gunicorn --preload) must still get its requests through."""
+    from otel_apm.emit.metrics import MetricsEmitter
+
+    otel = make_otel()
+    (metrics,) = [e for e in otel.processor.emitters if isinstance(e, MetricsEmitter)]
+
+    def worker() -> bool:
+        request(otel, n=6)
+        return otel.processor.stats()["traces_analyzed"] == 1
+
+    in_forked_child(worker, held=metrics._lock)
 
 
 def test_odd_attributes_and_huge_sql_are_analyzed_without_error(otel: OTel) -> None:
