@@ -7,6 +7,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import pytest
 from conftest import OTel, in_forked_child
@@ -15,6 +16,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
+from otel_apm.config import ConfigError
 from otel_apm.detectors.base import Detector, Finding
 from otel_apm.emit.attributes import EVENT_NAME
 from otel_apm.model import Trace
@@ -267,6 +269,23 @@ def test_a_forked_worker_is_not_stopped_by_a_lock_the_metrics_export_held(
         return otel.processor.stats()["traces_analyzed"] == 1
 
     in_forked_child(worker, held=metrics._lock)
+
+
+def test_disabled_it_starts_no_reporter_nor_store(make_otel: Callable[..., OTel], tmp_path: Path) -> None:
+    """APM_ENABLED=false is a pure pass-through: no webhook thread, no store file or connection."""
+    store = tmp_path / "findings.sqlite"
+    otel = make_otel(
+        enabled=False,
+        reporters=("console", "webhook", "metrics"),
+        webhook_url="http://127.0.0.1:9/hook",
+        store_url=f"sqlite:///{store}",
+    )
+    request(otel, n=6)
+    assert otel.processor.emitters == ()
+    assert not store.exists()
+    assert len(otel.spans()) == 8
+    with pytest.raises(ConfigError, match="APM_WEBHOOK_URL must be set"):
+        make_otel(enabled=False, reporters=("webhook",))
 
 
 def test_odd_attributes_and_huge_sql_are_analyzed_without_error(otel: OTel) -> None:

@@ -95,7 +95,10 @@ class APMSpanProcessor(SpanProcessor):
         self._assembler: LocalAssembler[ReadableSpan] = LocalAssembler(
             config.max_traces_in_flight, config.max_spans_per_trace, self._tail, self._read_spans
         )
-        if emitters is None:
+        if emitters is None and not config.enabled:
+            config.check_combination()  # a mistake is said now, not when analysis is turned on
+            emitters = []  # pure pass-through: no reporter thread, no store connection
+        elif emitters is None:
             emitters = [EventEmitter(logger_provider), *reporters(config, meter_provider)]
         self._emitters = tuple(emitters)
         self._reader = SpanReader()
