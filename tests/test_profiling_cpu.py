@@ -18,7 +18,7 @@ from typing import Any
 import jsonschema
 import pytest
 import requests
-from conftest import OTel
+from conftest import OTel, in_forked_child
 
 from otel_apm.config import APMConfig, ConfigError
 from otel_apm.profiling.cpu import TRUNCATED, CpuProfiler, Profile
@@ -165,26 +165,19 @@ def test_waiting_threads_are_not_counted_and_busy_ones_are() -> None:
 def test_a_forked_worker_samples_with_a_thread_of_its_own() -> None:
     """gunicorn --preload builds the processor in the master: each worker must be profiled too,
     its samples reported by the worker, not by the parent's thread, which it does not have."""
-    code = (
-        "import os, sys\n"
-        f"sys.path.insert(0, {str(Path(__file__).parent / 'apps')!r})\n"
-        "from hot_service import BURN_ITERATIONS, burn\n"
-        "from otel_apm import APMConfig\n"
-        "from otel_apm.profiling.cpu import CpuProfiler\n"
-        "profiles = []\n"
-        "profiler = CpuProfiler(APMConfig(), profiles.append)\n"
-        "profiler.start()\n"
-        "pid = os.fork()\n"
-        "burn(BURN_ITERATIONS * 4)\n"
-        "profiler.stop(5)\n"
-        "counted = sum(p.sample_count for p in profiles)\n"
-        "if pid == 0:\n"
-        "    os._exit(0 if counted > 0 else 3)\n"
-        "_, status = os.waitpid(pid, 0)\n"
-        "print(counted > 0, os.waitstatus_to_exitcode(status))\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.stdout == "True 0\n", proc.stderr
+    profiles: list[Profile] = []
+    profiler = CpuProfiler(APMConfig(), profiles.append)
+    profiler.start()
+
+    def worker() -> bool:
+        burn(BURN_ITERATIONS * 4)
+        profiler.stop(5)
+        return sum(p.sample_count for p in profiles) > 0
+
+    try:
+        in_forked_child(worker, held=profiler.threads._lock)
+    finally:
+        profiler.stop(5)
 
 
 def test_sampling_rate_drops_to_stay_within_its_cpu_budget() -> None:
