@@ -308,6 +308,7 @@ class Emission:
         self.emitters: list[Emitter] = []
         self._shutdowns: list[Callable[[float], None]] = []
         meter_provider: MeterProvider | None = None
+        last: Callable[[float], None] | None = None
         downstream = config.downstream
         if downstream.endpoint is not None:
             from opentelemetry.sdk._logs import LoggerProvider
@@ -333,12 +334,15 @@ class Emission:
             def shutdown_metrics(timeout_s: float) -> None:
                 sdk_meter_provider.shutdown(int(timeout_s * 1000))  # a last collection and export
 
-            self._shutdowns += [shutdown_logs, shutdown_metrics]
+            self._shutdowns.append(shutdown_logs)
+            last = shutdown_metrics
         configured = reporters(config.analysis, meter_provider, metrics=meter_provider is not None)
         self.emitters += configured
-        # The reporters first: what they count while they finish (webhook notices delivered or
-        # given up, findings stored) goes out in the meter provider's last export.
-        self._shutdowns.insert(0, lambda timeout_s: shutdown_emitters(configured, timeout_s))
+        # The findings' log records first; then the reporters, so that what they count while they
+        # finish (webhook notices delivered or given up) is in the meter provider's last export.
+        self._shutdowns.append(lambda timeout_s: shutdown_emitters(configured, timeout_s))
+        if last is not None:
+            self._shutdowns.append(last)
 
     def shutdown(self, timeout_s: float) -> bool:
         """Flush and stop the providers within ``timeout_s``; True when they finished in time."""
