@@ -4,6 +4,7 @@ late spans, containment of failures, threads and asyncio, lifecycle."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -16,7 +17,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
-from otel_apm.config import ConfigError
+from otel_apm.config import ConfigError, Suppression
 from otel_apm.detectors.base import Detector, Finding
 from otel_apm.emit.attributes import EVENT_NAME
 from otel_apm.model import Trace
@@ -229,6 +230,30 @@ def test_a_failing_emitter_is_contained(make_otel: Callable[..., OTel]) -> None:
     request(otel, n=6)
     assert processor.stats()["errors_emit"] == 1
     assert len(otel.spans()) == 8
+
+
+def test_suppression_rules_apply_to_findings_about_the_process(make_otel: Callable[..., OTel]) -> None:
+    otel = make_otel(suppressions=(Suppression(type="cpu_hot_spot", endpoint="POST /reindex"),))
+    hot = Finding(
+        type="cpu_hot_spot",
+        title="json.dumps takes 40% of the CPU",
+        severity="warning",
+        fingerprint="c0de",
+        service="svc",
+        endpoint="POST /reindex",
+        trace_id=0,
+        span_ids=(),
+        count=40,
+        total_duration_ms=400.0,
+        max_duration_ms=0.0,
+        recommendation="Serialize once",
+    )
+    otel.processor.emit_findings([hot, dataclasses.replace(hot, endpoint="GET /orders", fingerprint="c0df")])
+    assert [e.log_record.attributes["otel_apm.finding.endpoint"] for e in otel.events("cpu_hot_spot")] == [
+        "GET /orders"
+    ]
+    stats = otel.processor.stats()
+    assert (stats["findings"], stats["findings_suppressed"]) == (1, 1)
 
 
 def test_an_emitter_failing_to_shut_down_leaves_the_others_theirs(make_otel: Callable[..., OTel]) -> None:

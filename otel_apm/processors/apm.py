@@ -327,9 +327,12 @@ class APMSpanProcessor(SpanProcessor):
 
     def emit_findings(self, findings: Sequence[Finding]) -> None:
         """Report findings about the process rather than one trace (memory growth, CPU hot
-        spots) through the same emitters as the traces' findings."""
-        self._count("findings", len(findings))
-        self._emit(None, findings)
+        spots) through the same emitters as the traces' findings, and the same suppression
+        rules (a hot spot in a batch endpoint may be intended)."""
+        kept = self._analyzer._unsuppressed(list(findings))
+        self._count("findings", len(kept))
+        if kept:
+            self._emit(None, kept)
 
     def _start_profiler(self) -> None:
         """The CPU profiler (APM_PROFILING_ENABLED): told which local root each thread runs by
