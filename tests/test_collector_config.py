@@ -230,3 +230,15 @@ def test_a_refused_store_url_is_not_repeated_with_its_password() -> None:
         load_config(None, {"store.url": "postgresql://apm:s3cret@db:x/apm"}, environ={})
     assert str(caught.value).startswith("store.url: the port is not a number")
     assert "s3cret" not in str(caught.value)
+
+
+def test_the_documented_example_is_a_valid_configuration(tmp_path: Path) -> None:
+    """docs/collector.md's annotated file: every key it shows is one the collector reads."""
+    text = (ROOT / "docs" / "collector.md").read_text()
+    section = text[text.index("### The configuration file") :]
+    start = section.index("```yaml\n") + len("```yaml\n")
+    path = tmp_path / "collector.yaml"
+    path.write_text(section[start : section.index("```\n", start)])
+    config = load_config(str(path), environ={"OTEL_APM_TOKEN": "t", "APM_WEBHOOK_SECRET": "s"})
+    assert config.analysis.reporters == ("metrics", "webhook")
+    assert config.store.url is not None and config.api.endpoint == "0.0.0.0:8889"
