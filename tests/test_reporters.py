@@ -22,7 +22,7 @@ from otlp_sink import OTLPSink, attributes
 from test_autoinstrument import _run_app
 from test_cli import run
 from test_collector import Collector, n_plus_one_trace, sink, start_collector, tracer_provider
-from test_processor import request
+from test_processor import db_span, request
 from webhook_sink import WebhookSink
 
 from otel_apm import APMConfig, ConfigError
@@ -173,7 +173,8 @@ def test_console_announces_in_full_once_then_summarizes_at_shutdown(
     headline, *details = err.splitlines()
     assert headline.startswith("[otel-apm] WARNING n_plus_one_query test-svc 'GET /authors': N+1 queries")
     assert f"trace {trace_id:032x}" in headline
-    assert details[0].endswith("tests/test_processor.py:28:db_span")
+    span_at = db_span.__code__.co_firstlineno + 2  # its start_as_current_span line
+    assert details[0].endswith(f"tests/test_processor.py:{span_at}:db_span")
     assert details[0].startswith("    where: ")
     assert details[1].startswith("    statement: ")
     assert details[2].startswith("    evidence: 6 span(s)")
