@@ -9,6 +9,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import OTel, in_forked_child
@@ -232,22 +233,29 @@ def test_a_failing_emitter_is_contained(make_otel: Callable[..., OTel]) -> None:
     assert len(otel.spans()) == 8
 
 
+def process_finding(impact_ms: float = 0.0, **fields: Any) -> Finding:
+    """A finding about the process (no trace), as a memory monitor reports through the processor."""
+    values: dict[str, Any] = {
+        "type": "memory_leak_suspected",
+        "title": "Memory grows",
+        "severity": "warning",
+        "fingerprint": "f00d",
+        "service": "svc",
+        "endpoint": "process",
+        "trace_id": 0,
+        "span_ids": (),
+        "count": 1,
+        "total_duration_ms": 0.0,
+        "max_duration_ms": 0.0,
+        "recommendation": "Look at what grew",
+        "impact_ms": impact_ms,
+    }
+    return Finding(**{**values, **fields})
+
+
 def test_suppression_rules_apply_to_findings_about_the_process(make_otel: Callable[..., OTel]) -> None:
     otel = make_otel(suppressions=(Suppression(type="cpu_hot_spot", endpoint="POST /reindex"),))
-    hot = Finding(
-        type="cpu_hot_spot",
-        title="json.dumps takes 40% of the CPU",
-        severity="warning",
-        fingerprint="c0de",
-        service="svc",
-        endpoint="POST /reindex",
-        trace_id=0,
-        span_ids=(),
-        count=40,
-        total_duration_ms=400.0,
-        max_duration_ms=0.0,
-        recommendation="Serialize once",
-    )
+    hot = process_finding(type="cpu_hot_spot", endpoint="POST /reindex", fingerprint="c0de")
     otel.processor.emit_findings([hot, dataclasses.replace(hot, endpoint="GET /orders", fingerprint="c0df")])
     assert [e.log_record.attributes["otel_apm.finding.endpoint"] for e in otel.events("cpu_hot_spot")] == [
         "GET /orders"
@@ -542,20 +550,7 @@ def test_findings_about_the_process_reach_every_emitter_without_a_trace(
     make_otel: Callable[..., OTel], capsys: pytest.CaptureFixture[str]
 ) -> None:
     otel = make_otel(console_enabled=True)
-    finding = Finding(
-        type="memory_leak_suspected",
-        title="Memory grows 5 MB/min",
-        severity="warning",
-        fingerprint="f00d",
-        service="svc",
-        endpoint="process",
-        trace_id=0,
-        span_ids=(),
-        count=1,
-        total_duration_ms=0.0,
-        max_duration_ms=0.0,
-        recommendation="Look at the allocation sites that grew",
-    )
+    finding = process_finding(title="Memory grows 5 MB/min", endpoint="process")
     otel.processor.emit_findings([finding])
     (event,) = otel.events("memory_leak_suspected")
     assert event.log_record.trace_id == 0 and event.log_record.span_id == 0

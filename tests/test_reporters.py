@@ -22,12 +22,11 @@ from otlp_sink import OTLPSink, attributes
 from test_autoinstrument import _run_app
 from test_cli import run
 from test_collector import Collector, n_plus_one_trace, sink, start_collector, tracer_provider
-from test_processor import db_span, request
+from test_processor import db_span, process_finding, request
 from webhook_sink import WebhookSink
 
 from otel_apm import APMConfig, ConfigError
 from otel_apm.collector.config import load_config
-from otel_apm.detectors.base import Finding
 from otel_apm.emit import reporters
 from otel_apm.emit.metrics import MetricsEmitter
 from otel_apm.emit.webhook import SLACK_MAX_NOTICES, WebhookReporter, verify
@@ -312,26 +311,6 @@ def test_webhook_waits_out_a_refused_connection(make_otel: Callable[..., OTel]) 
     with WebhookSink(port=port) as hook:
         wait_until(lambda: reporter.stats()["delivered"] == 1)
         assert [n["endpoint"] for n in hook.notices()] == ["GET /authors"]
-
-
-def process_finding(impact_ms: float, **fields: Any) -> Finding:
-    """A finding about the process (no trace), as a memory monitor reports through the processor."""
-    values: dict[str, Any] = {
-        "type": "memory_leak_suspected",
-        "title": "Memory grows",
-        "severity": "warning",
-        "fingerprint": "f00d",
-        "service": "svc",
-        "endpoint": "process",
-        "trace_id": 0,
-        "span_ids": (),
-        "count": 1,
-        "total_duration_ms": 0.0,
-        "max_duration_ms": 0.0,
-        "recommendation": "Look at what grew",
-        "impact_ms": impact_ms,
-    }
-    return Finding(**{**values, **fields})
 
 
 def test_a_summary_gives_the_repeats_p95_and_max_impact(
