@@ -34,6 +34,8 @@ from otel_apm.emit.webhook import SLACK_MAX_NOTICES, WebhookReporter, verify
 __all__ = ["sink", "start_collector"]  # fixtures used here, defined with the collector's tests
 
 FAST = {"webhook_backoff_s": 0.01, "webhook_backoff_max_s": 0.05, "webhook_timeout_s": 2.0}
+# A POST the sink holds ("block") must not time out while a loaded machine runs the test's requests.
+HELD_S = 30.0
 
 
 @pytest.fixture
@@ -345,7 +347,7 @@ def test_a_batch_that_cannot_be_encoded_costs_only_itself(
 
 def test_webhook_never_makes_the_request_path_wait(make_otel: Callable[..., OTel], hook: WebhookSink) -> None:
     hook.plan("block")
-    otel = webhook_otel(make_otel, hook.url)
+    otel = webhook_otel(make_otel, hook.url, webhook_timeout_s=HELD_S)
     request(otel, route="/r0")
     hook.blocked.wait(15)
     assert hook.blocked.is_set()
@@ -361,7 +363,7 @@ def test_a_full_webhook_queue_drops_the_oldest_and_says_so_once(
     make_otel: Callable[..., OTel], hook: WebhookSink, caplog: pytest.LogCaptureFixture
 ) -> None:
     hook.plan("block")
-    otel = webhook_otel(make_otel, hook.url, webhook_queue_size=2)
+    otel = webhook_otel(make_otel, hook.url, webhook_queue_size=2, webhook_timeout_s=HELD_S)
     request(otel, route="/r0")
     hook.blocked.wait(15)
     with caplog.at_level(logging.WARNING, logger="otel_apm.emit.webhook"):
@@ -439,7 +441,9 @@ def test_slack_format_is_an_incoming_webhook_message(
     make_otel: Callable[..., OTel], hook: WebhookSink
 ) -> None:
     hook.plan("block")
-    otel = webhook_otel(make_otel, hook.url, webhook_format="slack", webhook_batch_size=500)
+    otel = webhook_otel(
+        make_otel, hook.url, webhook_format="slack", webhook_batch_size=500, webhook_timeout_s=HELD_S
+    )
     request(otel, route="/first")
     hook.blocked.wait(15)
     for i in range(SLACK_MAX_NOTICES + 5):
