@@ -7,7 +7,10 @@ bug of ours must neither reach the caller nor flood its logs with one traceback 
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import weakref
+from collections.abc import Callable
 
 
 class FailureLog:
@@ -35,3 +38,20 @@ class FailureLog:
     @property
     def total(self) -> int:
         return sum(self.counts.values())
+
+
+def in_forked_children(method: Callable[[], None]) -> None:
+    """Call the bound ``method`` in every child forked from now on (gunicorn --preload,
+    multiprocessing): a child inherits our objects but none of our threads, and a lock one of
+    those threads held at the fork stays held in the child for ever.  Fork hooks cannot be
+    unregistered, so the hook holds its object weakly: one garbage-collected since is skipped."""
+    if not hasattr(os, "register_at_fork"):
+        return
+    ref = weakref.WeakMethod(method)
+
+    def hook() -> None:
+        bound = ref()
+        if bound is not None:
+            bound()
+
+    os.register_at_fork(after_in_child=hook)

@@ -11,6 +11,7 @@ test is skipped with the reason, except under ``CI=true``, where a missing serve
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -225,6 +226,34 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout_s} s")
         time.sleep(0.01)
+
+
+def in_forked_child(
+    work: Callable[[], bool], held: threading.Lock | None = None, timeout_s: float = 30.0
+) -> None:
+    """Run ``work`` in a child forked from this process (as gunicorn --preload forks its workers)
+    and fail unless it returns True.  ``held`` is acquired around the fork, as one of our
+    background threads may hold a lock at that moment: a child that waits on it for ever is
+    killed and the test fails instead of hanging."""
+    if held is not None:
+        held.acquire()
+    pid = os.fork()
+    if pid == 0:
+        status = 1
+        try:
+            status = 0 if work() else 3
+        finally:
+            os._exit(status)
+    if held is not None:
+        held.release()
+    deadline = time.monotonic() + timeout_s
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if done[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung (on a lock held at the fork?)")
+    assert os.waitstatus_to_exitcode(done[1]) == 0, "the forked child's check failed"
 
 
 def build_otel(**settings: Any) -> OTel:

@@ -72,3 +72,12 @@ def test_invalid_configuration_exits_2_naming_the_variable() -> None:
     result = run("config", APM_SAMPLE_RATE="2")
     assert result.returncode == 2
     assert "APM_SAMPLE_RATE=2.0: expected a number from 0 to 1" in result.stderr
+
+
+def test_every_command_is_documented_in_the_readme() -> None:
+    listed = run("--help").stdout
+    commands = re.search(r"\{([a-z,]+)\}", listed)
+    assert commands is not None, listed
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    undocumented = [c for c in commands.group(1).split(",") if f"otel-apm {c}" not in readme]
+    assert undocumented == []

@@ -3,9 +3,12 @@ messages that name the key path; the command exits 2 on each of them."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from otel_apm.cli import main
 from otel_apm.collector.config import CollectorConfig, ConfigError, load_config
@@ -68,6 +71,37 @@ def test_every_key_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
     assert config.analysis.console_enabled is False
     assert config.telemetry.endpoint is None
     assert config.shutdown.timeout_s == 5
+    assert ds.histograms == "exponential"
+    assert config.store.url == config.analysis.store_url == "postgresql://apm@db.example/apm?schema=otel_apm"
+    store = config.analysis
+    assert (store.store_retention_days, store.store_resolve_after_h, store.store_minute_stats_h) == (7, 12, 3)
+    assert (store.store_examples, store.store_queue_size) == (2, 500)
+    assert config.api.endpoint == "127.0.0.1:18889"
+
+
+def test_the_full_example_names_every_key() -> None:
+    """full.yaml is the one place every key is read from a file: a key added to config.py must
+    be added there too (the analysis section is APMConfig's, checked by its own tests)."""
+
+    def keys(cls: type, prefix: str = "") -> set[str]:
+        out: set[str] = set()
+        for f in dataclasses.fields(cls):
+            if "section" in f.metadata:
+                out |= keys(f.metadata["section"], f"{prefix}{f.name}.")
+            elif "analysis" not in f.metadata:
+                out.add(prefix + f.name)
+        return out
+
+    def written(data: dict[str, Any], prefix: str = "") -> set[str]:
+        out: set[str] = set()
+        for key, value in data.items():
+            if isinstance(value, dict) and key not in ("analysis", "headers"):
+                out |= written(value, f"{prefix}{key}.")
+            elif key != "analysis":
+                out.add(prefix + key)
+        return out
+
+    assert written(yaml.safe_load((DATA / "full.yaml").read_text())) == keys(CollectorConfig)
 
 
 def test_flags_override_the_file() -> None:
@@ -189,3 +223,22 @@ def test_the_deployed_analyzer_config_is_valid() -> None:
     config = load_config(str(path), environ={})
     assert config.receivers.grpc.endpoint.endswith(":4317")
     assert config.telemetry.endpoint is not None and config.telemetry.endpoint.endswith(":8888")
+
+
+def test_a_refused_store_url_is_not_repeated_with_its_password() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, {"store.url": "postgresql://apm:s3cret@db:x/apm"}, environ={})
+    assert str(caught.value).startswith("store.url: the port is not a number")
+    assert "s3cret" not in str(caught.value)
+
+
+def test_the_documented_example_is_a_valid_configuration(tmp_path: Path) -> None:
+    """docs/collector.md's annotated file: every key it shows is one the collector reads."""
+    text = (ROOT / "docs" / "collector.md").read_text()
+    section = text[text.index("### The configuration file") :]
+    start = section.index("```yaml\n") + len("```yaml\n")
+    path = tmp_path / "collector.yaml"
+    path.write_text(section[start : section.index("```\n", start)])
+    config = load_config(str(path), environ={"OTEL_APM_TOKEN": "t", "APM_WEBHOOK_SECRET": "s"})
+    assert config.analysis.reporters == ("metrics", "webhook")
+    assert config.store.url is not None and config.api.endpoint == "0.0.0.0:8889"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from pathlib import Path
 
@@ -96,7 +95,22 @@ def test_booleans_accept_the_usual_spellings() -> None:
         assert APMConfig.from_env({"APM_ENABLED": raw}).enabled is value
 
 
-def test_the_readme_documents_every_variable() -> None:
-    documented = set(re.findall(r"`(APM_[A-Z_]+)`", README.read_text()))
-    variables = {f.metadata["env"] for f in dataclasses.fields(APMConfig)}
-    assert variables <= documented, variables - documented
+def test_the_readme_settings_table_gives_every_variable_and_its_default() -> None:
+    """The table in README's Configuration section, row by row against APMConfig's defaults."""
+    rows = dict(re.findall(r"^\| `(APM_[A-Z0-9_]+)` \| (.+?) \| .+ \|$", README.read_text(), re.MULTILINE))
+
+    def same(documented: str, default: str) -> bool:
+        if default == "":
+            return documented == "(none)"
+        documented = documented.strip("`")
+        try:
+            return float(documented) == float(default)
+        except ValueError:
+            return documented.lower() == default.lower()
+
+    for variable, default, _ in APMConfig().describe():
+        assert variable in rows, f"{variable}: no row in README's settings table"
+        if variable != "APM_SERVICE_NAME":  # empty: OTEL_SERVICE_NAME, then the resource's
+            assert same(rows[variable], default), (
+                f"{variable}: README says {rows[variable]}, the code {default!r}"
+            )

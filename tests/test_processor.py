@@ -4,17 +4,21 @@ late spans, containment of failures, threads and asyncio, lifecycle."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import OTel
+from conftest import OTel, in_forked_child
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
+from otel_apm.config import ConfigError, Suppression
 from otel_apm.detectors.base import Detector, Finding
 from otel_apm.emit.attributes import EVENT_NAME
 from otel_apm.model import Trace
@@ -227,6 +231,94 @@ def test_a_failing_emitter_is_contained(make_otel: Callable[..., OTel]) -> None:
     request(otel, n=6)
     assert processor.stats()["errors_emit"] == 1
     assert len(otel.spans()) == 8
+
+
+def process_finding(impact_ms: float = 0.0, **fields: Any) -> Finding:
+    """A finding about the process (no trace), as a memory monitor reports through the processor."""
+    values: dict[str, Any] = {
+        "type": "memory_leak_suspected",
+        "title": "Memory grows",
+        "severity": "warning",
+        "fingerprint": "f00d",
+        "service": "svc",
+        "endpoint": "process",
+        "trace_id": 0,
+        "span_ids": (),
+        "count": 1,
+        "total_duration_ms": 0.0,
+        "max_duration_ms": 0.0,
+        "recommendation": "Look at what grew",
+        "impact_ms": impact_ms,
+    }
+    return Finding(**{**values, **fields})
+
+
+def test_suppression_rules_apply_to_findings_about_the_process(make_otel: Callable[..., OTel]) -> None:
+    otel = make_otel(suppressions=(Suppression(type="cpu_hot_spot", endpoint="POST /reindex"),))
+    hot = process_finding(type="cpu_hot_spot", endpoint="POST /reindex", fingerprint="c0de")
+    otel.processor.emit_findings([hot, dataclasses.replace(hot, endpoint="GET /orders", fingerprint="c0df")])
+    assert [e.log_record.attributes["otel_apm.finding.endpoint"] for e in otel.events("cpu_hot_spot")] == [
+        "GET /orders"
+    ]
+    stats = otel.processor.stats()
+    assert (stats["findings"], stats["findings_suppressed"]) == (1, 1)
+
+
+def test_an_emitter_failing_to_shut_down_leaves_the_others_theirs(make_otel: Callable[..., OTel]) -> None:
+    from otel_apm import APMSpanProcessor
+
+    class Holding:
+        def __init__(self, fails: bool) -> None:
+            self.fails, self.stopped = fails, False
+
+        def emit(self, trace: Trace | None, findings: Sequence[Finding]) -> None:
+            pass
+
+        def shutdown(self, timeout_s: float) -> None:
+            self.stopped = True
+            if self.fails:
+                raise OSError("disk full")
+
+    first, second = Holding(fails=True), Holding(fails=False)
+    otel = make_otel()
+    processor = APMSpanProcessor(None, otel.processor.config, emitters=[first, second])
+    processor.shutdown()
+    assert (first.stopped, second.stopped) == (True, True)
+    assert processor.stats()["errors_emit"] == 1
+
+
+def test_a_forked_worker_is_not_stopped_by_a_lock_the_metrics_export_held(
+    make_otel: Callable[..., OTel],
+) -> None:
+    """The SDK's export thread reads the metrics reporter's totals under its lock: a worker
+    forked at that moment (gunicorn --preload) must still get its requests through."""
+    from otel_apm.emit.metrics import MetricsEmitter
+
+    otel = make_otel()
+    (metrics,) = [e for e in otel.processor.emitters if isinstance(e, MetricsEmitter)]
+
+    def worker() -> bool:
+        request(otel, n=6)
+        return otel.processor.stats()["traces_analyzed"] == 1
+
+    in_forked_child(worker, held=metrics._lock)
+
+
+def test_disabled_it_starts_no_reporter_nor_store(make_otel: Callable[..., OTel], tmp_path: Path) -> None:
+    """APM_ENABLED=false is a pure pass-through: no webhook thread, no store file or connection."""
+    store = tmp_path / "findings.sqlite"
+    otel = make_otel(
+        enabled=False,
+        reporters=("console", "webhook", "metrics"),
+        webhook_url="http://127.0.0.1:9/hook",
+        store_url=f"sqlite:///{store}",
+    )
+    request(otel, n=6)
+    assert otel.processor.emitters == ()
+    assert not store.exists()
+    assert len(otel.spans()) == 8
+    with pytest.raises(ConfigError, match="APM_WEBHOOK_URL must be set"):
+        make_otel(enabled=False, reporters=("webhook",))
 
 
 def test_odd_attributes_and_huge_sql_are_analyzed_without_error(otel: OTel) -> None:
@@ -458,20 +550,7 @@ def test_findings_about_the_process_reach_every_emitter_without_a_trace(
     make_otel: Callable[..., OTel], capsys: pytest.CaptureFixture[str]
 ) -> None:
     otel = make_otel(console_enabled=True)
-    finding = Finding(
-        type="memory_leak_suspected",
-        title="Memory grows 5 MB/min",
-        severity="warning",
-        fingerprint="f00d",
-        service="svc",
-        endpoint="process",
-        trace_id=0,
-        span_ids=(),
-        count=1,
-        total_duration_ms=0.0,
-        max_duration_ms=0.0,
-        recommendation="Look at the allocation sites that grew",
-    )
+    finding = process_finding(title="Memory grows 5 MB/min", endpoint="process")
     otel.processor.emit_findings([finding])
     (event,) = otel.events("memory_leak_suspected")
     assert event.log_record.trace_id == 0 and event.log_record.span_id == 0

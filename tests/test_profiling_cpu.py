@@ -18,7 +18,7 @@ from typing import Any
 import jsonschema
 import pytest
 import requests
-from conftest import OTel
+from conftest import OTel, in_forked_child
 
 from otel_apm.config import APMConfig, ConfigError
 from otel_apm.profiling.cpu import TRUNCATED, CpuProfiler, Profile
@@ -160,6 +160,24 @@ def test_waiting_threads_are_not_counted_and_busy_ones_are() -> None:
     assert "burn" in functions
     assert "test_waiting_threads_are_not_counted_and_busy_ones_are.<locals>.wait_here" not in functions
     assert profile.sample_count == sum(sum(c.values()) for c in profile.samples.values()) > 0
+
+
+def test_a_forked_worker_samples_with_a_thread_of_its_own() -> None:
+    """gunicorn --preload builds the processor in the master: each worker must be profiled too,
+    its samples reported by the worker, not by the parent's thread, which it does not have."""
+    profiles: list[Profile] = []
+    profiler = CpuProfiler(APMConfig(), profiles.append)
+    profiler.start()
+
+    def worker() -> bool:
+        burn(BURN_ITERATIONS * 4)
+        profiler.stop(5)
+        return sum(p.sample_count for p in profiles) > 0
+
+    try:
+        in_forked_child(worker, held=profiler.threads._lock)
+    finally:
+        profiler.stop(5)
 
 
 def test_sampling_rate_drops_to_stay_within_its_cpu_budget() -> None:

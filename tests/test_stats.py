@@ -9,9 +9,11 @@ import time
 from collections.abc import Callable, Sequence
 
 import pytest
-from conftest import SERVICE_NAME, OTel
+from conftest import SERVICE_NAME, OTel, in_forked_child, wait_until
 from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
+from test_collector import Collector, n_plus_one_trace, start_collector, tracer_provider
 
 from otel_apm.config import APMConfig, ConfigError
 from otel_apm.stats import (
@@ -22,6 +24,8 @@ from otel_apm.stats import (
     merge_records,
     summarize,
 )
+
+__all__ = ["start_collector"]  # a fixture, defined with the collector's tests
 
 USERS = "SELECT * FROM users WHERE id = %s"
 ORDERS = "SELECT id, total FROM orders WHERE user_id = %s"
@@ -228,3 +232,39 @@ def test_statistics_can_be_turned_off_and_bad_settings_name_the_variable(
     with pytest.raises(ConfigError, match="APM_STATS_RELATIVE_ACCURACY"):
         APMConfig.from_env({"APM_STATS_RELATIVE_ACCURACY": "0"})
     assert APMConfig.from_env({"APM_STATS_MAX_ENDPOINTS": "5"}).stats_max_endpoints == 5
+
+
+def test_a_forked_worker_counts_its_own_traces(make_otel: Callable[..., OTel]) -> None:
+    """gunicorn --preload: the worker's statistics start empty (the parent's traces are the
+    parent's to store), and the lock the parent's store writer may hold at the fork is not
+    the worker's."""
+    otel = make_otel()
+    stats = otel.processor.statistics
+    assert stats is not None
+    request(otel.tracer, "/parent", time.time_ns(), 5.0)
+
+    def worker() -> bool:
+        request(otel.tracer, "/worker", time.time_ns(), 5.0)
+        return [e.endpoint for e in stats.snapshot("minute").endpoints] == ["GET /worker"]
+
+    in_forked_child(worker, held=stats._lock)
+    assert [e.endpoint for e in stats.snapshot("minute").endpoints] == ["GET /parent"]
+
+
+def test_the_collector_keeps_statistics_of_what_arrives_over_otlp(
+    start_collector: Callable[..., Collector],
+) -> None:
+    """README: ``service.pipeline.statistics`` in the collector, as ``processor.statistics``
+    in-process, from whole traces assembled from OTLP."""
+    collector = start_collector(None)
+    provider, _ = tracer_provider(OTLPSpanExporter(endpoint=collector.grpc_endpoint, insecure=True))
+    for _ in range(2):
+        n_plus_one_trace(provider)
+    provider.shutdown()
+    statistics = collector.service.pipeline.statistics if collector.service.pipeline else None
+    assert statistics is not None
+    wait_until(lambda: statistics.snapshot("minute").overall.count == 2)
+    (endpoint,) = statistics.snapshot("minute").endpoints
+    assert (endpoint.service, endpoint.endpoint, endpoint.queries_per_request) == ("shop", "GET /authors", 7)
+    books = [s for s in statistics.snapshot("all").statements if "books" in s.statement]
+    assert [(s.count, s.endpoints) for s in books] == [(12, ("GET /authors",))]

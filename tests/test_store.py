@@ -321,6 +321,16 @@ def test_bad_store_urls_are_refused_naming_the_variable(url: str, why: str) -> N
     assert "expected sqlite:///" in message
 
 
+@pytest.mark.parametrize(
+    "url",
+    ["postgresql://apm:s3cret@db/apm?schema=a;drop", "postgresql://apm@db:port/apm?password=s3cret"],
+)
+def test_a_refused_store_url_does_not_show_its_password(url: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        APMConfig.from_env({"APM_STORE_URL": url})
+    assert "s3cret" not in str(caught.value) and "***" in str(caught.value)
+
+
 def test_libpq_parameters_of_a_postgresql_url_reach_the_connection(postgres_url: str) -> None:
     schema = f"otel_apm_store_{uuid.uuid4().hex[:12]}"
     url = f"{postgres_url}?options=-c%20statement_timeout%3D4321&schema={schema}&connect_timeout=3"

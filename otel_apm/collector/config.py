@@ -340,6 +340,9 @@ class TelemetryConfig:
     )
 
 
+_SECRET_SETTINGS = {f.name: f.metadata["secret"] for f in dataclasses.fields(APMConfig)}
+
+
 def _apm_default(name: str) -> Any:
     return next(f.default for f in dataclasses.fields(APMConfig) if f.name == name)
 
@@ -510,6 +513,8 @@ def _check_analysis_value(name: str, value: Any, path: str) -> None:
         APMConfig(**{name: value})
     except ConfigError as exc:
         _, _, accepts = str(exc).partition(": ")
+        if _SECRET_SETTINGS[name] and isinstance(value, str):  # may hold a password or a token
+            raise ConfigError(f"{path}: {accepts}") from None
         raise ConfigError(f"{path}: {accepts}, got {_describe(value)}") from None
 
 

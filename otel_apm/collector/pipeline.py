@@ -79,7 +79,7 @@ class Pipeline:
         self.forwarder = forwarder
         self.emitters = tuple(emitters)
         self._batched = [e for e in self.emitters if isinstance(e, FindingEvents)]  # sent per batch
-        self.statistics = statistics_of(self.emitters)  # the JSON API's rolling statistics
+        self.statistics = statistics_of(self.emitters)  # the rolling statistics, as processor.statistics
         self.analyzing = config.analysis.enabled
         self.analyzer = Analyzer(config.analysis)
         assembly = config.assembly
@@ -314,6 +314,7 @@ class Emission:
         self.emitters: list[Emitter] = []
         self._shutdowns: list[Callable[[float], None]] = []
         meter_provider: MeterProvider | None = None
+        last: Callable[[float], None] | None = None
         downstream = config.downstream
         if downstream.endpoint is not None:
             from opentelemetry.sdk.metrics import MeterProvider as SDKMeterProvider
@@ -330,10 +331,15 @@ class Emission:
             def shutdown_metrics(timeout_s: float) -> None:
                 sdk_meter_provider.shutdown(int(timeout_s * 1000))  # a last collection and export
 
-            self._shutdowns.append(shutdown_metrics)
+            last = shutdown_metrics
         configured = reporters(config.analysis, meter_provider, metrics=meter_provider is not None)
         self.emitters += configured
+        # The reporters before the meter provider, so that what they count while they finish
+        # (webhook notices delivered or given up) is in its last export.  The findings' log
+        # records are not here: the forwarder sends them, and flushes them at its shutdown.
         self._shutdowns.append(lambda timeout_s: shutdown_emitters(configured, timeout_s))
+        if last is not None:
+            self._shutdowns.append(last)
 
     def shutdown(self, timeout_s: float) -> bool:
         """Flush and stop the providers within ``timeout_s``; True when they finished in time."""

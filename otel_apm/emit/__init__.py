@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from otel_apm.detectors.base import Finding
@@ -70,9 +70,19 @@ def reporters(
     return chosen
 
 
-def shutdown_emitters(emitters: Sequence[Emitter], timeout_s: float) -> None:
-    """Let each emitter that holds work finish it within ``timeout_s`` in all."""
+def shutdown_emitters(
+    emitters: Sequence[Emitter], timeout_s: float, failed: Callable[[Exception], None] | None = None
+) -> None:
+    """Let each emitter that holds work finish it, each within ``timeout_s``: a webhook that
+    cannot deliver must not take the store's time to write.  One that raises is reported to
+    ``failed`` (logged when None) and the others still finish theirs."""
     for emitter in emitters:
         shutdown = getattr(emitter, "shutdown", None)
         if shutdown is not None:
-            shutdown(timeout_s)
+            try:
+                shutdown(timeout_s)
+            except Exception as exc:
+                if failed is None:
+                    _log.warning("otel-apm: %s failed to shut down: %r", type(emitter).__name__, exc)
+                else:
+                    failed(exc)

@@ -35,6 +35,7 @@ from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, g
 from opentelemetry.util.types import AttributeValue
 
 from otel_apm.config import APMConfig
+from otel_apm.contain import in_forked_children
 from otel_apm.detectors.base import Finding
 from otel_apm.detectors.dbshape import statements_of
 from otel_apm.model import DB, SpanView, Trace
@@ -137,6 +138,7 @@ class MetricsEmitter:
         config = config if config is not None else APMConfig()
         meter = get_meter("otel_apm", __version__, meter_provider=meter_provider)
         self._lock = threading.Lock()
+        in_forked_children(self._new_lock)
         self._endpoints = _Admission(config.metrics_max_endpoints)
         self._statements = _StatementTotals(config.metrics_max_statements)
         self._statement_metrics = config.metrics_max_statements > 0
@@ -178,6 +180,11 @@ class MetricsEmitter:
             ("otel_apm.findings", self._findings.observe, "{finding}", "Performance problems found, by type"),
         ):
             meter.create_observable_counter(name, [self._observer(read)], unit=unit, description=description)
+
+    def _new_lock(self) -> None:
+        """In a forked worker (gunicorn --preload): the SDK's export thread, reading our totals
+        under the lock, may have held it at the fork; the worker's own thread never will."""
+        self._lock = threading.Lock()
 
     def _observer(
         self, read: Callable[[], list[Observation]]

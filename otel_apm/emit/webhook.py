@@ -39,6 +39,7 @@ from typing import Any, Literal
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, get_meter
 
 from otel_apm.config import APMConfig, url_origin
+from otel_apm.contain import in_forked_children
 from otel_apm.detectors.base import Finding
 from otel_apm.emit.attributes import span_id_hex, trace_id_hex
 from otel_apm.emit.digest import Digest, Summary
@@ -189,17 +190,13 @@ class WebhookReporter:
         self._batch_size = (
             min(config.webhook_batch_size, SLACK_MAX_NOTICES) if self._slack else config.webhook_batch_size
         )
-        self._digest = Digest(config.webhook_interval_s)
-        self._queue: deque[Notice] = deque()
-        self._cond = threading.Condition()
+        self._interval_s = config.webhook_interval_s
         self._stopping = threading.Event()
         self._deadline: float | None = None
-        self._counts = dict.fromkeys((*NOTICE_OUTCOMES, "posts", "retries"), 0)
         self._warned: set[str] = set()
-        self._sending = 0  # notices in the POST under way
         self._opener = urllib.request.build_opener(_NoRedirect())
-        self._thread = threading.Thread(target=self._run, name="otel-apm-webhook", daemon=True)
-        self._thread.start()
+        self._start()
+        in_forked_children(self._forked)
         meter = get_meter("otel_apm.webhook", __version__, meter_provider=meter_provider)
         meter.create_observable_counter(
             "otel_apm.webhook.notices",
@@ -208,6 +205,23 @@ class WebhookReporter:
             description="Webhook reporter notices by outcome (queued, delivered, dropped, rejected, failed, "
             "undelivered)",
         )
+
+    def _start(self) -> None:
+        """Fresh state and the sender thread: at construction, and again in a forked child."""
+        self._digest = Digest(self._interval_s)
+        self._queue: deque[Notice] = deque()
+        self._cond = threading.Condition()
+        self._counts = dict.fromkeys((*NOTICE_OUTCOMES, "posts", "retries"), 0)
+        self._sending = 0  # notices in the POST under way
+        self._thread = threading.Thread(target=self._run, name="otel-apm-webhook", daemon=True)
+        self._thread.start()
+
+    def _forked(self) -> None:
+        """A worker forked from a process that built us (gunicorn --preload) has no sender
+        thread, and the parent's may have held our locks at the fork: the worker gets new ones
+        and a thread of its own.  What the parent had queued is the parent's to send."""
+        if not self._stopping.is_set():
+            self._start()
 
     # -- the application's side: never waits on the network ---------------------------------------
 

@@ -95,7 +95,10 @@ class APMSpanProcessor(SpanProcessor):
         self._assembler: LocalAssembler[ReadableSpan] = LocalAssembler(
             config.max_traces_in_flight, config.max_spans_per_trace, self._tail, self._read_spans
         )
-        if emitters is None:
+        if emitters is None and not config.enabled:
+            config.check_combination()  # a mistake is said now, not when analysis is turned on
+            emitters = []  # pure pass-through: no reporter thread, no store connection
+        elif emitters is None:
             emitters = [EventEmitter(logger_provider), *reporters(config, meter_provider)]
         self._emitters = tuple(emitters)
         self._reader = SpanReader()
@@ -199,10 +202,7 @@ class APMSpanProcessor(SpanProcessor):
             self._forward(self._finish(lt, None, None))
         if self._profiler is not None:
             self._profiler.stop(_EMITTER_SHUTDOWN_S)  # its last period's findings still go out
-        try:
-            shutdown_emitters(self._emitters, _EMITTER_SHUTDOWN_S)
-        except Exception as exc:
-            self._failed("emit", exc)
+        shutdown_emitters(self._emitters, _EMITTER_SHUTDOWN_S, lambda exc: self._failed("emit", exc))
         if self._next is not None:
             self._next.shutdown()
 
@@ -327,9 +327,12 @@ class APMSpanProcessor(SpanProcessor):
 
     def emit_findings(self, findings: Sequence[Finding]) -> None:
         """Report findings about the process rather than one trace (memory growth, CPU hot
-        spots) through the same emitters as the traces' findings."""
-        self._count("findings", len(findings))
-        self._emit(None, findings)
+        spots) through the same emitters as the traces' findings, and the same suppression
+        rules (a hot spot in a batch endpoint may be intended)."""
+        kept = self._analyzer._unsuppressed(list(findings))
+        self._count("findings", len(kept))
+        if kept:
+            self._emit(None, kept)
 
     def _start_profiler(self) -> None:
         """The CPU profiler (APM_PROFILING_ENABLED): told which local root each thread runs by

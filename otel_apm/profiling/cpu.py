@@ -36,7 +36,7 @@ from types import CodeType, FrameType
 from typing import NamedTuple
 
 from otel_apm.config import APMConfig
-from otel_apm.contain import FailureLog
+from otel_apm.contain import FailureLog, in_forked_children
 from otel_apm.ingest.callsite import MAX_DEPTH, _qualname
 
 _log = logging.getLogger(__name__)
@@ -150,9 +150,14 @@ class CpuProfiler:
 
     def __init__(self, config: APMConfig, report: Callable[[Profile], None]) -> None:
         self.config = config
-        self.threads = SpanThreads(config.max_traces_in_flight)
         self._report = report
         self._base_period_s = 1.0 / config.profiling_sample_hz
+        self._stop = threading.Event()
+        self._fresh()
+
+    def _fresh(self) -> None:
+        """An empty period and an unstarted sampler thread."""
+        self.threads = SpanThreads(self.config.max_traces_in_flight)
         self.period_s = self._base_period_s
         self._cost_s = 0.0
         self._counts: dict[_RawKey, int] = {}
@@ -161,12 +166,20 @@ class CpuProfiler:
         self._clocks: dict[int, int | None] = {}  # thread id -> its CPU clock, None: wall time
         self._cpu_ns: dict[int, int] = {}
         self._pending: dict[int, _RawKey] = {}  # thread id -> its last stack, awaiting the next tick
-        self._stop = threading.Event()
         self._failures = FailureLog(_log)
         self._thread = threading.Thread(target=self._run, name="otel-apm-cpu-profiler", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
+        in_forked_children(self._restart_in_child)
+
+    def _restart_in_child(self) -> None:
+        """A forked worker (gunicorn --preload) inherits no sampler thread: it gets its own.  The
+        parent's samples are the parent's to report, and the lock of its span map may have been
+        held by the parent's sampler at the fork."""
+        if not self._stop.is_set():
+            self._fresh()
+            self._thread.start()
 
     def stop(self, timeout_s: float) -> None:
         """Stop sampling and report the last, partial period."""

@@ -22,7 +22,6 @@ from __future__ import annotations
 import gc
 import logging
 import mmap
-import os
 import sys
 import threading
 import time
@@ -37,7 +36,7 @@ from statistics import median, quantiles
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, get_meter
 
 from otel_apm.config import APMConfig
-from otel_apm.contain import FailureLog
+from otel_apm.contain import FailureLog, in_forked_children
 from otel_apm.detectors.base import EvidenceValue, Finding, Severity, make_fingerprint, severity_for
 from otel_apm.profiling.heap import AllocationSite, HeapProfiler
 from otel_apm.version import __version__
@@ -195,9 +194,7 @@ class MemoryMonitor:
         if self._thread is not None:
             return
         self._register_metrics()
-        if hasattr(os, "register_at_fork"):
-            restart = weakref.WeakMethod(self._restart_in_child)
-            os.register_at_fork(after_in_child=lambda: _call_if_alive(restart))
+        in_forked_children(self._restart_in_child)
         _running.add(self)
         self._launch()
 
@@ -485,13 +482,6 @@ class MemoryMonitor:
             unit="By/s",
             description="Theil-Sen slope of resident memory over the trend window",
         )
-
-
-def _call_if_alive(method: weakref.WeakMethod[Callable[[], None]]) -> None:
-    """Fork hooks cannot be unregistered: a monitor garbage-collected since is skipped."""
-    bound = method()
-    if bound is not None:
-        bound()
 
 
 def _where(sites: Sequence[AllocationSite], setting: str) -> str:

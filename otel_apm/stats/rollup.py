@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal, get_args
 
 from otel_apm.config import APMConfig
+from otel_apm.contain import in_forked_children
 from otel_apm.detectors.base import Finding
 from otel_apm.detectors.dbshape import statements_of
 from otel_apm.model import DB, HTTP_CLIENT, SpanView, Trace, endpoint_of
@@ -291,7 +292,14 @@ class Statistics:
         self._slow_request_ms = config.slow_request_threshold_ms
         self._slow_query_ms = config.slow_query_threshold_ms
         self._clock = clock
-        self.started = clock()
+        self._fresh()
+        in_forked_children(self._fresh)
+
+    def _fresh(self) -> None:
+        """Nothing counted yet: at construction, and in a worker forked from a process that built
+        us (gunicorn --preload), whose parent's traces are the parent's to count and store, and
+        whose lock the parent's store writer may have held at the fork."""
+        self.started = self._clock()
         self._endpoints: dict[tuple[str, str], _Rolling] = {}
         self._statements: dict[tuple[str, str], tuple[StatementInfo, _Rolling]] = {}
         self._pending: deque[MinuteRecord] = deque(

@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import queue
 import threading
 import time
-import weakref
 from collections.abc import Callable, Sequence
 
 from otel_apm.config import APMConfig
-from otel_apm.contain import FailureLog
+from otel_apm.contain import FailureLog, in_forked_children
 from otel_apm.detectors.base import Finding
 from otel_apm.model import Trace
 from otel_apm.stats import Statistics
@@ -65,8 +63,7 @@ class StoreEmitter:
         self._start_writer()
         # A worker forked from a process that built us (gunicorn --preload) has our queue but not
         # our thread, nor a connection it may use: it gets both of its own.
-        me = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: _after_fork(me))
+        in_forked_children(self._forked)
 
     def _start_writer(self) -> None:
         self._thread = threading.Thread(target=self._run, name="otel-apm-store", daemon=True)
@@ -188,9 +185,3 @@ class StoreEmitter:
             self.failures.record(f"store {what}", exc)
             return False
         return True
-
-
-def _after_fork(ref: weakref.ref[StoreEmitter]) -> None:
-    emitter = ref()
-    if emitter is not None:
-        emitter._forked()

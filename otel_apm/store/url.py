@@ -20,6 +20,8 @@ Backend = Literal["sqlite", "postgresql"]
 
 ACCEPTS = "sqlite:///path/to/file.sqlite or postgresql://user@host:5432/database[?schema=name]"
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+_USER_PASSWORD = re.compile(r"(://[^/@:]*):[^/@]*@")
+_PASSWORD_PARAMETER = re.compile(r"([?&]password=)[^&]*", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -43,11 +45,18 @@ class StoreURL:
         return f"postgresql://{netloc}{parts.path}{suffix}"
 
 
+def _without_password(url: str) -> str:
+    """The URL as an error message may show it: a malformed URL can still hold a password, in
+    its user part or as libpq's ``password`` parameter."""
+    url = _USER_PASSWORD.sub(r"\1:***@", url)
+    return _PASSWORD_PARAMETER.sub(r"\1***", url)
+
+
 def parse_store_url(url: str, source: str = "APM_STORE_URL") -> StoreURL:
     """The store a URL names; ConfigError naming ``source`` when it names none."""
 
     def refuse(why: str) -> ConfigError:
-        return ConfigError(f"{source}={url!r}: {why}; expected {ACCEPTS}")
+        return ConfigError(f"{source}={_without_password(url)!r}: {why}; expected {ACCEPTS}")
 
     scheme, sep, rest = url.strip().partition("://")
     scheme = scheme.lower().split("+", 1)[0]
