@@ -72,6 +72,7 @@ def test_every_key_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
     assert config.telemetry.endpoint is None
     assert config.shutdown.timeout_s == 5
     assert ds.histograms == "exponential"
+    assert ds.events_per_request == 100
     assert config.store.url == config.analysis.store_url == "postgresql://apm@db.example/apm?schema=otel_apm"
     store = config.analysis
     assert (store.store_retention_days, store.store_resolve_after_h, store.store_minute_stats_h) == (7, 12, 3)
