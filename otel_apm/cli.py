@@ -121,7 +121,9 @@ def profile(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="otel-apm", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="otel-apm", description="Find what makes OpenTelemetry-traced applications slow."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("demo", help="run a Flask + SQLAlchemy app on SQLite and report its problems")
     p.add_argument(
