@@ -290,20 +290,9 @@ def test_query_history_p95_over_the_recent_samples() -> None:
 
 
 def test_a_rated_copy_of_a_finding_has_attributes_of_its_own() -> None:
+    """The attributes a finding caches are of its own rate: the ranked copy builds its own."""
     finding = Finding(
-        type="n_plus_one_query",
-        title="N+1",
-        severity="warning",
-        fingerprint="f00d",
-        service="svc",
-        endpoint="/authors",
-        trace_id=1,
-        span_ids=(2, 3),
-        count=2,
-        total_duration_ms=1.0,
-        max_duration_ms=0.5,
-        recommendation="Load them in one query",
-        evidence={"db.tables": ("books",)},
+        "n_plus_one_query", "N+1", "warning", "f00d", "svc", "/a", 1, (2, 3), 2, 1.0, 0.5, "Fix"
     )
     assert finding_attributes(finding)[F + "rate_per_min"] == 0.0
     rated = finding.rated(2.5)
