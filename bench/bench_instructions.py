@@ -25,13 +25,60 @@ import tempfile
 from collections.abc import Sequence
 
 import bench_processor as bp
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from workload import FINDINGS_PER_TRACE, SPANS_PER_TRACE, WORKLOADS
+
+from otel_apm import APMConfig, APMSpanProcessor
+from otel_apm.analyze import Analyzer
+from otel_apm.emit.events import EventEmitter
+from otel_apm.emit.span_events import with_finding_events
+from otel_apm.ingest.sdk import SpanReader
+from otel_apm.model import Trace
 
 WARMUP = 200
 
 
+def finding_steps(workload: str, traces: int) -> None:
+    """Variant f: only what a trace's findings cost after the detectors found them, ``traces``
+    times over one analyzed trace: ranking, the log records and the span event copy of the
+    root.  Synchronous processors and no other reporter, so nothing that runs on a timer (a
+    batch processor's thread, the statistics' minute) lands in the count."""
+    bp.db_calls = WORKLOADS[workload]
+    exporter = InMemorySpanExporter()
+    logger_provider = LoggerProvider(resource=bp.RESOURCE)
+    logger_provider.add_log_record_processor(SimpleLogRecordProcessor(bp.NoopLogRecordExporter()))
+    config = APMConfig(memory_monitor_enabled=False, console_enabled=False)
+    provider = TracerProvider(resource=bp.RESOURCE)
+    provider.add_span_processor(APMSpanProcessor(SimpleSpanProcessor(exporter), config, emitters=()))
+    for _ in range(WARMUP):
+        bp.run_trace(provider.get_tracer("bench"))
+    spans = exporter.get_finished_spans()[-SPANS_PER_TRACE:]
+    root = spans[-1]
+    reader = SpanReader()
+    views = [reader.read(s, "bench") for s in spans]
+    analyzed = Trace(root.context.trace_id, views, views[-1], complete=True)
+    analyzer = Analyzer(config)
+    found = analyzer.analyze(analyzed)
+    if len(found) != FINDINGS_PER_TRACE[workload]:
+        raise SystemExit(f"expected {FINDINGS_PER_TRACE[workload]} findings, got {len(found)}")
+    events = EventEmitter(logger_provider)
+    gc.collect()
+    gc.disable()
+    for _ in range(traces):
+        ranked = analyzer._rank(found)  # fresh copies, as analyze() makes them
+        events.emit(analyzed, ranked)
+        with_finding_events(root, ranked)
+    os._exit(0)
+
+
 def child(variant: str, workload: str, traces: int) -> None:
     """Warm up, pause the collector, run ``traces`` traces and the round's flushes, exit."""
+    if variant == "f":
+        finding_steps(workload, traces)
     bp.db_calls = WORKLOADS[workload]
     queue = max(2048, (WARMUP + traces) * SPANS_PER_TRACE + 1024)
     if variant == "a":
@@ -87,7 +134,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--traces", type=int, default=300, help="traces counted per variant (300)")
     parser.add_argument("--workload", choices=sorted(FINDINGS_PER_TRACE), default="clean")
-    parser.add_argument("--variants", default="a,b,c", help="of a, b, c (a,b,c)")
+    parser.add_argument(
+        "--variants", default="a,b,c", help="of a, b, c and f, the finding steps alone (a,b,c)"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -102,8 +151,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"\nInstructions per span ({args.traces} traces x {SPANS_PER_TRACE} spans, workload {args.workload})"
     )
     for v in variants:
-        ratio = f"{per_span[v] / per_span['a']:.3f}" if "a" in per_span and v != "a" else "-"
+        ratio = f"{per_span[v] / per_span['a']:.3f}" if "a" in per_span and v not in "af" else "-"
         print(f"  {v} {per_span[v]:>12,.0f}   ratio to a: {ratio}")
+    if "f" in per_span:
+        print(f"  f: the finding steps alone, {per_span['f'] * SPANS_PER_TRACE:,.0f} instructions a trace")
     return 0
 
 

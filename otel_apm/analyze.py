@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 from collections.abc import Sequence
@@ -96,6 +95,6 @@ class Analyzer:
     def _rank(self, findings: list[Finding]) -> list[Finding]:
         """Each finding with its recurrence rate, sorted by time lost per minute, then severity."""
         observe = self.history.findings.observe
-        rated = [dataclasses.replace(f, rate_per_min=round(observe(f.fingerprint), 4)) for f in findings]
+        rated = [f.rated(round(observe(f.fingerprint), 4)) for f in findings]
         rated.sort(key=lambda f: (f.impact_score, f.severity_rank, f.total_duration_ms), reverse=True)
         return rated

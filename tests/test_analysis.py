@@ -4,6 +4,7 @@ memory it keeps between traces."""
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import sys
 from collections.abc import Callable
@@ -19,7 +20,9 @@ from opentelemetry.trace import SpanKind
 from otel_apm import APMConfig, APMSpanProcessor
 from otel_apm.analyze import Analyzer
 from otel_apm.config import ConfigError, Suppression
+from otel_apm.detectors.base import Finding
 from otel_apm.detectors.history import FindingRates, QueryHistory
+from otel_apm.emit.attributes import finding_attributes
 from otel_apm.ingest.callsite import CallSite
 
 F = "otel_apm.finding."
@@ -284,3 +287,15 @@ def test_query_history_p95_over_the_recent_samples() -> None:
     assert history.p95(key, 101) is None  # too few samples to trust
     history.add(key, [1000.0] * 256)  # only the last 256 are kept
     assert history.p95(key, 20) == 1000.0
+
+
+def test_a_rated_copy_of_a_finding_has_attributes_of_its_own() -> None:
+    """The attributes a finding caches are of its own rate: the ranked copy builds its own."""
+    finding = Finding(
+        "n_plus_one_query", "N+1", "warning", "f00d", "svc", "/a", 1, (2, 3), 2, 1.0, 0.5, "Fix"
+    )
+    assert finding_attributes(finding)[F + "rate_per_min"] == 0.0
+    rated = finding.rated(2.5)
+    assert rated == dataclasses.replace(finding, rate_per_min=2.5)
+    assert finding_attributes(rated)[F + "rate_per_min"] == 2.5
+    assert finding_attributes(finding)[F + "rate_per_min"] == 0.0

@@ -561,3 +561,18 @@ def test_findings_about_the_process_reach_every_emitter_without_a_trace(
     (point,) = otel.data_points("otel_apm.findings")
     assert point.attributes["otel_apm.finding.type"] == "memory_leak_suspected"
     assert otel.processor.stats()["findings"] == 1
+
+
+def test_a_findings_span_event_and_log_record_carry_the_same_ranked_attributes(otel: OTel) -> None:
+    """Built once per finding and shared, after ranking: both carry the recurrence rate it ranked
+    by, which grows as the same problem repeats."""
+    request(otel)
+    request(otel)
+    rates = []
+    for root, record in zip(roots(otel), otel.events("n_plus_one_query"), strict=True):
+        (event,) = [e for e in root.events if e.name == EVENT_NAME]
+        assert event.attributes is not None and record.log_record.attributes is not None
+        on_span = {k: tuple(v) if isinstance(v, list) else v for k, v in event.attributes.items()}
+        assert on_span == dict(record.log_record.attributes)
+        rates.append(on_span["otel_apm.finding.rate_per_min"])
+    assert 0 < rates[0] < rates[1]

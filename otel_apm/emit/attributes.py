@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from opentelemetry.util.types import AttributeValue
 
-from otel_apm.detectors.base import Finding
+from otel_apm.detectors.base import DERIVED_ATTRIBUTES, Finding
 from otel_apm.ingest.callsite import CODE_FILE_PATH, CODE_FUNCTION_NAME, CODE_LINE_NUMBER
 
 EVENT_NAME = "otel_apm.finding"
@@ -31,7 +33,18 @@ def code_attributes(location: str) -> dict[str, AttributeValue]:
     return attrs
 
 
-def finding_attributes(finding: Finding) -> dict[str, AttributeValue]:
+def finding_attributes(finding: Finding) -> Mapping[str, AttributeValue]:
+    """Built once per finding and then shared, as its log record and its span event both ask.
+    Read-only for every caller: the log record copies it into a BoundedAttributes of its own
+    (the SDK cleans every value again whatever mapping it is given, so handing it a bounded
+    one saves nothing), the span event keeps it as it is, as the SDK keeps an Event's."""
+    cached: Mapping[str, AttributeValue] | None = finding.__dict__.get(DERIVED_ATTRIBUTES)
+    if cached is None:
+        cached = finding.__dict__[DERIVED_ATTRIBUTES] = _build(finding)
+    return cached
+
+
+def _build(finding: Finding) -> dict[str, AttributeValue]:
     attrs: dict[str, AttributeValue] = {
         PREFIX + "type": finding.type,
         PREFIX + "title": finding.title,
