@@ -76,9 +76,11 @@ class Analyzer:
             findings.extend(f for f in deferred if not named.issuperset(f.span_ids))
         if not findings:
             return findings
-        return self._rank(self._unsuppressed(findings))
+        return self._rank(self.unsuppressed(findings))
 
-    def _unsuppressed(self, findings: list[Finding]) -> list[Finding]:
+    def unsuppressed(self, findings: list[Finding]) -> list[Finding]:
+        """The findings no suppression rule matches, counting the others; public because the
+        processor filters findings about the process (memory, CPU) with the same rules."""
         rules = self.config.suppressions
         if not rules:
             return findings

@@ -82,7 +82,7 @@ class CallSite:
         found = self._app_frame(frame)
         if found is None:
             return None
-        return found.f_code.co_filename, found.f_lineno, _qualname(found.f_code)
+        return found.f_code.co_filename, found.f_lineno, qualname(found.f_code)
 
     def attributes(self, frame: FrameType | None) -> dict[str, str | int] | None:
         """The code.* attributes of the first application frame from ``frame`` up; the same dict
@@ -102,12 +102,13 @@ class CallSite:
                 {
                     CODE_FILE_PATH: code.co_filename,
                     CODE_LINE_NUMBER: found.f_lineno,
-                    CODE_FUNCTION_NAME: _qualname(code),
+                    CODE_FUNCTION_NAME: qualname(code),
                 },
             )
         return site[1]
 
 
-def _qualname(code: object) -> str:
+def qualname(code: object) -> str:
+    """The function's qualified name, as code.function.name and the CPU profiler show it."""
     name = getattr(code, "co_qualname", None)  # Python 3.11+: Class.method, not just method
     return name if isinstance(name, str) else str(getattr(code, "co_name", "?"))

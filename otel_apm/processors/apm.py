@@ -329,7 +329,7 @@ class APMSpanProcessor(SpanProcessor):
         """Report findings about the process rather than one trace (memory growth, CPU hot
         spots) through the same emitters as the traces' findings, and the same suppression
         rules (a hot spot in a batch endpoint may be intended)."""
-        kept = self._analyzer._unsuppressed(list(findings))
+        kept = self._analyzer.unsuppressed(list(findings))
         self._count("findings", len(kept))
         if kept:
             self._emit(None, kept)

@@ -37,7 +37,7 @@ from typing import NamedTuple
 
 from otel_apm.config import APMConfig
 from otel_apm.contain import FailureLog, in_forked_children
-from otel_apm.ingest.callsite import MAX_DEPTH, _qualname
+from otel_apm.ingest.callsite import MAX_DEPTH, qualname
 
 _log = logging.getLogger(__name__)
 
@@ -318,5 +318,5 @@ class CpuProfiler:
 def _frame(code: CodeType, known: dict[CodeType, Frame]) -> Frame:
     frame = known.get(code)
     if frame is None:
-        frame = known[code] = Frame(code.co_filename, _qualname(code), code.co_firstlineno)
+        frame = known[code] = Frame(code.co_filename, qualname(code), code.co_firstlineno)
     return frame
