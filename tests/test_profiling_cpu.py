@@ -235,6 +235,26 @@ def test_profile_command_stops_a_server_after_the_duration(tmp_path: Path) -> No
     assert any("burn (" in s for s in _folded_counts(out / "process.folded"))
 
 
+def test_profile_command_interrupts_again_a_program_that_went_on_after_one_ctrl_c(tmp_path: Path) -> None:
+    program = tmp_path / "stubborn.py"
+    program.write_text(
+        "import time\n"
+        "interrupts = 0\n"
+        "while True:\n"
+        "    try:\n"
+        "        time.sleep(0.05)\n"
+        "    except KeyboardInterrupt:\n"
+        "        interrupts += 1\n"
+        "        if interrupts == 2:\n"
+        "            print('stopped after', interrupts)\n"
+        "            break\n"
+    )
+    proc = _profile("--out", str(tmp_path / "flames"), "--duration", "3", "--", str(program))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "stopped after 2"
+    assert "SIGTERM" not in proc.stderr
+
+
 def test_profile_command_without_a_program_says_how_to_call_it(tmp_path: Path) -> None:
     proc = _profile("--out", str(tmp_path))
     assert proc.returncode == 2

@@ -22,6 +22,10 @@ from otel_apm.profiling.flamegraph import SUFFIXES
 _WHOLE_RUN_MS = 2**31 - 1
 # Not sent anywhere unless asked: the program's findings show on the console.
 _EXPORTERS = ("OTEL_TRACES_EXPORTER", "OTEL_METRICS_EXPORTER", "OTEL_LOGS_EXPORTER")
+# Ctrl-C again, as a person would, when the program goes on after one: a KeyboardInterrupt that
+# lands in a finalizer or a broad ``except`` is lost.  Then SIGTERM, so the command ends.
+_INTERRUPTS = 3
+_INTERRUPT_GRACE_S = 5.0
 # A one-off profile wants detail from a short run more than the always-on default's low cost.
 _ONE_OFF_HZ = 100.0
 
@@ -59,9 +63,7 @@ def profile_program(
     try:
         status = proc.wait(timeout=duration_s)
     except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGINT)
-        proc.wait()
-        status = 0
+        status = _interrupt(proc)
     except KeyboardInterrupt:  # Ctrl-C reached the program too: let it write its files
         status = proc.wait()
     written = sorted(p for p in Path(out).glob("*") if p.name.endswith(tuple(SUFFIXES.values())))
@@ -70,3 +72,18 @@ def profile_program(
     else:
         print(f"otel-apm: no CPU samples were taken, nothing written to {out}", file=sys.stderr)
     return status
+
+
+def _interrupt(proc: subprocess.Popen[bytes]) -> int:
+    """Stop the program as Ctrl-C does, so it writes its files; 0 once it has stopped."""
+    for _ in range(_INTERRUPTS):
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=_INTERRUPT_GRACE_S)
+            return 0
+        except subprocess.TimeoutExpired:
+            continue
+    proc.terminate()
+    proc.wait()
+    print("otel-apm: the program ignored Ctrl-C; stopped it with SIGTERM", file=sys.stderr)
+    return 0
