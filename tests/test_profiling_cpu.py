@@ -31,6 +31,8 @@ SPEEDSCOPE_SCHEMA = (
 )
 SVG_NS = "{http://www.w3.org/2000/svg}"
 ROUNDS = 10
+# The tests sample faster than the always-on default (20 Hz) so that their short runs see enough.
+TEST_HZ = 100.0
 
 sys.path.insert(0, str(APPS))
 from hot_service import BURN_ITERATIONS, burn, create_app  # noqa: E402
@@ -60,6 +62,7 @@ def profiled_service(
     burned = {"burned": burn(BURN_ITERATIONS)}  # before the profiler starts: not in its samples
     otel = make_otel(
         profiling_enabled=True,
+        profiling_sample_hz=TEST_HZ,
         profiling_interval_ms=3_600_000,
         profiling_dir=str(tmp_path / "flames"),
         cpu_hot_spot_min_samples=5,
@@ -138,7 +141,7 @@ def test_flame_graph_files_open_and_agree_on_the_sample_count(profiled_service: 
 def test_waiting_threads_are_not_counted_and_busy_ones_are() -> None:
     """A thread blocked on an Event the whole time leaves no sample; a burning one does."""
     profiles: list[Profile] = []
-    profiler = CpuProfiler(APMConfig(), profiles.append)
+    profiler = CpuProfiler(APMConfig(profiling_sample_hz=TEST_HZ), profiles.append)
     release = threading.Event()
 
     def wait_here() -> None:
@@ -166,7 +169,7 @@ def test_a_forked_worker_samples_with_a_thread_of_its_own() -> None:
     """gunicorn --preload builds the processor in the master: each worker must be profiled too,
     its samples reported by the worker, not by the parent's thread, which it does not have."""
     profiles: list[Profile] = []
-    profiler = CpuProfiler(APMConfig(), profiles.append)
+    profiler = CpuProfiler(APMConfig(profiling_sample_hz=TEST_HZ), profiles.append)
     profiler.start()
 
     def worker() -> bool:
@@ -278,7 +281,7 @@ def test_no_profiler_thread_unless_enabled(make_otel: Callable[..., OTel]) -> No
 
 def test_stacks_past_the_bound_are_counted_as_one_truncated_stack() -> None:
     profiles: list[Profile] = []
-    profiler = CpuProfiler(APMConfig(profiling_max_stacks=1), profiles.append)
+    profiler = CpuProfiler(APMConfig(profiling_max_stacks=1, profiling_sample_hz=TEST_HZ), profiles.append)
     profiler.start()
     try:
         burn(BURN_ITERATIONS * 2)
