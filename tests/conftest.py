@@ -45,6 +45,12 @@ MARIADB_USER = "root"
 CONNECT_TIMEOUT_S = 2
 
 
+def clean_environ() -> dict[str, str]:
+    """This process's environment without the OTEL_* and APM_* variables of the shell running
+    the tests, for a subprocess that must see only the settings its test gives."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "APM_"))}
+
+
 # -- servers -------------------------------------------------------------------------------------
 
 

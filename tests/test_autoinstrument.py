@@ -9,7 +9,6 @@ and the analyzer's metrics.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import clean_environ
 from otlp_sink import OTLPSink, attributes, data_points
 
 from otel_apm.sql import parse_sql
@@ -46,7 +46,7 @@ def sink() -> Iterator[OTLPSink]:
 def _run_app(sink: OTLPSink, tmp_path: Path, **extra_env: str) -> Run:
     assert INSTRUMENT.exists(), f"{INSTRUMENT} missing: install the package with its dependencies"
     # Only what the test sets: no OTEL_*/APM_* leaking in from the developer's shell or CI.
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "APM_"))}
+    env = clean_environ()
     env.update(
         OTEL_PYTHON_CONFIGURATOR="otel_apm",
         OTEL_EXPORTER_OTLP_ENDPOINT=sink.endpoint,

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import clean_environ
 
 OTEL_APM = Path(sys.executable).parent / "otel-apm"
 
 
 def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("APM_", "OTEL_"))}
+    clean = clean_environ()
     return subprocess.run(
         [str(OTEL_APM), *args], capture_output=True, text=True, timeout=300, env={**clean, **env}
     )

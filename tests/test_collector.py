@@ -11,7 +11,6 @@ Helpers here (``collector``, ``n_plus_one_trace``, ``raw_grpc``, ...) are import
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
@@ -27,6 +26,7 @@ from typing import Any
 import grpc  # type: ignore[import-untyped]
 import pytest
 import requests
+from conftest import clean_environ
 from google.protobuf.message import Message  # type: ignore[import-untyped, unused-ignore]
 from opentelemetry._logs import SeverityNumber
 from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
@@ -740,7 +740,7 @@ def collector_process(
     config: Path, *args: str
 ) -> Iterator[tuple[subprocess.Popen[str], dict[str, str], list[str]]]:
     """``otel-apm collector --config FILE``: (process, addresses from its start-up line, stderr lines)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("APM_", "OTEL_"))}
+    env = clean_environ()
     proc = subprocess.Popen(
         [str(OTEL_APM), "collector", "--config", str(config), *args],
         stderr=subprocess.PIPE,

@@ -21,7 +21,6 @@ findings downstream, so the tests read final results.
 from __future__ import annotations
 
 import json
-import os
 import queue
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
+from conftest import clean_environ
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from otlp_sink import OTLPSink, attributes
 from test_collector import Collector, collector_config, finding_events
@@ -78,7 +78,7 @@ class Service:
 
     @classmethod
     def start(cls, name: str, *args: str) -> Service:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "APM_"))}
+        env = clean_environ()
         env.update(OTEL_BSP_SCHEDULE_DELAY="100", PYTHONUNBUFFERED="1")
         proc = subprocess.Popen(
             [sys.executable, str(APP), name, *args],

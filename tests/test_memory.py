@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
 import re
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from typing import Any
 import pytest
 import requests
 from apps import leaky_app
-from conftest import OTel
+from conftest import OTel, clean_environ
 
 from otel_apm import APMConfig, ConfigError
 from otel_apm.detectors.base import Finding, make_fingerprint
@@ -393,7 +392,7 @@ def test_failures_of_the_monitor_are_contained_and_counted() -> None:
 def run_instrumented(path: str, seconds: float, **settings: str) -> str:
     """tests/apps/leaky_app.py requesting ``path`` for ``seconds`` under opentelemetry-instrument
     with our configurator; its stderr, where the console reporter writes the findings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "APM_"))}
+    env = clean_environ()
     env.update(
         OTEL_PYTHON_CONFIGURATOR="otel_apm",
         OTEL_SERVICE_NAME="leaky",

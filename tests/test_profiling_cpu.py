@@ -5,7 +5,6 @@ viewer would read them, and ``otel-apm profile`` running a program under opentel
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -18,7 +17,7 @@ from typing import Any
 import jsonschema
 import pytest
 import requests
-from conftest import OTel, in_forked_child
+from conftest import OTel, clean_environ, in_forked_child
 
 from otel_apm.config import APMConfig, ConfigError
 from otel_apm.profiling.cpu import TRUNCATED, CpuProfiler, Profile
@@ -206,7 +205,7 @@ def test_unknown_flame_graph_format_is_refused_naming_the_variable() -> None:
 def _profile(*args: str) -> subprocess.CompletedProcess[str]:
     """``otel-apm profile ARGS`` with only the environment the test gives (no OTEL_/APM_ of the
     shell running the tests)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "APM_"))}
+    env = clean_environ()
     return subprocess.run(
         [sys.executable, "-m", "otel_apm.cli", "profile", *args],
         cwd=ROOT,
