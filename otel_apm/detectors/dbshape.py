@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from otel_apm.model import DB, SpanView, Trace
 from otel_apm.sql import SqlShape, parse_sql
+
+# (service, statement fingerprint) -> the shape and the spans that ran it
+StatementGroups = dict[tuple[str, str], tuple[SqlShape, list[SpanView]]]
 
 
 def db_shape(span: SpanView) -> SqlShape:
@@ -49,34 +52,38 @@ def db_shapes(spans: Iterable[SpanView]) -> list[SqlShape]:
     return shapes
 
 
-def statements_of(trace: Trace) -> dict[tuple[str, str], tuple[SqlShape, list[SpanView]]]:
+def statements_of(trace: Trace) -> StatementGroups:
     """The trace's queries by (service, statement fingerprint), made once per
     trace for every reader (the statistics and the metrics both group them so)."""
     return trace.derived("statements", lambda: _group_statements(trace))
 
 
-def _group_statements(trace: Trace) -> dict[tuple[str, str], tuple[SqlShape, list[SpanView]]]:
-    # Grouped by text first (one dict update a span), parsed once per distinct text after, as
-    # db_shapes does; a span without text has its own shape (operation and table vary).
+def _group_statements(trace: Trace) -> StatementGroups:
     by_text: dict[tuple[str, str | None], list[SpanView]] = {}
-    loose: list[SpanView] = []
     for s in trace.spans:
         if s.category == DB:
-            if s.statement:
-                group = by_text.get((s.service, s.statement))
-                if group is None:
-                    by_text[(s.service, s.statement)] = [s]
-                else:
-                    group.append(s)
+            group = by_text.get((s.service, s.statement))
+            if group is None:
+                by_text[(s.service, s.statement)] = [s]
             else:
-                loose.append(s)
-    out: dict[tuple[str, str], tuple[SqlShape, list[SpanView]]] = {}
-    for spans in (*by_text.values(), *([s] for s in loose)):
-        shape = db_shape(spans[0])
-        key = (spans[0].service, shape.fingerprint)
-        filed = out.get(key)
-        if filed is None:
-            out[key] = (shape, spans)
-        else:
-            filed[1].extend(spans)
+                group.append(s)
+    return by_fingerprint(by_text)
+
+
+def by_fingerprint(by_text: Mapping[tuple[str, str | None], list[SpanView]]) -> StatementGroups:
+    """Spans grouped by (service, statement text) regrouped by (service, statement fingerprint).
+
+    Grouping by text first costs one dict update a span; each distinct text is then parsed
+    once, as in :func:`db_shapes`.  Spans without a text each take their own shape (operation
+    and table vary).  The given lists are copied, not extended.
+    """
+    out: StatementGroups = {}
+    for (service, text), spans in by_text.items():
+        shaped = [(db_shape(spans[0]), spans)] if text else [(db_shape(s), [s]) for s in spans]
+        for shape, group in shaped:
+            filed = out.get((service, shape.fingerprint))
+            if filed is None:
+                out[service, shape.fingerprint] = (shape, list(group))
+            else:
+                filed[1].extend(group)
     return out

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from otel_apm.config import APMConfig
 from otel_apm.detectors.base import Detector, Finding, severity_for
-from otel_apm.detectors.dbshape import db_shape
+from otel_apm.detectors.dbshape import by_fingerprint
 from otel_apm.detectors.history import History
 from otel_apm.detectors.summary import TraceSummary
 from otel_apm.model import DB, SpanView
@@ -39,11 +39,11 @@ class SlowQueryOutlierDetector(Detector):
         """No outlier here, but every duration still goes into the history, as later traces
         are judged against it."""
         add = history.queries.add
-        for key, (_, spans) in _by_fingerprint(summary).items():
+        for key, (_, spans) in by_fingerprint(summary.statements).items():
             add(key, [(s.end_ns - s.start_ns) / 1e6 for s in spans])
 
     def on_complete(self) -> list[Finding]:
-        by_key = _by_fingerprint(TraceSummary.of(self.trace))
+        by_key = by_fingerprint(TraceSummary.of(self.trace).statements)
         config = self.config
         queries = self.history.queries
         min_ms = config.slow_query_outlier_min_ms
@@ -102,22 +102,6 @@ class SlowQueryOutlierDetector(Detector):
                 "statement.fingerprint": shape.fingerprint,
             },
         )
-
-
-def _by_fingerprint(summary: TraceSummary) -> dict[tuple[str, str], tuple[SqlShape, list[SpanView]]]:
-    """The trace's DB round trips by service and statement fingerprint, each distinct text
-    parsed once."""
-    by_key: dict[tuple[str, str], tuple[SqlShape, list[SpanView]]] = {}
-    for (service, text), spans in summary.statements.items():
-        # Without a text, each span's shape comes from its own operation and table.
-        shaped = [(db_shape(s), [s]) for s in spans] if text is None else [(db_shape(spans[0]), spans)]
-        for shape, group in shaped:
-            entry = by_key.get((service, shape.fingerprint))
-            if entry is None:
-                by_key[service, shape.fingerprint] = (shape, list(group))  # the summary's stays as is
-            else:
-                entry[1].extend(group)
-    return by_key
 
 
 def _ms(value: float) -> str:
