@@ -96,7 +96,8 @@ class NothingProcessor(SpanProcessor):
     """A span processor that does nothing (the SpanProcessor base methods are all no-ops)."""
 
 
-# --workload chooses these.
+# --workload chooses these; --set adds settings to variants b and c (an ablation).
+overrides: dict[str, Any] = {}
 db_calls: DbCalls = WORKLOADS["nplusone"]
 findings_per_trace = 1
 tail_rate = 0.1
@@ -170,7 +171,7 @@ def make_ours(key: str, label: str, queue: int, **settings: Any) -> Variant:
         APMConfig(),
         logger_provider=logger_provider,
         meter_provider=meter_provider,
-        **{"console_enabled": False, **settings},
+        **{"console_enabled": False, **overrides, **settings},
     )
     provider = TracerProvider(resource=RESOURCE)
     provider.add_span_processor(apm)
@@ -359,7 +360,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="nplusone",
         help="nplusone: every trace has an N+1 finding (worst case for emission); clean: none",
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an APMConfig setting for b and c, e.g. --set stats_enabled=false (an ablation)",
+    )
     args = parser.parse_args(argv)
+    for item in args.set:
+        name, _, value = item.partition("=")
+        if name in ("reporters", "disabled_detectors"):
+            overrides[name] = tuple(v for v in value.split(",") if v)
+        elif value.lower() in ("true", "false"):
+            overrides[name] = value.lower() == "true"
+        else:
+            overrides[name] = value
     global db_calls, findings_per_trace, tail_rate
     db_calls = WORKLOADS[args.workload]
     if args.workload == "clean":
