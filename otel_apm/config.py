@@ -286,6 +286,12 @@ class APMConfig:
         "APM_CODE_LOCATION_ENABLED",
         doc="record the application frame of each DB and HTTP client call as code.* attributes",
     )
+    native_enabled: bool = _setting(
+        True,
+        "APM_NATIVE_ENABLED",
+        doc="use the compiled hot paths (otel_apm._native) when they were built; false runs their "
+        "Python versions",
+    )
     profiling_enabled: bool = _setting(
         False,
         "APM_PROFILING_ENABLED",

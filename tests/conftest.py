@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any, TypeVar
 
 import pytest
@@ -72,6 +73,20 @@ def require_server(name: str, probe: Callable[[], T], *, address: str = "") -> T
         if in_ci():
             pytest.fail(reason, pytrace=False)
         pytest.skip(reason)
+
+
+def require_native() -> ModuleType:
+    """``otel_apm._native``, or skip the test (fail it under ``CI=true``, which builds it) when
+    the extension was not built, e.g. for want of a C compiler at install time."""
+    from otel_apm.native import native
+
+    module = native()
+    if module is None:
+        reason = "otel_apm._native is not built (pip install needs a C compiler for it)"
+        if in_ci():
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    return module
 
 
 def _probe_postgres() -> str:

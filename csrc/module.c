@@ -1,0 +1,40 @@
+/* otel_apm._native: compiled versions of the per-span hot paths, each beside a Python version.
+ *
+ * The Python versions stay the reference and the fallback (no compiler at install time, another
+ * interpreter): otel_apm/native.py loads this module when it was built and APM_NATIVE_ENABLED is
+ * not false, and tests compare each compiled function with its Python twin.
+ *
+ * Each part lives in its own file and adds its functions to the module in its init function,
+ * listed in PARTS below.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "native.h"
+
+typedef int (*part_init)(PyObject *module);
+
+static const part_init PARTS[] = {
+    NULL, /* the list ends here */
+};
+
+static struct PyModuleDef native_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "otel_apm._native",
+    .m_doc = "Compiled hot paths of otel-apm (see otel_apm/native.py).",
+    .m_size = -1,
+};
+
+PyMODINIT_FUNC PyInit__native(void) {
+    PyObject *module = PyModule_Create(&native_module);
+    if (module == NULL) {
+        return NULL;
+    }
+    for (const part_init *init = PARTS; *init != NULL; init++) {
+        if ((*init)(module) < 0) {
+            Py_DECREF(module);
+            return NULL;
+        }
+    }
+    return module;
+}
