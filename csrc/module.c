@@ -11,10 +11,12 @@
 #include <Python.h>
 
 #include "native.h"
+#include "view.h"
 
 typedef int (*part_init)(PyObject *module);
 
 static const part_init PARTS[] = {
+    apm_view_init,
     NULL, /* the list ends here */
 };
 

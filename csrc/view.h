@@ -1,0 +1,64 @@
+/* SpanView (otel_apm/model.py) objects made and filled from C.
+ *
+ * SpanView is a Python class with __slots__; its slots are member descriptors whose offsets C
+ * can write to directly, which costs a store per field instead of an attribute call.  The class
+ * stays the one definition of the model: apm_view_init reads the offsets of its slots by name
+ * and the defaults of a blank view, and refuses to load (ImportError, so otel_apm.native falls
+ * back to Python) when the class and APM_VIEW_SLOTS below no longer agree.
+ */
+#ifndef OTEL_APM_VIEW_H
+#define OTEL_APM_VIEW_H
+
+#include <Python.h>
+
+/* Every slot of SpanView, in the order of APM_VIEW_SLOT_NAMES in view.c. */
+enum apm_view_slot {
+    APM_VIEW_TRACE_ID,
+    APM_VIEW_SPAN_ID,
+    APM_VIEW_PARENT_ID,
+    APM_VIEW_NAME,
+    APM_VIEW_KIND,
+    APM_VIEW_START_NS,
+    APM_VIEW_END_NS,
+    APM_VIEW_ERROR,
+    APM_VIEW_SERVICE,
+    APM_VIEW_CATEGORY,
+    APM_VIEW_DB_SYSTEM,
+    APM_VIEW_STATEMENT,
+    APM_VIEW_DB_OPERATION,
+    APM_VIEW_DB_TABLE,
+    APM_VIEW_HTTP_METHOD,
+    APM_VIEW_URL,
+    APM_VIEW_HTTP_ROUTE,
+    APM_VIEW_HTTP_STATUS,
+    APM_VIEW_SERVER_ADDRESS,
+    APM_VIEW_SCOPE,
+    APM_VIEW_CODE,
+    APM_VIEW_EXCEPTION_TYPE,
+    APM_VIEW_DB_PARAMS,
+    APM_VIEW_CACHED,
+    APM_VIEW_REQUEST_SIZE,
+    APM_VIEW_RESPONSE_SIZE,
+    APM_VIEW_SLOT_COUNT
+};
+
+/* The part's init (module.c PARTS): load SpanView's layout.  0, or -1 with an exception set. */
+int apm_view_init(PyObject *module);
+
+/* The SpanView class (borrowed). */
+PyTypeObject *apm_view_type(void);
+
+/* A new SpanView with every slot at the value SpanView.__init__ gives it, trace_id..service
+ * included (0, "", False): the caller sets those.  New reference, or NULL with an exception. */
+PyObject *apm_view_new(void);
+
+/* Set one slot, stealing the reference to value (which must not be NULL). */
+void apm_view_set(PyObject *view, enum apm_view_slot slot, PyObject *value);
+
+/* A slot's current value (borrowed; never NULL on a view made by apm_view_new). */
+PyObject *apm_view_get(PyObject *view, enum apm_view_slot slot);
+
+/* The slot a name (a str) stands for, or -1 when it names none (no exception set). */
+int apm_view_slot_of(PyObject *name);
+
+#endif
