@@ -4,4 +4,6 @@
 
 #include <Python.h>
 
+int apm_intake_init(PyObject *module); /* intake.c: Intake, the processor's common span hooks */
+
 #endif

@@ -316,11 +316,19 @@ def build_otel(**settings: Any) -> OTel:
 
 
 @pytest.fixture
-def make_otel() -> Iterator[Callable[..., OTel]]:
+def native_enabled() -> bool:
+    """Whether the pipelines ``make_otel`` builds use otel_apm._native (when built).  A test
+    module that covers both implementations overrides this with a parametrized fixture."""
+    return True
+
+
+@pytest.fixture
+def make_otel(native_enabled: bool) -> Iterator[Callable[..., OTel]]:
     """Factory: ``make_otel(slow_request_threshold_ms=50)``; every pipeline is shut down after."""
     built: list[OTel] = []
 
     def make(**settings: Any) -> OTel:
+        settings.setdefault("native_enabled", native_enabled)
         otel = build_otel(**settings)
         built.append(otel)
         return otel
