@@ -8,17 +8,18 @@ the decoded requests compared field by field.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import grpc  # type: ignore[import-untyped]
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from opentelemetry.exporter.otlp.proto.common._internal import _encode_value  # the SDK exporters' mapping
 from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
@@ -156,26 +157,6 @@ def test_events_go_in_requests_of_at_most_events_per_request(
     assert len(finding_events(sink, "n_plus_one_query")) == 3
 
 
-def _protobuf_any_value(value: Any) -> AnyValue:
-    """The AnyValue protobuf's own message classes make of an attribute value (the SDK's mapping)."""
-    if isinstance(value, str):
-        return AnyValue(string_value=value)
-    if isinstance(value, bool):
-        return AnyValue(bool_value=value)
-    if isinstance(value, int):
-        return AnyValue(int_value=value)
-    if isinstance(value, float):
-        return AnyValue(double_value=value)
-    if isinstance(value, bytes):
-        return AnyValue(bytes_value=value)
-    if value is None:
-        return AnyValue()
-    if isinstance(value, Mapping):
-        pairs = [KeyValue(key=k, value=_protobuf_any_value(v)) for k, v in value.items()]
-        return AnyValue(kvlist_value=KeyValueList(values=pairs))
-    return AnyValue(array_value=ArrayValue(values=[_protobuf_any_value(v) for v in value]))
-
-
 SCALARS = (
     st.text(max_size=20)
     | st.booleans()
@@ -196,8 +177,9 @@ VALUES = st.recursive(
 @given(st.text(max_size=12), VALUES)
 def test_values_are_encoded_byte_for_byte_as_protobuf_encodes_them(key: str, value: Any) -> None:
     """Every kind of attribute value (nested lists and mappings, negative and extreme ints, NaN,
-    empty strings, no value): the same bytes as protobuf's encoder, for the value and its KeyValue."""
-    expected = _protobuf_any_value(value)
+    empty strings, no value): the same bytes as the SDK's exporters make of it with protobuf's
+    messages, for the value and its KeyValue."""
+    expected = _encode_value(value)
     assert any_value(value) == expected.SerializeToString()
     assert key_value(key, value) == KeyValue(key=key, value=expected).SerializeToString()
 
@@ -205,7 +187,7 @@ def test_values_are_encoded_byte_for_byte_as_protobuf_encodes_them(key: str, val
 @pytest.mark.parametrize("value", [2**63, -(2**63) - 1, [1, 2**64]])
 def test_an_int_outside_int64_is_refused_as_protobuf_refuses_it(value: Any) -> None:
     with pytest.raises(ValueError, match="out of range"):
-        _protobuf_any_value(value)
+        _encode_value(value)
     with pytest.raises(ValueError, match="out of range"):
         any_value(value)
 
