@@ -30,7 +30,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, StatusC
 from opentelemetry.trace import Status as ApiStatus
 
 from otel_apm import model
-from otel_apm.collector.findings import any_value
+from otel_apm.collector.findings import key_value
 from otel_apm.ingest.otlp import (
     ANALYZED_KEYS,
     UNKNOWN_SERVICE,
@@ -95,14 +95,14 @@ def proto_span(
         start_time_unix_nano=start,
         end_time_unix_nano=end,
         status=Status(code=status),  # type: ignore[arg-type]
-        attributes=[KeyValue(key=k, value=any_value(v)) for k, v in (attrs or {}).items()],
+        attributes=[KeyValue.FromString(key_value(k, v)) for k, v in (attrs or {}).items()],
     )
 
 
 def request(*spans: Span, service: Any = "svc") -> ExportTraceServiceRequest:
     resource = ProtoResource()
     if service is not None:
-        resource.attributes.append(KeyValue(key="service.name", value=any_value(service)))
+        resource.attributes.append(KeyValue.FromString(key_value("service.name", service)))
     return ExportTraceServiceRequest(
         resource_spans=[ResourceSpans(resource=resource, scope_spans=[ScopeSpans(spans=list(spans))])]
     )
