@@ -4,4 +4,7 @@
 
 #include <Python.h>
 
+/* otlpviews.c: otlp_views, OTLP protobuf bytes -> SpanViews for the collector. */
+int apm_otlpviews_init(PyObject *module);
+
 #endif
