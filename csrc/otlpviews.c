@@ -56,7 +56,11 @@ typedef struct {
 
 /* A varint of at most max_bytes bytes (upb: 10 for values, whose bits past 64 are dropped; 5
  * for tags and lengths).  0, or CORRUPT when it is truncated or longer. */
-static int read_varint(reader *r, int max_bytes, uint64_t *out) {
+static inline int read_varint(reader *r, int max_bytes, uint64_t *out) {
+    if (r->p < r->end && *r->p < 0x80) { /* one byte: tags, lengths and most values */
+        *out = *r->p++;
+        return OK;
+    }
     uint64_t value = 0;
     for (int i = 0; i < max_bytes; i++) {
         if (r->p >= r->end) {
@@ -72,7 +76,7 @@ static int read_varint(reader *r, int max_bytes, uint64_t *out) {
     return CORRUPT;
 }
 
-static int read_tag(reader *r, uint32_t *number, int *wire) {
+static inline int read_tag(reader *r, uint32_t *number, int *wire) {
     uint64_t tag;
     if (read_varint(r, 5, &tag) < 0 || tag > UINT32_MAX) {
         return CORRUPT;
@@ -86,7 +90,7 @@ static int skip_group(reader *r, uint32_t number, int depth);
 
 /* The value of a field whose tag was read: into f, or skipped for a group.  ``depth`` is the
  * nesting of the message the field is in.  0, or CORRUPT. */
-static int read_value(reader *r, field *f, int depth) {
+static inline int read_value(reader *r, field *f, int depth) {
     switch (f->wire) {
     case WIRE_VARINT:
         return read_varint(r, 10, &f->varint);
@@ -139,7 +143,7 @@ static int skip_group(reader *r, uint32_t number, int depth) {
 }
 
 /* The next field of a message: 1 and the field, 0 at the message's end, or CORRUPT. */
-static int next_field(reader *r, field *f, int depth) {
+static inline int next_field(reader *r, field *f, int depth) {
     if (r->p >= r->end) {
         return 0;
     }
@@ -451,6 +455,24 @@ static int read_span_fields(request_state *s, const uint8_t *data, Py_ssize_t le
     return 0;
 }
 
+/* Each slot's name as the fills carry it (SpanView.__slots__'s own strings, strong references):
+ * found by identity, which is cheaper than apm_view_slot_of's dict lookup for every pair. */
+static PyObject *slot_names[APM_VIEW_SLOT_COUNT];
+
+static int slot_index(PyObject *name) {
+    for (int slot = 0; slot < APM_VIEW_SLOT_COUNT; slot++) {
+        if (slot_names[slot] == name) {
+            return slot;
+        }
+    }
+    int slot = apm_view_slot_of(name);
+    if (slot >= 0 && slot_names[slot] == NULL) {
+        Py_INCREF(name);
+        slot_names[slot] = name;
+    }
+    return slot;
+}
+
 /* Set the slots of a fill from _FILLS ((slot name, value) pairs) on the view.  0, or -1 with an
  * exception (a fill that is not such pairs: the span is then skipped, as Python's loop would). */
 static int apply_fill(PyObject *view, PyObject *fill) {
@@ -461,7 +483,7 @@ static int apply_fill(PyObject *view, PyObject *fill) {
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(fill); i++) {
         PyObject *pair = PyTuple_GET_ITEM(fill, i);
         int slot = PyTuple_Check(pair) && PyTuple_GET_SIZE(pair) == 2
-                       ? apm_view_slot_of(PyTuple_GET_ITEM(pair, 0))
+                       ? slot_index(PyTuple_GET_ITEM(pair, 0))
                        : -1;
         if (slot < 0) {
             PyErr_SetString(PyExc_TypeError, "a fill must be a tuple of (slot, value) pairs");
@@ -475,8 +497,8 @@ static int apply_fill(PyObject *view, PyObject *fill) {
 }
 
 /* The shape tuple of otlp.py: (kind, error, name, *serialized attributes). */
-static PyObject *shape_of(request_state *s, PyObject *kind, PyObject *error, PyObject *name,
-                          Py_ssize_t attrs) {
+static PyObject *make_shape(request_state *s, PyObject *kind, PyObject *error, PyObject *name,
+                            Py_ssize_t attrs) {
     PyObject *shape = PyTuple_New(3 + attrs);
     if (shape == NULL) {
         return NULL;
@@ -494,6 +516,91 @@ static PyObject *shape_of(request_state *s, PyObject *kind, PyObject *error, PyO
             return NULL;
         }
         PyTuple_SET_ITEM(shape, 3 + i, raw);
+    }
+    return shape;
+}
+
+/* Shape memo: the shape tuples of recent spans, found again by a fast hash of the span's raw
+ * kind, status, name and attribute bytes.  Most spans repeat a shape seen before; reusing its
+ * tuple saves making a bytes object per attribute and hashing them all with SipHash for the
+ * _FILLS lookup, which then hits on the key's identity.  _FILLS stays the cache: every span is
+ * still looked up there with an equal tuple, and a miss still goes to _fill.  Direct-mapped and
+ * checked byte for byte, so a collision (chosen or not) costs only the slow path. */
+#define MEMO_SIZE 2048
+typedef struct {
+    uint64_t hash;
+    PyObject *shape; /* strong, or NULL */
+} memo_entry;
+static memo_entry memo[MEMO_SIZE];
+static uint64_t memo_seed; /* from Python's keyed hash: the process's random key */
+
+static inline uint64_t mix(uint64_t h, uint64_t word) {
+    h = (h ^ word) * 0x9E3779B97F4A7C15ull;
+    return h ^ (h >> 29);
+}
+
+static uint64_t mix_bytes(uint64_t h, const uint8_t *data, Py_ssize_t len) {
+    h = mix(h, (uint64_t)len);
+    for (; len >= 8; data += 8, len -= 8) {
+        uint64_t word;
+        memcpy(&word, data, 8);
+        h = mix(h, word);
+    }
+    uint64_t tail = 0;
+    memcpy(&tail, data, (size_t)len);
+    return mix(h, tail);
+}
+
+static uint64_t shape_hash(const request_state *s, const span_fields *sf, long kind, int error) {
+    uint64_t h = mix(memo_seed, (uint64_t)(kind << 1 | error));
+    h = mix_bytes(h, sf->name, sf->name_len);
+    for (Py_ssize_t i = 0; i < sf->attrs; i++) {
+        h = mix_bytes(h, s->attr_data[i], s->attr_len[i]);
+    }
+    return h;
+}
+
+/* Whether a memoized shape is this span's: same kind, status, name and attribute bytes. */
+static int shape_matches(PyObject *shape, const request_state *s, const span_fields *sf, PyObject *kind,
+                         PyObject *error) {
+    if (PyTuple_GET_SIZE(shape) != 3 + sf->attrs || PyTuple_GET_ITEM(shape, 0) != kind ||
+        PyTuple_GET_ITEM(shape, 1) != error) { /* small ints and bools: one object each */
+        return 0;
+    }
+    Py_ssize_t name_len;
+    const char *name = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(shape, 2), &name_len);
+    if (name == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (name_len != sf->name_len || memcmp(name, sf->name, (size_t)name_len) != 0) {
+        return 0;
+    }
+    for (Py_ssize_t i = 0; i < sf->attrs; i++) {
+        PyObject *raw = PyTuple_GET_ITEM(shape, 3 + i);
+        if (PyBytes_GET_SIZE(raw) != s->attr_len[i] ||
+            memcmp(PyBytes_AS_STRING(raw), s->attr_data[i], (size_t)s->attr_len[i]) != 0) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* The span's shape tuple, from the memo or made (and memoized).  New reference, or NULL. */
+static PyObject *shape_of(request_state *s, const span_fields *sf, PyObject *kind, PyObject *error,
+                          PyObject *name) {
+    uint64_t hash = shape_hash(s, sf, PyLong_AsLong(kind), error == Py_True);
+    memo_entry *e = &memo[hash & (MEMO_SIZE - 1)];
+    if (e->shape != NULL && e->hash == hash && shape_matches(e->shape, s, sf, kind, error)) {
+        Py_INCREF(e->shape);
+        return e->shape;
+    }
+    PyObject *shape = make_shape(s, kind, error, name, sf->attrs);
+    if (shape != NULL) {
+        Py_INCREF(shape);
+        PyObject *old = e->shape;
+        *e = (memo_entry){hash, shape};
+        Py_XDECREF(old);
     }
     return shape;
 }
@@ -569,7 +676,7 @@ static PyObject *span_view(request_state *s, const span_fields *sf, PyObject *se
     Py_INCREF(error);
     apm_view_set(view, APM_VIEW_ERROR, error);
 
-    PyObject *shape = shape_of(s, kind, error, name, sf->attrs);
+    PyObject *shape = shape_of(s, sf, kind, error, name);
     Py_DECREF(kind), Py_DECREF(error), Py_DECREF(name);
     if (shape == NULL) {
         Py_DECREF(view);
@@ -768,4 +875,8 @@ static PyMethodDef otlpviews_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-int apm_otlpviews_init(PyObject *module) { return PyModule_AddFunctions(module, otlpviews_methods); }
+int apm_otlpviews_init(PyObject *module) {
+    static const char seed_text[] = "otel_apm shape memo";
+    memo_seed = (uint64_t)_Py_HashBytes(seed_text, sizeof(seed_text) - 1);
+    return PyModule_AddFunctions(module, otlpviews_methods);
+}

@@ -364,3 +364,21 @@ def test_both_fill_the_same_shape_cache(monkeypatch: pytest.MonkeyPatch) -> None
         views_from_payload(sdk_payload(web_request), IngestCounts(), native_enabled)
         fills.append(otlp._FILLS)
     assert fills[0] == fills[1] and len(fills[0]) == 11
+
+
+def test_shapes_seen_before_still_go_through_the_fills(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled reader remembers recent shape tuples, but _FILLS stays the cache: emptied,
+    every shape goes to _fill again."""
+    payload = sdk_payload(web_request)
+    expected = assert_same(payload)
+    monkeypatch.setattr(otlp, "_FILLS", {})
+    calls: list[tuple[Any, ...]] = []
+    fill = otlp._fill
+
+    def counted(view: SpanView, shape: tuple[Any, ...]) -> tuple[tuple[str, Any], ...]:
+        calls.append(shape)
+        return fill(view, shape)
+
+    monkeypatch.setattr(otlp, "_fill", counted)
+    assert outcome(payload, True) == expected
+    assert len(calls) == len(otlp._FILLS) == 11
