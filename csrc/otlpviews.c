@@ -201,9 +201,8 @@ static int valid_utf8(const uint8_t *data, Py_ssize_t len) {
     return 1;
 }
 
-/* Walk one message as upb would parse it with _VIEW_MESSAGES; count the spans and scopes (the
- * sizes of pass 2's tables).  OK, CORRUPT or BAD_UTF8. */
-static int check(const uint8_t *data, Py_ssize_t len, enum message message, int depth, Py_ssize_t *items) {
+/* Walk one message as upb would parse it with _VIEW_MESSAGES.  OK, CORRUPT or BAD_UTF8. */
+static int check(const uint8_t *data, Py_ssize_t len, enum message message, int depth) {
     reader r = {data, data + len};
     field f;
     int more;
@@ -220,12 +219,9 @@ static int check(const uint8_t *data, Py_ssize_t len, enum message message, int 
             if (depth + 1 > DEPTH_LIMIT) {
                 return CORRUPT;
             }
-            int status = check(f.data, f.len, (enum message)kind, depth + 1, items);
+            int status = check(f.data, f.len, (enum message)kind, depth + 1);
             if (status < 0) {
                 return status;
-            }
-            if (kind == SPAN || kind == SCOPE_SPANS) {
-                (*items)++;
             }
         }
     }
@@ -235,9 +231,9 @@ static int check(const uint8_t *data, Py_ssize_t len, enum message message, int 
 /* -- pass 2: the views ------------------------------------------------------------------------ */
 
 /* Per-request sharing, as the Python version's dicts do: equal strings (span and scope names)
- * and equal span ids become one object.  Open addressing over a power-of-two table sized from
- * pass 1's count, so it never fills; hashed with Python's keyed bytes hash, so a sender cannot
- * choose colliding keys. */
+ * and equal span ids become one object.  Open addressing over a power-of-two table kept at most
+ * half full, grown as entries come (a payload of many tiny spans must not size it up front);
+ * hashed with Python's keyed bytes hash, so a sender cannot choose colliding keys. */
 typedef struct {
     Py_hash_t hash;
     const uint8_t *key; /* into the payload, alive for the call */
@@ -246,21 +242,33 @@ typedef struct {
 } entry;
 
 typedef struct {
-    entry *entries;
+    entry *entries; /* NULL until the first entry */
     size_t mask;
+    size_t used;
 } table;
 
-static int table_init(table *t, Py_ssize_t items) {
-    size_t size = 16;
-    while (size < (size_t)items * 2) {
-        size <<= 1;
-    }
-    t->entries = PyMem_Calloc(size, sizeof(entry));
-    t->mask = size - 1;
-    if (t->entries == NULL) {
+/* Double the table (or make its first 64 entries).  0, or -1 with MemoryError. */
+static int table_grow(table *t) {
+    size_t size = t->entries == NULL ? 64 : (t->mask + 1) * 2;
+    entry *grown = PyMem_Calloc(size, sizeof(entry));
+    if (grown == NULL) {
         PyErr_NoMemory();
         return -1;
     }
+    if (t->entries != NULL) {
+        for (size_t i = 0; i <= t->mask; i++) {
+            if (t->entries[i].value != NULL) {
+                size_t j = (size_t)t->entries[i].hash & (size - 1);
+                while (grown[j].value != NULL) {
+                    j = (j + 1) & (size - 1);
+                }
+                grown[j] = t->entries[i];
+            }
+        }
+        PyMem_Free(t->entries);
+    }
+    t->entries = grown;
+    t->mask = size - 1;
     return 0;
 }
 
@@ -279,6 +287,9 @@ static void table_free(table *t) {
  * reference, or NULL with an exception set. */
 static PyObject *table_share(table *t, const uint8_t *data, Py_ssize_t len,
                              PyObject *(*make)(const uint8_t *, Py_ssize_t)) {
+    if ((t->entries == NULL || (t->used + 1) * 2 > t->mask + 1) && table_grow(t) < 0) {
+        return NULL;
+    }
     Py_hash_t hash = _Py_HashBytes(data, len); /* bytes' hash, keyed (Py_HashBuffer from 3.14) */
     size_t i = (size_t)hash & t->mask;
     for (;; i = (i + 1) & t->mask) {
@@ -289,6 +300,7 @@ static PyObject *table_share(table *t, const uint8_t *data, Py_ssize_t len,
                 return NULL;
             }
             *e = (entry){hash, data, len, value};
+            t->used++;
             Py_INCREF(value);
             return value;
         }
@@ -685,7 +697,9 @@ static PyObject *span_view(request_state *s, const span_fields *sf, PyObject *se
     PyObject *fill = PyDict_GetItemWithError(s->fills, shape); /* borrowed */
     int failed;
     if (fill != NULL) {
+        Py_INCREF(fill); /* a slot's old value freed by apm_view_set could run code that clears _FILLS */
         failed = apply_fill(view, fill);
+        Py_DECREF(fill);
     } else if (PyErr_Occurred()) {
         failed = -1;
     } else { /* a new shape: _fill reads the attributes, fills the view and remembers the fill */
@@ -833,15 +847,10 @@ static PyObject *otlp_views(PyObject *module, PyObject *const *args, Py_ssize_t 
     PyObject *result = NULL;
     request_state s = {.fills = args[1], .fill = args[2], .service_name = args[3], .exception_type = args[4]};
 
-    Py_ssize_t items = 0;
-    int status = check(data, payload.len, REQUEST, 0, &items);
+    int status = check(data, payload.len, REQUEST, 0);
     if (status < 0) {
         PyErr_SetString(args[5], status == BAD_UTF8 ? "Error parsing message: string field had bad UTF-8"
                                                     : "Error parsing message: wire format was corrupt");
-        goto done;
-    }
-    /* ids: a span's own and its parent's; strings: span and scope names */
-    if (table_init(&s.ids, 2 * items) < 0 || table_init(&s.strings, items + 1) < 0) {
         goto done;
     }
     s.views = PyList_New(0);

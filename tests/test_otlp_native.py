@@ -382,3 +382,12 @@ def test_shapes_seen_before_still_go_through_the_fills(monkeypatch: pytest.Monke
     monkeypatch.setattr(otlp, "_fill", counted)
     assert outcome(payload, True) == expected
     assert len(calls) == len(otlp._FILLS) == 11
+
+
+def test_a_payload_of_many_empty_spans_is_read_alike() -> None:
+    """Tiny spans, all malformed: the compiled reader's tables grow with what it keeps, not with
+    what the payload claims."""
+    spans = b"\x12\x00" * 50_000
+    scope_spans = tagged(2, 2, varint(len(spans)) + spans)
+    payload = tagged(1, 2, varint(len(scope_spans)) + scope_spans)
+    assert assert_same(payload) == ([], {"views": 0, "malformed_spans": 50_000})
