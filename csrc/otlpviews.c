@@ -12,7 +12,8 @@
  *      checks, sharing and shape cache.
  *
  * One semantic-convention implementation: a span's analyzed fields come from otlp.py's _FILLS
- * (the same dict, keyed by the same shape tuple) and a miss calls otlp.py's _fill.  The
+ * (the same dict, keyed by the same shape tuple; a memo of recent tuples spares remaking them,
+ * see shape_of) and a miss calls otlp.py's _fill.  The
  * resource's service.name and exception events also go through otlp.py's helpers: they are
  * per resource or rare, and KeyValue parsing stays protobuf's.
  *
