@@ -18,6 +18,7 @@ typedef int (*part_init)(PyObject *module);
 static const part_init PARTS[] = {
     apm_view_init,
     apm_intake_init,
+    apm_otlpviews_init, /* after apm_view_init: it makes SpanViews */
     NULL, /* the list ends here */
 };
 

@@ -4,6 +4,9 @@
 
 #include <Python.h>
 
-int apm_intake_init(PyObject *module); /* intake.c: Intake, the processor's common span hooks */
+/* intake.c: Intake, the processor's common span hooks. */
+int apm_intake_init(PyObject *module);
+/* otlpviews.c: otlp_views, OTLP protobuf bytes -> SpanViews for the collector. */
+int apm_otlpviews_init(PyObject *module);
 
 #endif
