@@ -19,14 +19,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Link, SpanKind, StatusCode
 
-from otel_apm.collector.findings import any_value
+from otel_apm.collector.findings import key_value
 from otel_apm.ingest import otlp
 from otel_apm.ingest.otlp import IngestCounts, otlp_json_to_request, views_from_payload
 from otel_apm.model import SpanView
@@ -201,7 +200,7 @@ def tagged(number: int, wire: int, body: bytes) -> bytes:
 # Field contents worth trying at any place: ids of the right and wrong sizes, names (one not
 # UTF-8), the attributes analysis reads, an exception's type, a service name.
 key_values = st.builds(
-    lambda k, v: KeyValue(key=k, value=any_value(v)).SerializeToString(),
+    key_value,
     st.sampled_from(
         [
             "service.name",
