@@ -103,6 +103,19 @@ findings_per_trace = 1
 tail_rate = 0.1
 
 
+def override(items: Sequence[str]) -> None:
+    """Add ``--set NAME=VALUE`` items to :data:`overrides` (bench_instructions.py passes its own
+    to the child it counts): comma lists for the tuple settings, true/false for booleans."""
+    for item in items:
+        name, _, value = item.partition("=")
+        if name in ("reporters", "disabled_detectors"):
+            overrides[name] = tuple(v for v in value.split(",") if v)
+        elif value.lower() in ("true", "false"):
+            overrides[name] = value.lower() == "true"
+        else:
+            overrides[name] = value
+
+
 def run_trace(tracer: trace.Tracer) -> None:
     workload.run_trace(tracer, db_calls)
 
@@ -368,14 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="an APMConfig setting for b and c, e.g. --set stats_enabled=false (an ablation)",
     )
     args = parser.parse_args(argv)
-    for item in args.set:
-        name, _, value = item.partition("=")
-        if name in ("reporters", "disabled_detectors"):
-            overrides[name] = tuple(v for v in value.split(",") if v)
-        elif value.lower() in ("true", "false"):
-            overrides[name] = value.lower() == "true"
-        else:
-            overrides[name] = value
+    override(args.set)
     global db_calls, findings_per_trace, tail_rate
     db_calls = WORKLOADS[args.workload]
     if args.workload == "clean":
