@@ -355,7 +355,8 @@ class Statistics:
                 rolling = self._endpoints.get(key)
             if rolling is None:
                 rolling = self._endpoints[key] = self._new_rolling(tick)
-        self._advance("endpoint", key, None, rolling, tick)
+        if tick > rolling.tick_index:  # once a tick and key, not each trace
+            self._advance("endpoint", key, None, rolling, tick)
         return rolling
 
     def _rolling_statement(self, service: str, shape: SqlShape, db_system: str, tick: int) -> _Rolling:
@@ -372,7 +373,8 @@ class Statistics:
                 )
             if filed is None:
                 filed = self._statements[key] = (info, self._new_rolling(tick))
-        self._advance("statement", key, filed[0], filed[1], tick)
+        if tick > filed[1].tick_index:  # once a tick and key, not each trace
+            self._advance("statement", key, filed[0], filed[1], tick)
         return filed[1]
 
     def _new_rolling(self, tick: int) -> _Rolling:
