@@ -1,6 +1,6 @@
 """bench_processor.py's comparison counted in instructions (valgrind's callgrind), not seconds.
 
-    .venv/bin/python bench/bench_instructions.py [--traces N] [--workload clean|nplusone]
+    .venv/bin/python bench/bench_instructions.py [--traces N] [--workload clean|nplusone] [--set NAME=VALUE]
 
 Wall-clock ratios swing with whatever else the machine runs; the instructions a run executes do
 not.  Each variant of bench_processor.py (a: SDK + BatchSpanProcessor, b: ours in pass-through,
@@ -10,7 +10,9 @@ instructions of N traces, whatever the interpreter's start-up costs.  Hash rando
 address-space randomization are off and the garbage collector is paused after the warm-up, so a
 run repeats to within about 0.1 %; a collection would otherwise land in one run and not the other.
 Instructions are not time (a cache miss costs more than an add), so this complements the timed
-benchmark: it shows what a change saves, on any machine, without noise.
+benchmark: it shows what a change saves, on any machine, without noise.  ``--set`` gives b and c
+a setting, as in bench_processor.py: an ablation counted in instructions (what the statistics or
+the metrics cost is b's count with them on less b's with them off).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
+from functools import partial
 
 import bench_processor as bp
 from opentelemetry.sdk._logs import LoggerProvider
@@ -75,9 +78,8 @@ def finding_steps(workload: str, traces: int) -> None:
     os._exit(0)
 
 
-def child(variant: str, workload: str, traces: int, settings: Sequence[str]) -> None:
+def child(variant: str, workload: str, traces: int) -> None:
     """Warm up, pause the collector, run ``traces`` traces and the round's flushes, exit."""
-    bp.overrides.update(bp.parse_settings(settings))
     if variant == "f":
         finding_steps(workload, traces)
     bp.db_calls = WORKLOADS[workload]
@@ -144,22 +146,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="an APMConfig setting for b and c, as in bench_processor.py (an ablation)",
+        help="an APMConfig setting for b and c, e.g. --set stats_enabled=false (an ablation)",
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    bp.override(args.set)
     if args.child:
-        child(args.child, args.workload, args.traces, args.set)
+        child(args.child, args.workload, args.traces)
     variants = args.variants.split(",")
     per_span = {}
     for v in variants:
-        delta = instructions(v, args.workload, args.traces, args.set) - instructions(
-            v, args.workload, 0, args.set
-        )
+        counted = partial(instructions, v, args.workload, settings=args.set)
+        delta = counted(args.traces) - counted(0)
         per_span[v] = delta / (args.traces * SPANS_PER_TRACE)
         print(f"  {v}: {per_span[v]:>10,.0f} instructions/span", file=sys.stderr, flush=True)
+    settings = "".join(f", --set {item}" for item in args.set)
     print(
-        f"\nInstructions per span ({args.traces} traces x {SPANS_PER_TRACE} spans, workload {args.workload})"
+        f"\nInstructions per span ({args.traces} traces x {SPANS_PER_TRACE} spans, workload {args.workload}"
+        f"{settings})"
     )
     for v in variants:
         ratio = f"{per_span[v] / per_span['a']:.3f}" if "a" in per_span and v not in "af" else "-"

@@ -103,6 +103,19 @@ findings_per_trace = 1
 tail_rate = 0.1
 
 
+def override(items: Sequence[str]) -> None:
+    """Add ``--set NAME=VALUE`` items to :data:`overrides` (bench_instructions.py passes its own
+    to the child it counts): comma lists for the tuple settings, true/false for booleans."""
+    for item in items:
+        name, _, value = item.partition("=")
+        if name in ("reporters", "disabled_detectors"):
+            overrides[name] = tuple(v for v in value.split(",") if v)
+        elif value.lower() in ("true", "false"):
+            overrides[name] = value.lower() == "true"
+        else:
+            overrides[name] = value
+
+
 def run_trace(tracer: trace.Tracer) -> None:
     workload.run_trace(tracer, db_calls)
 
@@ -345,21 +358,6 @@ def profile_ours(traces: int) -> list[tuple[str, int, float, float]]:
 # ---------------------------------------------------------------------------------------------
 
 
-def parse_settings(items: Sequence[str]) -> dict[str, Any]:
-    """``--set NAME=VALUE`` items as APMConfig keywords: true/false as bools, reporters and
-    disabled_detectors as comma-separated tuples, anything else as given."""
-    settings: dict[str, Any] = {}
-    for item in items:
-        name, _, value = item.partition("=")
-        if name in ("reporters", "disabled_detectors"):
-            settings[name] = tuple(v for v in value.split(",") if v)
-        elif value.lower() in ("true", "false"):
-            settings[name] = value.lower() == "true"
-        else:
-            settings[name] = value
-    return settings
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -383,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="an APMConfig setting for b and c, e.g. --set stats_enabled=false (an ablation)",
     )
     args = parser.parse_args(argv)
-    overrides.update(parse_settings(args.set))
+    override(args.set)
     global db_calls, findings_per_trace, tail_rate
     db_calls = WORKLOADS[args.workload]
     if args.workload == "clean":

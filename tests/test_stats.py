@@ -144,6 +144,26 @@ def test_endpoint_and_statement_statistics_from_real_spans(make_otel: Callable[.
         assert stats.snapshot(window).overall.count == 250  # type: ignore[arg-type]
 
 
+def test_runs_served_from_a_cache_count_in_their_statement(make_otel: Callable[..., OTel]) -> None:
+    """A statement's runs are counted whether a cache served them or not; the analysis's own
+    grouping leaves cached runs out, so the statistics must not take it as it is then."""
+    otel = make_otel()
+    stats = otel.processor.statistics
+    assert stats is not None
+    base = time.time_ns()
+    root = otel.tracer.start_span("GET /users", kind=SpanKind.SERVER, start_time=base)
+    ctx = trace.set_span_in_context(root)
+    for i, hit in enumerate((False, True, False)):
+        attributes = {"db.system": "postgresql", "db.statement": USERS, "cache.hit": hit}
+        query = otel.tracer.start_span(
+            "query", context=ctx, kind=SpanKind.CLIENT, start_time=base + i * 10**7, attributes=attributes
+        )
+        query.end(end_time=base + i * 10**7 + (i + 1) * 10**6)
+    root.end(end_time=base + 5 * 10**7)
+    (select,) = stats.snapshot("minute").statements
+    assert (select.count, select.total_ms, select.max_ms) == (3, pytest.approx(6.0), pytest.approx(3.0))
+
+
 class Clock:
     def __init__(self, now: float) -> None:
         self.now = now

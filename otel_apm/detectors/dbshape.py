@@ -85,11 +85,12 @@ def by_fingerprint(by_text: Mapping[tuple[str, str | None], list[SpanView]]) -> 
     """
     out: StatementGroups = {}
     for (service, text), spans in by_text.items():
-        shaped = [(db_shape(spans[0]), spans)] if text else [(db_shape(s), [s]) for s in spans]
-        for shape, group in shaped:
-            filed = out.get((service, shape.fingerprint))
+        for group in (spans,) if text else [[s] for s in spans]:
+            shape = db_shape(group[0])
+            key = (service, shape.fingerprint)
+            filed = out.get(key)
             if filed is None:
-                out[service, shape.fingerprint] = (shape, list(group))
+                out[key] = (shape, list(group))
             else:
                 filed[1].extend(group)
     return out

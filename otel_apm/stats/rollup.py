@@ -334,11 +334,14 @@ class Statistics:
                 tally = self._rolling_statement(service, shape, spans[0].db_system or "", tick).tick
                 tally.count += len(spans)
                 add, slow = tally.duration.add, self._slow_query_ms
+                errors = slows = 0  # counted here, stored once: an attribute write costs more
                 for s in spans:
                     duration_ms = (s.end_ns - s.start_ns) / 1e6
                     add(duration_ms)
-                    tally.errors += s.error
-                    tally.slow += duration_ms >= slow
+                    errors += s.error
+                    slows += duration_ms >= slow
+                tally.errors += errors
+                tally.slow += slows
                 names = tally.endpoints
                 for name in endpoints:
                     if name not in names and len(names) < self._max_endpoints_per_statement:
@@ -355,7 +358,8 @@ class Statistics:
                 rolling = self._endpoints.get(key)
             if rolling is None:
                 rolling = self._endpoints[key] = self._new_rolling(tick)
-        self._advance("endpoint", key, None, rolling, tick)
+        if tick > rolling.tick_index:  # once a tick and key, not each trace
+            self._advance("endpoint", key, None, rolling, tick)
         return rolling
 
     def _rolling_statement(self, service: str, shape: SqlShape, db_system: str, tick: int) -> _Rolling:
@@ -372,7 +376,8 @@ class Statistics:
                 )
             if filed is None:
                 filed = self._statements[key] = (info, self._new_rolling(tick))
-        self._advance("statement", key, filed[0], filed[1], tick)
+        if tick > filed[1].tick_index:  # once a tick and key, not each trace
+            self._advance("statement", key, filed[0], filed[1], tick)
         return filed[1]
 
     def _new_rolling(self, tick: int) -> _Rolling:
