@@ -4,4 +4,7 @@
 
 #include <Python.h>
 
+/* csrc/sdkviews.c: read_sdk_spans, SDK spans -> SpanViews (otel_apm/ingest/sdk.py). */
+int apm_sdkviews_init(PyObject *module);
+
 #endif

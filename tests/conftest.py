@@ -46,6 +46,11 @@ MARIADB_USER = "root"
 CONNECT_TIMEOUT_S = 2
 
 
+# The one setting the shell's environment gives the pipelines: APM_NATIVE_ENABLED=false runs the
+# suite on the Python twins of the compiled paths, which must pass it alike.
+NATIVE_ENABLED = APMConfig.from_env().native_enabled
+
+
 def clean_environ() -> dict[str, str]:
     """This process's environment without the OTEL_* and APM_* variables of the shell running
     the tests, for a subprocess that must see only the settings its test gives."""
@@ -281,7 +286,8 @@ def build_otel(**settings: Any) -> OTel:
     """A fresh pipeline; ``settings`` are APMConfig fields (console output is off unless asked).
 
     The config starts from APMConfig's defaults, not the environment, so an ``APM_*`` variable
-    in the shell running the tests cannot change their outcome.
+    in the shell running the tests cannot change their outcome; APM_NATIVE_ENABLED alone is
+    honoured (:data:`NATIVE_ENABLED`), as it must not.
     """
     resource = Resource.create({"service.name": SERVICE_NAME})
     span_exporter = InMemorySpanExporter()
@@ -291,6 +297,7 @@ def build_otel(**settings: Any) -> OTel:
     metric_reader = InMemoryMetricReader()
     meter_provider = MeterProvider(metric_readers=[metric_reader], resource=resource)
     settings.setdefault("console_enabled", False)
+    settings.setdefault("native_enabled", NATIVE_ENABLED)
     processor = APMSpanProcessor(
         SimpleSpanProcessor(span_exporter),
         APMConfig(),

@@ -41,6 +41,7 @@ from otel_apm.emit.span_events import with_finding_events
 from otel_apm.ingest.callsite import CODE_FILE_PATH, CallSite
 from otel_apm.ingest.sdk import SpanReader, add_attributes, plain_attributes
 from otel_apm.model import SpanView, Trace, endpoint_of
+from otel_apm.native import native
 from otel_apm.profiling.memory import MemoryMonitor
 from otel_apm.semconv import SERVICE_NAME
 from otel_apm.stats import Statistics, statistics_of
@@ -101,7 +102,7 @@ class APMSpanProcessor(SpanProcessor):
         elif emitters is None:
             emitters = [EventEmitter(logger_provider), *reporters(config, meter_provider)]
         self._emitters = tuple(emitters)
-        self._reader = SpanReader()
+        self._reader = SpanReader(native(config.native_enabled))
         self._callsite = CallSite() if config.code_location_enabled else None
         self._resource: Resource | None = None
         self._service = config.service_name or "unknown_service"
@@ -267,8 +268,7 @@ class APMSpanProcessor(SpanProcessor):
             self._service = self.config.service_name or str(
                 resource.attributes.get(SERVICE_NAME) or "unknown_service"
             )
-        read, service = self._reader.read, self._service
-        return [read(s, service) for s in spans]
+        return self._reader.read_all(spans, self._service)
 
     def _service_name(self) -> str:
         """The service named in findings: the configured one, else the spans' resource's."""
