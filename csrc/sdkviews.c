@@ -2,7 +2,7 @@
  * otel_apm/ingest/sdk.py, which stays the reference and the fallback.
  *
  *   read_sdk_spans(spans, service, keys, kinds, error, fills, fills_max, fill, read_exception,
- *                  read_one) -> list[SpanView]
+ *                  read_one, bounded_list) -> list[SpanView]
  *
  * A span's own fields (ids, parent, name, kind, times, status, scope) are read from the same
  * ReadableSpan internals _view_fields reads, and stored straight into a new view (view.h).
@@ -23,7 +23,8 @@
  * with events has them read by ``read_exception(view, events)``, both in Python.
  *
  * ``kinds`` maps the span's SpanKind to its int, ``error`` is StatusCode.ERROR (compared by
- * identity, as _view_fields does).  Any exception (a missing field, a failing callback) is raised
+ * identity, as _view_fields does).  ``bounded_list`` is the SDK's BoundedList, whose __len__ is
+ * Python: its events are counted by the deque inside it.  Any exception (a missing field, a failing callback) is raised
  * to the caller, as _view_fields would raise it.
  */
 #define PY_SSIZE_T_CLEAN
@@ -39,7 +40,7 @@
 
 /* The ReadableSpan fields read, interned once. */
 static PyObject *s_context, *s_parent, *s_name, *s_kind, *s_start_time, *s_end_time, *s_status,
-    *s_status_code, *s_attributes, *s_dict, *s_instrumentation_scope, *s_events;
+    *s_status_code, *s_attributes, *s_dict, *s_instrumentation_scope, *s_events, *s_dq;
 
 /* The arguments after spans and service, borrowed from the call. */
 struct setup {
@@ -51,10 +52,20 @@ struct setup {
     PyObject *fill;           /* semconv.filled_slots(view, attrs) -> ((slot name, value), ...) */
     PyObject *read_exception; /* sdk._read_exception(view, events) */
     PyObject *read_one;       /* sdk._view_fields(span, service) */
+    PyObject *bounded_list;   /* opentelemetry.sdk.util.BoundedList, the type of span._events */
 };
 
-/* ``obj[index]`` (new reference), as ``ctx[0]`` reads a SpanContext, a tuple subclass. */
-static PyObject *item(PyObject *obj, Py_ssize_t index) { return PySequence_GetItem(obj, index); }
+/* ``obj[index]`` (new reference), as ``ctx[0]`` reads a SpanContext.  SpanContext is a tuple
+ * subclass defined in Python, whose sq_item goes through a Python-level __getitem__ (700
+ * instructions a call, measured): a tuple's items are read directly. */
+static PyObject *item(PyObject *obj, Py_ssize_t index) {
+    if (PyTuple_Check(obj) && index < PyTuple_GET_SIZE(obj)) {
+        PyObject *value = PyTuple_GET_ITEM(obj, index);
+        Py_INCREF(value);
+        return value;
+    }
+    return PySequence_GetItem(obj, index);
+}
 
 /* ``value or 0``, as _view_fields reads the start and end times (new reference). */
 static PyObject *or_zero(PyObject *value) {
@@ -68,6 +79,38 @@ static PyObject *or_zero(PyObject *value) {
     }
     Py_DECREF(value);
     return PyLong_FromLong(0);
+}
+
+/* ``kinds[kind]`` (borrowed), or NULL with an exception set.  SpanKind is an Enum, whose
+ * __hash__ is Python code: its few members are found by identity first. */
+static PyObject *kind_of(PyObject *kinds, PyObject *kind) {
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(kinds, &pos, &key, &value)) {
+        if (key == kind) {
+            return value;
+        }
+    }
+    value = PyDict_GetItemWithError(kinds, kind);
+    if (value == NULL && !PyErr_Occurred()) {
+        PyErr_SetObject(PyExc_KeyError, kind);
+    }
+    return value;
+}
+
+/* Whether the span has events (``bool(span._events)``): 1, 0, or -1 with an exception set.  The
+ * SDK keeps them in a BoundedList, whose __len__ (Python) is the length of its deque. */
+static int has_events(PyObject *events, const struct setup *s) {
+    if (Py_IS_TYPE(events, (PyTypeObject *)s->bounded_list)) {
+        PyObject *deque = PyObject_GetAttr(events, s_dq);
+        if (deque == NULL) {
+            return -1;
+        }
+        Py_ssize_t count = PyObject_Size(deque);
+        Py_DECREF(deque);
+        return count < 0 ? -1 : count > 0;
+    }
+    return PyObject_IsTrue(events);
 }
 
 /* The stored pairs of a shape, from filled_slots' ((slot name, value), ...): the slot names are
@@ -255,11 +298,8 @@ static PyObject *read_span(PyObject *span, PyObject *service, const struct setup
     if (kind_key == NULL) {
         goto error;
     }
-    kind = PyDict_GetItemWithError(s->kinds, kind_key);
+    kind = kind_of(s->kinds, kind_key);
     if (kind == NULL) {
-        if (!PyErr_Occurred()) {
-            PyErr_SetObject(PyExc_KeyError, kind_key);
-        }
         goto error;
     }
     view = apm_view_new();
@@ -326,11 +366,11 @@ static PyObject *read_span(PyObject *span, PyObject *service, const struct setup
         apm_view_set(view, APM_VIEW_SCOPE, value);
     }
     events = PyObject_GetAttr(span, s_events);
-    int has_events = events == NULL ? -1 : PyObject_IsTrue(events);
-    if (has_events < 0) {
+    int any_events = events == NULL ? -1 : has_events(events, s);
+    if (any_events < 0) {
         goto error;
     }
-    if (has_events) {
+    if (any_events) {
         PyObject *done = PyObject_CallFunctionObjArgs(s->read_exception, view, events, NULL);
         if (done == NULL) {
             goto error;
@@ -355,8 +395,8 @@ done:
 
 static PyObject *read_sdk_spans(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
-    if (nargs != 10) {
-        PyErr_SetString(PyExc_TypeError, "read_sdk_spans takes 10 arguments");
+    if (nargs != 11) {
+        PyErr_SetString(PyExc_TypeError, "read_sdk_spans takes 11 arguments");
         return NULL;
     }
     struct setup s = {
@@ -368,13 +408,15 @@ static PyObject *read_sdk_spans(PyObject *module, PyObject *const *args, Py_ssiz
         .fill = args[7],
         .read_exception = args[8],
         .read_one = args[9],
+        .bounded_list = args[10],
     };
     if (s.fills_max == -1 && PyErr_Occurred()) {
         return NULL;
     }
-    if (!PyAnySet_Check(s.keys) || !PyDict_Check(s.kinds) || !PyDict_Check(s.fills) || s.fills_max < 1) {
+    if (!PyAnySet_Check(s.keys) || !PyDict_Check(s.kinds) || !PyDict_Check(s.fills) || s.fills_max < 1 ||
+        !PyType_Check(s.bounded_list)) {
         PyErr_SetString(PyExc_TypeError, "read_sdk_spans: keys must be a set, kinds and fills dicts, "
-                                         "fills_max positive");
+                                         "fills_max positive, bounded_list a type");
         return NULL;
     }
     PyObject *spans = PySequence_Fast(args[0], "read_sdk_spans: spans must be a sequence");
@@ -403,7 +445,7 @@ static PyObject *read_sdk_spans(PyObject *module, PyObject *const *args, Py_ssiz
 static PyMethodDef sdkviews_methods[] = {
     {"read_sdk_spans", (PyCFunction)(void (*)(void))read_sdk_spans, METH_FASTCALL,
      "read_sdk_spans(spans, service, keys, kinds, error, fills, fills_max, fill, read_exception, "
-     "read_one)\n--\n\nViews of ended SDK spans, as otel_apm.ingest.sdk._view_fields makes them "
+     "read_one, bounded_list)\n--\n\nViews of ended SDK spans, as otel_apm.ingest.sdk._view_fields makes them "
      "(see csrc/sdkviews.c)."},
     {NULL, NULL, 0, NULL},
 };
@@ -425,6 +467,7 @@ int apm_sdkviews_init(PyObject *module) {
         {&s_dict, "_dict"},
         {&s_instrumentation_scope, "_instrumentation_scope"},
         {&s_events, "_events"},
+        {&s_dq, "_dq"},
     };
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         *names[i].where = PyUnicode_InternFromString(names[i].name);

@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.util import BoundedList
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, StatusCode, TraceFlags
 from opentelemetry.trace import Status as ApiStatus
 from sqlalchemy import Engine, create_engine, select, text
@@ -298,6 +299,7 @@ def test_odd_input_raises_python_exceptions() -> None:
             "fill": lambda view, attrs: (),
             "read_exception": lambda view, events: None,
             "read_one": lambda span, service: (_ for _ in ()).throw(AttributeError("not a span")),
+            "bounded_list": BoundedList,
         }
         return list({**named, **given}.values())
 
@@ -312,6 +314,8 @@ def test_odd_input_raises_python_exceptions() -> None:
         module.read_sdk_spans(*args(spans=[span, object()]))  # the fallback's error, raised
     with pytest.raises(KeyError):
         module.read_sdk_spans(*args(kinds={}))
+    with pytest.raises(TypeError):
+        module.read_sdk_spans(*args(bounded_list=None))
     with pytest.raises(ValueError):
         module.read_sdk_spans(*args(fill=lambda view, attrs: (("no_such_slot", 1),)))
     with pytest.raises(TypeError):

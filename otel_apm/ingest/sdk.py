@@ -7,6 +7,7 @@ from types import ModuleType
 from typing import Any
 
 from opentelemetry.sdk.trace import Event, ReadableSpan, Span
+from opentelemetry.sdk.util import BoundedList
 from opentelemetry.trace import SpanKind, StatusCode
 
 from otel_apm import model
@@ -179,6 +180,7 @@ def _compiled_reader(
             filled_slots,
             _read_exception,
             _view_fields,
+            BoundedList,
         )
 
     return read_all
