@@ -18,7 +18,7 @@
  * Only exact str, int and bool values go into a shape: their equality is exact (an int is tagged
  * with its type, as True == 1 but str(True) != str(1)), and hashing or comparing them runs no
  * Python code.  A span with any other analyzed value (a float, where -0.0 == 0.0; a tuple; a str
- * subclass) is filled by ``fill`` without being cached.  A span whose attributes are not the
+ * subclass; a string past SHAPE_STR_MAX) is filled by ``fill`` without being cached.  A span whose attributes are not the
  * plain dict inside BoundedAttributes is read whole by ``read_one`` (_view_fields), and a span
  * with events has them read by ``read_exception(view, events)``, both in Python.
  *
@@ -37,6 +37,10 @@
  * perhaps its type); semconv reads about 40 keys, so a real span never comes near it. */
 #define SHAPE_ATTRS_MAX 64
 #define SHAPE_ITEMS_MAX (3 + 3 * SHAPE_ATTRS_MAX)
+/* A longer string (a statement with its values inlined, say) is not made part of a shape: a
+ * cache of fills_max shapes must not hold hundreds of megabytes of one-off statements.  An ORM's
+ * statements are well under it. */
+#define SHAPE_STR_MAX 4096
 
 /* The ReadableSpan fields read, interned once. */
 static PyObject *s_context, *s_parent, *s_name, *s_kind, *s_start_time, *s_end_time, *s_status,
@@ -158,7 +162,7 @@ static int fill_view(PyObject *view, PyObject *attrs, PyObject *name, PyObject *
     PyObject *items[SHAPE_ITEMS_MAX];
     Py_ssize_t count = 3;
     int analyzed = 0;
-    int cacheable = PyUnicode_CheckExact(name);
+    int cacheable = PyUnicode_CheckExact(name) && PyUnicode_GET_LENGTH(name) <= SHAPE_STR_MAX;
     items[0] = name;
     items[1] = kind;
     items[2] = error;
@@ -185,7 +189,7 @@ static int fill_view(PyObject *view, PyObject *attrs, PyObject *name, PyObject *
         }
         if (count + 3 > SHAPE_ITEMS_MAX) {
             cacheable = 0;
-        } else if (PyUnicode_CheckExact(value)) {
+        } else if (PyUnicode_CheckExact(value) && PyUnicode_GET_LENGTH(value) <= SHAPE_STR_MAX) {
             items[count++] = key;
             items[count++] = value;
         } else if (PyLong_CheckExact(value) || PyBool_Check(value)) {

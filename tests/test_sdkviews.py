@@ -260,6 +260,14 @@ def test_the_fills_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     assert len(sdk._FILLS) <= 2
 
 
+def test_huge_strings_are_read_but_not_cached() -> None:
+    """A long one-off statement (values inlined) is read, but kept out of the cache of shapes."""
+    statement = "SELECT 1 -- " + "x" * 10_000
+    views = assert_same_views([client_span({"db.system": "x", "db.statement": statement})])
+    assert views[0].statement == statement
+    assert sdk._FILLS == {}
+
+
 # -- the probe rule and odd input ----------------------------------------------------------------
 
 
