@@ -1,8 +1,8 @@
 """Spans per second through the whole ``otel-apm collector``, with analysis and without, per core.
 
     .venv/bin/python bench/bench_collector.py [--rounds R] [--requests N] [--protocols grpc,http]
-        [--variants forward,analyze[,analyze-only]] [--clients P] [--threads T] [--idle-timeout S]
-        [--compression gzip|none] [--memory-requests M] [--collector-cpu C]
+        [--variants forward,analyze[,analyze-python][,analyze-only]] [--clients P] [--threads T]
+        [--idle-timeout S] [--compression gzip|none] [--memory-requests M] [--collector-cpu C]
 
 Three kinds of process, over real sockets on 127.0.0.1:
 
@@ -11,12 +11,14 @@ Three kinds of process, over real sockets on 127.0.0.1:
              core.  One per variant, side by side: ``forward`` (``analysis.enabled: false``:
              receive -> forward), ``analyze`` (the default: receive -> assemble -> analyze -> emit
              findings as OTLP log records and metrics, and forward) and, when asked for,
-             ``analyze-only`` (no downstream: nothing forwarded, no findings emitted; it shows what
-             analysis costs apart from emission).  Otherwise the defaults, except ports
-             (ephemeral), the downstream (the sink, OTLP/gRPC, default gzip compression) and
-             ``assembly.idle_timeout_s`` (``--idle-timeout``, default 0: every span of a trace
-             arrives in one request, and a round ends once its last trace is analyzed, so a
-             2 s idle wait would only add latency to the measurement, not work).
+             ``analyze-python`` (the same with ``analysis.native_enabled: false``: the Python
+             versions of the compiled hot paths) and ``analyze-only`` (no downstream: nothing
+             forwarded, no findings emitted; it shows what analysis costs apart from emission).
+             Otherwise the defaults, except ports (ephemeral), the downstream (the sink,
+             OTLP/gRPC, default gzip compression) and ``assembly.idle_timeout_s``
+             (``--idle-timeout``, default 0: every span of a trace arrives in one request, and a
+             round ends once its last trace is analyzed, so a 2 s idle wait would only add
+             latency to the measurement, not work).
   clients    P processes (multiprocessing, spawn) of T threads each, pinned to the other CPU(s),
              sending pre-serialized ExportTraceServiceRequests: raw-bytes gRPC unary calls to
              TraceService/Export, or HTTP/1.1 keep-alive POSTs of application/x-protobuf to
@@ -99,6 +101,7 @@ class Variant:
     path: str
     analysis: bool
     downstream: bool
+    native: bool = True  # analysis.native_enabled
 
 
 VARIANTS = {
@@ -106,6 +109,7 @@ VARIANTS = {
     for v in (
         Variant("forward", "receive -> forward", False, True),
         Variant("analyze", "receive -> assemble/analyze/emit -> fwd", True, True),
+        Variant("analyze-python", "the same, native_enabled: false", True, True, native=False),
         Variant("analyze-only", "receive -> assemble/analyze, no downstream", True, False),
     )
 }
@@ -558,13 +562,13 @@ class CollectorProcess:
 
 
 def collector_config(
-    downstream: str | None, analysis: bool, args: argparse.Namespace, **assembly: Any
+    downstream: str | None, analysis: bool, args: argparse.Namespace, native: bool = True, **assembly: Any
 ) -> dict[str, Any]:
     return {
         "receivers": {"grpc": {"endpoint": "127.0.0.1:0"}, "http": {"endpoint": "127.0.0.1:0"}},
         "downstream": {"endpoint": downstream, "protocol": "grpc", "compression": args.compression},
         "assembly": {"idle_timeout_s": args.idle_timeout, **assembly},
-        "analysis": {"enabled": analysis},
+        "analysis": {"enabled": analysis, "native_enabled": native},
         "telemetry": {"endpoint": "127.0.0.1:0"},
     }
 
@@ -783,7 +787,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--protocols: grpc and/or http")
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
     if not {"forward", "analyze"} <= set(names) or not set(names) <= set(VARIANTS):
-        parser.error(f"--variants: forward, analyze and optionally analyze-only, got {args.variants!r}")
+        parser.error(
+            f"--variants: forward, analyze and optionally analyze-python, analyze-only, got {args.variants!r}"
+        )
     variants = [VARIANTS[n] for n in VARIANTS if n in names]
 
     from bench_collector_engine import SPANS_PER_TRACE, TRACES_PER_REQUEST
@@ -814,7 +820,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     final: dict[str, dict[str, float]] = {}
     try:
         for v in variants:
-            config = collector_config(sink.endpoint if v.downstream else None, v.analysis, args)
+            config = collector_config(sink.endpoint if v.downstream else None, v.analysis, args, v.native)
             collectors[v.name] = CollectorProcess(v.name, config, workdir, collector_cpus)
         for protocol in protocols:  # warm-up, untimed
             for v in variants:

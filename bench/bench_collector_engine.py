@@ -20,6 +20,8 @@ Per round, interleaved so drift hits both alike:
              moved by idle_timeout_s after each request, so each request's traces are due), and
              Analyzer(APMConfig()).analyze of every trace handed out.  Emission (log records,
              metrics) is not included.
+  views      views_from_payload of every payload alone, compiled (csrc/otlpviews.c) and Python
+             (native_enabled false): what the compiled reader saves, measured side by side.
 
 The garbage collector stays on; gc.collect() runs before each round, outside the timing.  The
 process is pinned to one CPU (``--cpu``, default the first the process may use).  Reported: the
@@ -59,6 +61,7 @@ from otel_apm.assemble.distributed import TraceAssembler
 from otel_apm.config import APMConfig
 from otel_apm.ingest.otlp import IngestCounts, views_from_payload
 from otel_apm.model import SpanView
+from otel_apm.native import native
 
 TARGET_SPANS_PER_S = 50_000
 TRACES_PER_REQUEST = 100
@@ -113,6 +116,14 @@ def forwarder_round(payloads: Sequence[bytes]) -> int:
 
 
 STAGES = ("decode", "views", "add+ready", "analyze")
+
+
+def views_round(payloads: Sequence[bytes], native_enabled: bool) -> int:
+    counts = IngestCounts()
+    t0 = time.perf_counter_ns()
+    for payload in payloads:
+        views_from_payload(payload, counts, native_enabled)
+    return time.perf_counter_ns() - t0
 
 
 def engine_round(
@@ -238,6 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     fwd_rates: list[float] = []
     eng_rates: list[float] = []
     ratios: list[float] = []
+    views_us: dict[bool, list[float]] = {True: [], False: []}
+    views_ratios: list[float] = []
     expected_findings = {"nplusone": 1, "clean": 0}[args.workload] * args.requests * TRACES_PER_REQUEST
     for _ in range(args.rounds):
         gc.collect()
@@ -248,6 +261,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise RuntimeError(
                 f"analyzed {traces} traces with {findings} N+1 findings, expected {expected_findings}"
             )
+        for native_enabled in (True, False):
+            gc.collect()
+            views_us[native_enabled].append(views_round(payloads, native_enabled) / spans / 1000)
+        views_ratios.append(views_us[False][-1] / views_us[True][-1])
         fwd_rates.append(spans / (fwd_ns / 1e9))
         eng_rates.append(spans / (eng_ns / 1e9))
         ratios.append(eng_ns / fwd_ns)
@@ -266,6 +283,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  {key:10} {per_span:6.2f} µs/span  {100 * stage_ns[key] / total:5.1f}%")
     intake = sum(stage_ns[key] for key in STAGES if key != "analyze") / (spans * args.rounds) / 1000
     print(f"  without analyze (decode, views, assembly): {intake:.2f} µs/span, {1e6 / intake:,.0f} spans/s")
+    compiled = "compiled" if native() is not None else "compiled NOT BUILT, Python"
+    print(
+        f"\nviews alone: {compiled} {statistics.median(views_us[True]):.2f} µs/span, Python "
+        f"{statistics.median(views_us[False]):.2f}; Python/compiled {statistics.median(views_ratios):.1f}x"
+    )
 
     if args.profile:
         profiler = cProfile.Profile()

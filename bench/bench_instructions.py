@@ -100,8 +100,9 @@ def reading(variant: str, workload: str, traces: int) -> None:
     os._exit(0)
 
 
-def child(variant: str, workload: str, traces: int) -> None:
+def child(variant: str, workload: str, traces: int, settings: Sequence[str]) -> None:
     """Warm up, pause the collector, run ``traces`` traces and the round's flushes, exit."""
+    bp.overrides.update(bp.parse_settings(settings))
     if variant == "f":
         finding_steps(workload, traces)
     if variant in ("r", "n"):
@@ -126,7 +127,7 @@ def child(variant: str, workload: str, traces: int) -> None:
     os._exit(0)  # the providers' shutdown is not part of the count
 
 
-def instructions(variant: str, workload: str, traces: int) -> int:
+def instructions(variant: str, workload: str, traces: int, settings: Sequence[str]) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = subprocess.run(
             [
@@ -143,6 +144,7 @@ def instructions(variant: str, workload: str, traces: int) -> int:
                 workload,
                 "--traces",
                 str(traces),
+                *(f"--set={item}" for item in settings),
             ],
             env={**os.environ, "PYTHONHASHSEED": "0"},
             capture_output=True,
@@ -167,14 +169,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="of a, b, c, f (the finding steps alone), r and n (reading spans into views, by "
         "Python and compiled) (a,b,c)",
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an APMConfig setting for b and c, as in bench_processor.py (an ablation)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        child(args.child, args.workload, args.traces)
+        child(args.child, args.workload, args.traces, args.set)
     variants = args.variants.split(",")
     per_span = {}
     for v in variants:
-        delta = instructions(v, args.workload, args.traces) - instructions(v, args.workload, 0)
+        delta = instructions(v, args.workload, args.traces, args.set) - instructions(
+            v, args.workload, 0, args.set
+        )
         per_span[v] = delta / (args.traces * SPANS_PER_TRACE)
         print(f"  {v}: {per_span[v]:>10,.0f} instructions/span", file=sys.stderr, flush=True)
     print(

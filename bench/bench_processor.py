@@ -345,6 +345,21 @@ def profile_ours(traces: int) -> list[tuple[str, int, float, float]]:
 # ---------------------------------------------------------------------------------------------
 
 
+def parse_settings(items: Sequence[str]) -> dict[str, Any]:
+    """``--set NAME=VALUE`` items as APMConfig keywords: true/false as bools, reporters and
+    disabled_detectors as comma-separated tuples, anything else as given."""
+    settings: dict[str, Any] = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        if name in ("reporters", "disabled_detectors"):
+            settings[name] = tuple(v for v in value.split(",") if v)
+        elif value.lower() in ("true", "false"):
+            settings[name] = value.lower() == "true"
+        else:
+            settings[name] = value
+    return settings
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -368,14 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="an APMConfig setting for b and c, e.g. --set stats_enabled=false (an ablation)",
     )
     args = parser.parse_args(argv)
-    for item in args.set:
-        name, _, value = item.partition("=")
-        if name in ("reporters", "disabled_detectors"):
-            overrides[name] = tuple(v for v in value.split(",") if v)
-        elif value.lower() in ("true", "false"):
-            overrides[name] = value.lower() == "true"
-        else:
-            overrides[name] = value
+    overrides.update(parse_settings(args.set))
     global db_calls, findings_per_trace, tail_rate
     db_calls = WORKLOADS[args.workload]
     if args.workload == "clean":

@@ -4,6 +4,10 @@
 
 #include <Python.h>
 
+/* intake.c: Intake, the processor's common span hooks. */
+int apm_intake_init(PyObject *module);
+/* otlpviews.c: otlp_views, OTLP protobuf bytes -> SpanViews for the collector. */
+int apm_otlpviews_init(PyObject *module);
 /* csrc/sdkviews.c: read_sdk_spans, SDK spans -> SpanViews (otel_apm/ingest/sdk.py). */
 int apm_sdkviews_init(PyObject *module);
 

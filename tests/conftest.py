@@ -286,8 +286,7 @@ def build_otel(**settings: Any) -> OTel:
     """A fresh pipeline; ``settings`` are APMConfig fields (console output is off unless asked).
 
     The config starts from APMConfig's defaults, not the environment, so an ``APM_*`` variable
-    in the shell running the tests cannot change their outcome; APM_NATIVE_ENABLED alone is
-    honoured (:data:`NATIVE_ENABLED`), as it must not.
+    in the shell running the tests cannot change their outcome.
     """
     resource = Resource.create({"service.name": SERVICE_NAME})
     span_exporter = InMemorySpanExporter()
@@ -297,7 +296,6 @@ def build_otel(**settings: Any) -> OTel:
     metric_reader = InMemoryMetricReader()
     meter_provider = MeterProvider(metric_readers=[metric_reader], resource=resource)
     settings.setdefault("console_enabled", False)
-    settings.setdefault("native_enabled", NATIVE_ENABLED)
     processor = APMSpanProcessor(
         SimpleSpanProcessor(span_exporter),
         APMConfig(),
@@ -323,11 +321,20 @@ def build_otel(**settings: Any) -> OTel:
 
 
 @pytest.fixture
-def make_otel() -> Iterator[Callable[..., OTel]]:
+def native_enabled() -> bool:
+    """Whether the pipelines ``make_otel`` builds use otel_apm._native (when built): as the
+    shell's APM_NATIVE_ENABLED says (:data:`NATIVE_ENABLED`).  A test module that covers both
+    implementations overrides this with a parametrized fixture."""
+    return NATIVE_ENABLED
+
+
+@pytest.fixture
+def make_otel(native_enabled: bool) -> Iterator[Callable[..., OTel]]:
     """Factory: ``make_otel(slow_request_threshold_ms=50)``; every pipeline is shut down after."""
     built: list[OTel] = []
 
     def make(**settings: Any) -> OTel:
+        settings.setdefault("native_enabled", native_enabled)
         otel = build_otel(**settings)
         built.append(otel)
         return otel

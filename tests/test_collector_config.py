@@ -37,7 +37,7 @@ def test_an_empty_file_gives_the_documented_defaults() -> None:
     assert config.downstream.retry.max_elapsed_s == 300
     assert (config.assembly.idle_timeout_s, config.assembly.max_wait_s) == (2, 30)
     assert config.assembly.max_spans_in_flight == 500000
-    assert config.assembly.gc_young_threshold == 50000
+    assert config.assembly.gc_young_threshold == 500000
     assert config.analysis == APMConfig()
     assert config.telemetry.endpoint == "localhost:8888"
     assert config.shutdown.timeout_s == 20

@@ -9,10 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import grpc  # type: ignore[import-untyped]
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from opentelemetry.exporter.otlp.proto.common._internal import _encode_value  # the SDK exporters' mapping
 from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
@@ -31,7 +38,7 @@ from test_detectors import shop_request
 from test_reporters import process_finding
 
 from otel_apm.analyze import Analyzer
-from otel_apm.collector.findings import FindingEvents
+from otel_apm.collector.findings import FindingEvents, any_value, key_value
 from otel_apm.collector.forwarder import Forwarder
 from otel_apm.collector.pipeline import RESOURCE_SERVICE_NAME, Emission
 from otel_apm.collector.telemetry import Telemetry
@@ -148,3 +155,73 @@ def test_events_go_in_requests_of_at_most_events_per_request(
     ]
     assert sorted(sizes) == [1, 2]  # delivered by concurrent workers, in either order
     assert len(finding_events(sink, "n_plus_one_query")) == 3
+
+
+SCALARS = (
+    st.text(max_size=20)
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.integers(-300, 300)
+    | st.floats()
+    | st.binary(max_size=8)
+    | st.none()
+)
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(st.text(max_size=12), VALUES)
+def test_values_are_encoded_byte_for_byte_as_protobuf_encodes_them(key: str, value: Any) -> None:
+    """Every kind of attribute value (nested lists and mappings, negative and extreme ints, NaN,
+    empty strings, no value): the same bytes as the SDK's exporters make of it with protobuf's
+    messages, for the value and its KeyValue."""
+    expected = _encode_value(value)
+    assert any_value(value) == expected.SerializeToString()
+    assert key_value(key, value) == KeyValue(key=key, value=expected).SerializeToString()
+
+
+@pytest.mark.parametrize("value", [2**63, -(2**63) - 1, [1, 2**64]])
+def test_an_int_outside_int64_is_refused_as_protobuf_refuses_it(value: Any) -> None:
+    with pytest.raises(ValueError, match="out of range"):
+        _encode_value(value)
+    with pytest.raises(ValueError, match="out of range"):
+        any_value(value)
+
+
+class _Capture(Forwarder):
+    """A forwarder that keeps what it is given to send."""
+
+    def __init__(self) -> None:
+        super().__init__(collector_config(None).downstream, Telemetry())
+        self.sent: list[tuple[str, bytes, int]] = []
+
+    def put_unbounded(self, signal: Any, payload: bytes, items: int = 0) -> None:
+        self.sent.append((signal, payload, items))
+
+
+def test_a_request_is_the_bytes_protobuf_makes_of_it() -> None:
+    """The request of a batch (a finding in a trace, one about the process) decodes, and encodes
+    back to the very same bytes: fields in protobuf's order, nothing left over or doubled."""
+    spans = shop_request(10, 0)
+    trace = Trace(7, spans, spans[0])
+    (n_plus_one,) = Analyzer(APMConfig()).analyze(trace)
+    forwarder = _Capture()
+    events = FindingEvents(forwarder, {"service.name": "c", "n": 3}, per_request=10)
+    events.emit(trace, [n_plus_one])
+    events.emit(None, [process_finding(0.0, severity="critical", service="shop")])
+    events.flush()
+    events.flush()  # nothing left: nothing sent
+    ((signal, payload, items),) = forwarder.sent
+    assert (signal, items) == ("logs", 2)
+    request = ExportLogsServiceRequest.FromString(payload)
+    assert request.SerializeToString() == payload
+    (resource_logs,) = request.resource_logs
+    assert {kv.key for kv in resource_logs.resource.attributes} == {"service.name", "n"}
+    assert [r.severity_text for sl in resource_logs.scope_logs for r in sl.log_records] == [
+        "WARNING",
+        "CRITICAL",
+    ]

@@ -1,6 +1,7 @@
 """OTLP protobuf (and OTLP/JSON) -> SpanView, from real SDK spans encoded by the real OTLP encoder.
 
-Requests are serialized and parsed again before they are read, as they are on the wire.
+Requests are serialized and parsed again before they are read, as they are on the wire.  Every
+test runs twice: with the compiled reader (csrc/otlpviews.c) and with the Python one.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import require_native
 from google.protobuf import json_format  # type: ignore[import-untyped, unused-ignore]
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -30,7 +32,8 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, StatusC
 from opentelemetry.trace import Status as ApiStatus
 
 from otel_apm import model
-from otel_apm.collector.findings import any_value
+from otel_apm.collector.findings import key_value
+from otel_apm.ingest import otlp
 from otel_apm.ingest.otlp import (
     ANALYZED_KEYS,
     UNKNOWN_SERVICE,
@@ -48,6 +51,15 @@ TESTDATA = Path(__file__).parent / "testdata" / "otlp"
 TRACE_ID_HEX = "5b8efff798038103d269b633813fc60c"
 
 # -- helpers -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True, params=["native", "python"])
+def reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read with the compiled reader, or with the Python one as when it is not built."""
+    if request.param == "native":
+        require_native()
+    else:
+        monkeypatch.setattr(otlp, "native", lambda enabled=True: None)
 
 
 def record_spans(service: str, body: Callable[[trace.Tracer], None]) -> tuple[ReadableSpan, ...]:
@@ -95,14 +107,14 @@ def proto_span(
         start_time_unix_nano=start,
         end_time_unix_nano=end,
         status=Status(code=status),  # type: ignore[arg-type]
-        attributes=[KeyValue(key=k, value=any_value(v)) for k, v in (attrs or {}).items()],
+        attributes=[KeyValue.FromString(key_value(k, v)) for k, v in (attrs or {}).items()],
     )
 
 
 def request(*spans: Span, service: Any = "svc") -> ExportTraceServiceRequest:
     resource = ProtoResource()
     if service is not None:
-        resource.attributes.append(KeyValue(key="service.name", value=any_value(service)))
+        resource.attributes.append(KeyValue.FromString(key_value("service.name", service)))
     return ExportTraceServiceRequest(
         resource_spans=[ResourceSpans(resource=resource, scope_spans=[ScopeSpans(spans=list(spans))])]
     )
@@ -459,8 +471,6 @@ def test_spans_of_one_shape_read_alike_and_kind_status_name_are_part_of_the_shap
 
 
 def test_the_fills_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    from otel_apm.ingest import otlp
-
     monkeypatch.setattr(otlp, "FILLS_MAX", 2)
     monkeypatch.setattr(otlp, "PAIRS_MAX", 3)
     monkeypatch.setattr(otlp, "_FILLS", {})
@@ -557,8 +567,6 @@ def test_all_zero_parent_means_no_parent() -> None:
 
 
 def test_counts_default_to_the_module_counter() -> None:
-    from otel_apm.ingest import otlp
-
     before = otlp.COUNTS.snapshot()
     views_from_request(request(proto_span(), proto_span(span_id=b"")))
     after = otlp.COUNTS.snapshot()

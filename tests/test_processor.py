@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import OTel, in_forked_child
+from conftest import OTel, in_forked_child, require_native
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
@@ -22,6 +22,16 @@ from otel_apm.config import ConfigError, Suppression
 from otel_apm.detectors.base import Detector, Finding
 from otel_apm.emit.attributes import EVENT_NAME
 from otel_apm.model import Trace
+
+
+@pytest.fixture(params=[True, False], ids=["native", "python"])
+def native_enabled(request: pytest.FixtureRequest) -> bool:
+    """Every pipeline test here runs on the compiled intake (csrc/intake.c, which takes the
+    common span hooks in pass-through mode) and on the Python methods alone."""
+    if request.param:
+        require_native()
+    return bool(request.param)
+
 
 BOOKS = "SELECT books.id, books.title FROM books WHERE books.author_id = %(param_1)s"
 AUTHORS = "SELECT authors.id, authors.name FROM authors"
@@ -576,3 +586,42 @@ def test_a_findings_span_event_and_log_record_carry_the_same_ranked_attributes(o
         assert on_span == dict(record.log_record.attributes)
         rates.append(on_span["otel_apm.finding.rate_per_min"])
     assert 0 < rates[0] < rates[1]
+
+
+def test_the_compiled_intake_takes_the_span_hooks_in_pass_through_only(
+    make_otel: Callable[..., OTel], native_enabled: bool
+) -> None:
+    passthrough = make_otel().processor
+    tail = make_otel(export_mode="tail").processor
+    hooks = {
+        type(getattr(passthrough, name).__self__).__name__ for name in ("on_start", "_on_ending", "on_end")
+    }
+    assert hooks == ({"Intake"} if native_enabled else {"APMSpanProcessor"})
+    assert type(tail.on_end.__self__).__name__ == "APMSpanProcessor"
+
+
+def test_a_span_the_intake_does_not_know_goes_to_the_python_path(make_otel: Callable[..., OTel]) -> None:
+    """An object without the SDK's internals (another SDK, a wrapper) is judged by the Python
+    methods, through the public API: exported, counted late, nothing raised."""
+    otel = make_otel()
+    with otel.tracer.start_as_current_span("job") as root:
+        pass
+    child = otel.tracer.start_span("child", context=trace.set_span_in_context(root))
+    child.end()
+    ended = otel.spans()[-1]
+
+    class Wrapped(ReadableSpan):
+        def __init__(self, inner: ReadableSpan) -> None:
+            super().__init__(
+                name=inner.name, context=inner.context, parent=inner.parent, resource=inner.resource
+            )
+            del self._parent  # the internals the compiled path reads are not there
+
+        @property
+        def parent(self) -> Any:
+            return ended.parent
+
+    before = otel.processor.stats()["spans_late"]
+    otel.processor.on_end(Wrapped(ended))
+    assert otel.processor.stats()["spans_late"] == before + 1
+    assert otel.spans()[-1].name == "child"

@@ -453,9 +453,15 @@ def test_slack_format_is_an_incoming_webhook_message(
     bodies = [json.loads(r.body) for r in hook.deliveries().values()]
     assert all(set(body) == {"text", "blocks"} for body in bodies)
     assert [len(body["blocks"]) - 1 for body in bodies][:2] == [1, SLACK_MAX_NOTICES]
-    # The last message has the 5 left, and in a long test run maybe a finding about the process.
-    n_plus_one = [b for b in bodies[2]["blocks"][1:] if "`n_plus_one_query`" in b["text"]["text"]]
-    assert len(n_plus_one) == 5
+    # Each N+1 announced once, over the two later messages; on a loaded machine a stalled query
+    # or the process may add a finding of another type, which shifts where the split falls.
+    routes = [
+        text.split("`GET ", 1)[1].split("`", 1)[0]
+        for body in bodies[1:]
+        for block in body["blocks"][1:]
+        if "`n_plus_one_query`" in (text := block["text"]["text"])
+    ]
+    assert sorted(routes) == sorted(f"/a&lt;b&gt;&amp;{i}" for i in range(SLACK_MAX_NOTICES + 5))
     header, section = bodies[1]["blocks"][:2]
     assert header["type"] == "header"
     assert bodies[1]["text"] == f"otel-apm: {SLACK_MAX_NOTICES} new performance problem(s), 0 summary(ies)"

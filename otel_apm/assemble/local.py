@@ -86,6 +86,12 @@ class LocalAssembler(Generic[S]):
             lt.roots.add(span_id)
         return None
 
+    @property
+    def open_traces(self) -> dict[int, LocalTrace[S]]:
+        """The open traces by id, for the compiled intake (csrc/intake.c), which files the common
+        case as ``add`` does in pass-through: without the lock, reading ``_share`` as it is."""
+        return self._open
+
     def add(self, trace_id: int, span: S) -> Outcome:
         """File an ended span that is not a local root.
 

@@ -324,7 +324,7 @@ class AssemblyConfig:
         metadata=_m(_number(1, integer=True), "spans held for assembly; past it requests are refused"),
     )
     gc_young_threshold: int = field(
-        default=50000,
+        default=500000,
         metadata=_m(
             _number(1, integer=True),
             "the collector process's young-generation GC threshold (Python's default: 700)",

@@ -1,10 +1,16 @@
-"""Findings as OTLP log records built straight as protobuf, and sent downstream by the forwarder.
+"""Findings as OTLP log records encoded straight to protobuf bytes, and sent downstream by the forwarder.
 
 The in-process processor emits findings through the SDK's LoggerProvider
-(:mod:`otel_apm.emit.events`); the collector builds the same records itself, because the SDK's
+(:mod:`otel_apm.emit.events`); the collector encodes the same records itself, because the SDK's
 log record, its pure-Python OTLP encoder and its batch thread cost about three times as much
 (bench/README.md), and because the collector already has a forwarder that delivers logs to the
 same downstream with retries, backoff, a bounded queue, telemetry and a flush at shutdown.
+
+The records are written in the protobuf wire format directly (:func:`any_value`,
+:func:`key_value`), not built as protobuf messages: a message object per attribute, value and
+record, each copied again into its parent, cost the collector more than the N+1 detector that
+found them (bench/README.md).  The bytes are what protobuf's own encoder makes of the same
+messages, field for field and in the same order (tests/test_collector_findings.py).
 
 The records of one analysis batch go downstream as one ExportLogsServiceRequest (or more, of
 ``downstream.events_per_request`` records at most): one ResourceLogs (the collector's resource)
@@ -16,13 +22,10 @@ span's ids with the sampled flag (no ids for a finding about the process).
 
 from __future__ import annotations
 
+import struct
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
-from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
-from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, SeverityNumber
 from opentelemetry.trace import TraceFlags
 from opentelemetry.util.types import AttributeValue
 
@@ -33,12 +36,110 @@ from otel_apm.emit.events import SCOPE, SEVERITY, offending_span
 from otel_apm.model import Trace
 from otel_apm.version import __version__
 
-if TYPE_CHECKING:
-    from google.protobuf.internal.containers import (  # type: ignore[import-untyped, unused-ignore]
-        RepeatedCompositeFieldContainer,
-    )
+# -- the protobuf wire format, for the few messages written here ---------------------------------------
+#
+# A field is its tag, (field number << 3) | wire type, as a varint, then its value: a varint (0), 8
+# little-endian bytes (1), a length-delimited payload (2) or 4 little-endian bytes (5).  Every tag
+# used here is below 128, one byte.  Proto3 leaves a scalar at its default out; a oneof member
+# (AnyValue's) and a sub-message are written whenever set, even empty.
 
-_SEVERITY_NUMBER = {severity: SeverityNumber.ValueType(number.value) for severity, number in SEVERITY.items()}
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+_UINT64_MASK = (1 << 64) - 1
+_SMALL_VARINTS = [bytes((n,)) for n in range(128)]
+_FIXED64 = struct.Struct("<Q").pack
+_DOUBLE = struct.Struct("<d").pack
+_FIXED32 = struct.Struct("<I").pack
+
+# AnyValue: string_value 1, bool_value 2, int_value 3, double_value 4, array_value 5,
+# kvlist_value 6, bytes_value 7.  ArrayValue and KeyValueList: values 1.  KeyValue: key 1, value 2.
+_ANY_STRING = b"\x0a"
+_ANY_BOOL = b"\x10"
+_ANY_INT = b"\x18"
+_ANY_DOUBLE = b"\x21"
+_ANY_ARRAY = b"\x2a"
+_ANY_KVLIST = b"\x32"
+_ANY_BYTES = b"\x3a"
+_VALUES = _KEY = b"\x0a"
+_VALUE = b"\x12"
+# ExportLogsServiceRequest: resource_logs 1.  ResourceLogs: resource 1, scope_logs 2.  Resource:
+# attributes 1.  ScopeLogs: scope 1, log_records 2.  InstrumentationScope: name 1, version 2.
+_RESOURCE_LOGS = _RESOURCE = _SCOPE = _ATTRIBUTE = _NAME = b"\x0a"
+_SCOPE_LOGS = _LOG_RECORDS = _VERSION = b"\x12"
+# LogRecord, in field-number order (protobuf's encoder writes them so).
+_TIME = b"\x09"  # time_unix_nano 1, fixed64
+_SEVERITY_NUMBER = b"\x10"  # 2
+_SEVERITY_TEXT = b"\x1a"  # 3
+_BODY = b"\x2a"  # 5
+_RECORD_ATTRIBUTE = b"\x32"  # attributes 6
+_FLAGS = b"\x45"  # 8, fixed32
+_TRACE_ID = b"\x4a"  # 9
+_SPAN_ID = b"\x52"  # 10
+_OBSERVED_TIME = b"\x59"  # observed_time_unix_nano 11, fixed64
+_EVENT_NAME = b"\x62"  # 12
+
+
+def _varint(n: int) -> bytes:
+    """An unsigned varint: 7 bits a byte, least significant first, the high bit set on all but
+    the last."""
+    if n < 128:
+        return _SMALL_VARINTS[n]
+    out = bytearray()
+    while n > 127:
+        out.append((n & 127) | 128)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _delimited(tag: bytes, payload: bytes) -> bytes:
+    return tag + _varint(len(payload)) + payload
+
+
+def any_value(value: AttributeValue | Mapping[str, AttributeValue] | None) -> bytes:
+    """An attribute value as a serialized OTLP AnyValue, as the SDK's encoder maps it (bool before
+    int: a bool is one); the attributes of findings are str, bool, int, float and lists of str, the
+    likeliest first.  Raises ValueError for an int outside int64, as protobuf does."""
+    if isinstance(value, str):
+        return _delimited(_ANY_STRING, value.encode())
+    if isinstance(value, bool):
+        return _ANY_BOOL + _SMALL_VARINTS[value]
+    if isinstance(value, int):
+        if not _INT64_MIN <= value <= _INT64_MAX:
+            raise ValueError(f"Value out of range: {value}")
+        return _ANY_INT + _varint(value & _UINT64_MASK)  # a negative int64 is its two's complement
+    if isinstance(value, float):
+        return _ANY_DOUBLE + _DOUBLE(value)
+    if isinstance(value, bytes):
+        return _delimited(_ANY_BYTES, value)
+    if value is None:
+        return b""
+    if isinstance(value, Mapping):
+        pairs = b"".join(_delimited(_VALUES, key_value(str(k), v)) for k, v in value.items())
+        return _delimited(_ANY_KVLIST, pairs)
+    return _delimited(_ANY_ARRAY, b"".join(_delimited(_VALUES, any_value(item)) for item in value))
+
+
+def key_value(key: str, value: AttributeValue | Mapping[str, AttributeValue] | None) -> bytes:
+    """A serialized OTLP KeyValue."""
+    return _key_field(key) + _delimited(_VALUE, any_value(value))
+
+
+def _key_field(key: str) -> bytes:
+    return _delimited(_KEY, key.encode()) if key else b""  # proto3: an empty key is left out
+
+
+# -- the records ---------------------------------------------------------------------------------------
+
+# Per severity, the record's severity_number and severity_text fields, as the SDK path sets them.
+_SEVERITY_FIELDS = {
+    severity: _SEVERITY_NUMBER + _varint(number.value) + _delimited(_SEVERITY_TEXT, severity.upper().encode())
+    for severity, number in SEVERITY.items()
+}
+_EVENT_NAME_FIELD = _delimited(_EVENT_NAME, EVENT_NAME.encode())
+_SAMPLED = _FLAGS + _FIXED32(TraceFlags.SAMPLED)
+_SCOPE_FIELD = _delimited(
+    _SCOPE, _delimited(_NAME, SCOPE.encode()) + _delimited(_VERSION, __version__.encode())
+)
 
 
 class FindingEvents:
@@ -52,87 +153,56 @@ class FindingEvents:
     ) -> None:
         self._forwarder = forwarder
         self._per_request = per_request
-        self._resource = [_key_value(key, value) for key, value in resource.items()]
-        self._request: ExportLogsServiceRequest | None = None
-        self._records: RepeatedCompositeFieldContainer[LogRecord] | None = None  # added to in place
-        # The string attributes of the request, each built once: findings of one problem share
+        attributes = b"".join(_delimited(_ATTRIBUTE, key_value(k, v)) for k, v in resource.items())
+        self._resource_field = _delimited(_RESOURCE, attributes)
+        self._records: list[bytes] = []  # each a log_records field of the ScopeLogs
+        # The string attributes of the request, each encoded once: findings of one problem share
         # most of theirs (title, fingerprint, statement, ...); its numbers mostly differ.
-        self._strings: dict[tuple[str, str], KeyValue] = {}
+        self._strings: dict[tuple[str, str], bytes] = {}
+        self._keys: dict[str, bytes] = {}  # the key fields of the other attributes
 
     def emit(self, trace: Trace | None, findings: Sequence[Finding]) -> None:
         if not findings:
             return
-        records = self._records if self._records is not None else self._start_request()
         end_ns = trace.root.end_ns if trace is not None and trace.root is not None else 0
-        observed_ns = time.time_ns()
+        # The same record prefix and suffix for every finding of the trace.
+        head = _TIME + _FIXED64(end_ns) if end_ns else b""
+        tail = _OBSERVED_TIME + _FIXED64(time.time_ns()) + _EVENT_NAME_FIELD
         strings = self._strings
+        keys = self._keys
+        records = self._records
         for finding in findings:
-            record = records.add(
-                time_unix_nano=end_ns,
-                observed_time_unix_nano=observed_ns,
-                severity_number=_SEVERITY_NUMBER[finding.severity],
-                severity_text=finding.severity.upper(),
-                body=AnyValue(string_value=finding.title),
-                event_name=EVENT_NAME,
-            )
-            attributes = []
+            parts = [head, _SEVERITY_FIELDS[finding.severity], _delimited(_BODY, any_value(finding.title))]
             for key, value in finding_attributes(finding).items():
                 if isinstance(value, str):
-                    kv = strings.get((key, value))
-                    if kv is None:
-                        kv = strings[key, value] = _key_value(key, value)
+                    field = strings.get((key, value))
+                    if field is None:
+                        field = strings[key, value] = _delimited(_RECORD_ATTRIBUTE, key_value(key, value))
                 else:
-                    kv = _key_value(key, value)
-                attributes.append(kv)
-            record.attributes.extend(attributes)
+                    key_field = keys.get(key)
+                    if key_field is None:
+                        key_field = keys[key] = _key_field(key)
+                    field = _delimited(_RECORD_ATTRIBUTE, key_field + _delimited(_VALUE, any_value(value)))
+                parts.append(field)
             span = offending_span(finding)
             if span is not None:
-                record.trace_id = span[0].to_bytes(16, "big")
-                record.span_id = span[1].to_bytes(8, "big")
-                record.flags = TraceFlags.SAMPLED
+                parts.append(_SAMPLED)
+                parts.append(_TRACE_ID + b"\x10" + span[0].to_bytes(16, "big"))
+                parts.append(_SPAN_ID + b"\x08" + span[1].to_bytes(8, "big"))
+            parts.append(tail)
+            records.append(_delimited(_LOG_RECORDS, b"".join(parts)))
         if len(records) >= self._per_request:
             self.flush()
 
     def flush(self) -> None:
         """Queue the records collected so far as one request.  They go past the queue's bound:
         the bound pushes back on clients, and these records come from spans already admitted."""
-        request, records = self._request, self._records
-        if request is None or not records:
+        records = self._records
+        if not records:
             return
-        self._request = self._records = None
+        self._records = []
         self._strings = {}
-        self._forwarder.put_unbounded("logs", request.SerializeToString(), len(records))
-
-    def _start_request(self) -> RepeatedCompositeFieldContainer[LogRecord]:
-        request = ExportLogsServiceRequest()
-        resource_logs = request.resource_logs.add()
-        resource_logs.resource.attributes.extend(self._resource)
-        scope_logs = resource_logs.scope_logs.add()
-        scope_logs.scope.name = SCOPE
-        scope_logs.scope.version = __version__
-        self._request, self._records = request, scope_logs.log_records
-        return scope_logs.log_records
-
-
-def _key_value(key: str, value: AttributeValue) -> KeyValue:
-    return KeyValue(key=key, value=any_value(value))
-
-
-def any_value(value: AttributeValue) -> AnyValue:
-    """An attribute value as OTLP AnyValue, as the SDK's encoder maps it (bool before int: a bool is one);
-    the attributes of findings are str, bool, int, float and lists of str, the likeliest first."""
-    if isinstance(value, str):
-        return AnyValue(string_value=value)
-    if isinstance(value, bool):
-        return AnyValue(bool_value=value)
-    if isinstance(value, int):
-        return AnyValue(int_value=value)
-    if isinstance(value, float):
-        return AnyValue(double_value=value)
-    if isinstance(value, bytes):
-        return AnyValue(bytes_value=value)
-    if value is None:
-        return AnyValue()
-    if isinstance(value, Mapping):
-        return AnyValue(kvlist_value=KeyValueList(values=[_key_value(str(k), v) for k, v in value.items()]))
-    return AnyValue(array_value=ArrayValue(values=[any_value(item) for item in value]))
+        self._keys = {}
+        scope_logs = _delimited(_SCOPE_LOGS, _SCOPE_FIELD + b"".join(records))
+        request = _delimited(_RESOURCE_LOGS, self._resource_field + scope_logs)
+        self._forwarder.put_unbounded("logs", request, len(records))

@@ -81,6 +81,7 @@ class Pipeline:
         self._batched = [e for e in self.emitters if isinstance(e, FindingEvents)]  # sent per batch
         self.statistics = statistics_of(self.emitters)  # the rolling statistics, as processor.statistics
         self.analyzing = config.analysis.enabled
+        self._native_enabled = config.analysis.native_enabled
         self.analyzer = Analyzer(config.analysis)
         assembly = config.assembly
         self.assembler = TraceAssembler(
@@ -123,7 +124,7 @@ class Pipeline:
         if self.analyzing:
             counts = IngestCounts()
             try:
-                views = views_from_payload(payload, counts)
+                views = views_from_payload(payload, counts, self._native_enabled)
             except Exception as exc:
                 self.failures.record("ingest", exc)
             else:

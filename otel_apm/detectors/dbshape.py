@@ -52,22 +52,28 @@ def db_shapes(spans: Iterable[SpanView]) -> list[SqlShape]:
     return shapes
 
 
+def db_texts(trace: Trace) -> dict[tuple[str, str | None], list[SpanView]]:
+    """The trace's DB spans by (service, statement text), cached ones included, in arrival
+    order: the one grouping every reader starts from (the trace summary, the statistics, the
+    metrics), made once per trace."""
+    return trace.derived("db_texts", lambda: _group_texts(trace))
+
+
 def statements_of(trace: Trace) -> StatementGroups:
-    """The trace's queries by (service, statement fingerprint), made once per
-    trace for every reader (the statistics and the metrics both group them so)."""
-    return trace.derived("statements", lambda: _group_statements(trace))
+    """The trace's queries by (service, statement fingerprint), cached ones included, made once
+    per trace for every reader (the statistics and the metrics both group them so)."""
+    return trace.derived("statements", lambda: by_fingerprint(db_texts(trace)))
 
 
-def _group_statements(trace: Trace) -> StatementGroups:
+def _group_texts(trace: Trace) -> dict[tuple[str, str | None], list[SpanView]]:
     by_text: dict[tuple[str, str | None], list[SpanView]] = {}
-    for s in trace.spans:
-        if s.category == DB:
-            group = by_text.get((s.service, s.statement))
-            if group is None:
-                by_text[(s.service, s.statement)] = [s]
-            else:
-                group.append(s)
-    return by_fingerprint(by_text)
+    for s in trace.by_category().get(DB, ()):
+        group = by_text.get((s.service, s.statement))
+        if group is None:
+            by_text[(s.service, s.statement)] = [s]
+        else:
+            group.append(s)
+    return by_text
 
 
 def by_fingerprint(by_text: Mapping[tuple[str, str | None], list[SpanView]]) -> StatementGroups:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from otel_apm.config import APMConfig
 from otel_apm.detectors.base import Detector, Finding, severity_for
-from otel_apm.detectors.dbshape import by_fingerprint
 from otel_apm.detectors.history import History
 from otel_apm.detectors.summary import TraceSummary
 from otel_apm.model import DB, SpanView
@@ -39,11 +38,11 @@ class SlowQueryOutlierDetector(Detector):
         """No outlier here, but every duration still goes into the history, as later traces
         are judged against it."""
         add = history.queries.add
-        for key, (_, spans) in by_fingerprint(summary.statements).items():
+        for key, (_, spans) in summary.round_trips().items():
             add(key, [(s.end_ns - s.start_ns) / 1e6 for s in spans])
 
     def on_complete(self) -> list[Finding]:
-        by_key = by_fingerprint(TraceSummary.of(self.trace).statements)
+        by_key = TraceSummary.of(self.trace).round_trips()
         config = self.config
         queries = self.history.queries
         min_ms = config.slow_query_outlier_min_ms

@@ -10,18 +10,27 @@ of what a detector measures, never an estimate, so the findings are the same as 
 
 from __future__ import annotations
 
-from otel_apm.detectors.dbshape import db_shape
+from otel_apm.detectors.dbshape import StatementGroups, by_fingerprint, db_shape, db_texts, statements_of
 from otel_apm.model import DB, SpanView, Trace
 from otel_apm.sql import parse_sql
-
-StatementKey = tuple[str, str | None]  # service, raw statement text
 
 
 class TraceSummary:
     """Spans by category with their count, summed and longest duration, whether any span failed,
     and the trace's DB round trips (not cached) by service and statement text."""
 
-    __slots__ = ("_fingerprints", "by_category", "error", "longest_ns", "root_ms", "statements", "total_ns")
+    __slots__ = (
+        "_fingerprints",
+        "_has_cached",
+        "_round_trips",
+        "_trace",
+        "by_category",
+        "error",
+        "longest_ns",
+        "root_ms",
+        "statements",
+        "total_ns",
+    )
 
     def __init__(self, trace: Trace) -> None:
         self.by_category = by_category = trace.by_category()
@@ -33,17 +42,20 @@ class TraceSummary:
             durations = [s.end_ns - s.start_ns for s in group]
             self.total_ns[category] = sum(durations)
             self.longest_ns[category] = max(durations)
-        statements: dict[StatementKey, list[SpanView]] = {}
-        for s in by_category.get(DB, ()):
-            if not s.cached:  # served without a round trip: not an execution of the statement
-                key = (s.service, s.statement)
-                same = statements.get(key)
-                if same is None:
-                    statements[key] = [s]
-                else:
-                    same.append(s)
-        self.statements = statements
+        texts = db_texts(trace)
+        # A cache hit is served without a round trip: not an execution of the statement.  Most
+        # traces have none, and then the trace's one grouping serves as it is.
+        self._has_cached = any(s.cached for s in by_category.get(DB, ()))
+        self.statements = texts
+        if self._has_cached:
+            self.statements = {}
+            for key, spans in texts.items():
+                trips = [s for s in spans if not s.cached]
+                if trips:
+                    self.statements[key] = trips
+        self._trace = trace
         self._fingerprints: dict[str, int] | None = None
+        self._round_trips: StatementGroups | None = None
 
     root_ms: float | None  # the root's duration, None when the trace has no root
 
@@ -70,6 +82,15 @@ class TraceSummary:
                         counts[fingerprint] = counts.get(fingerprint, 0) + 1
             self._fingerprints = counts
         return self._fingerprints
+
+    def round_trips(self) -> StatementGroups:
+        """The DB round trips (not cached) by (service, statement fingerprint), made once: the
+        trace's :func:`statements_of` itself when no span was a cache hit."""
+        if self._round_trips is None:
+            self._round_trips = (
+                by_fingerprint(self.statements) if self._has_cached else statements_of(self._trace)
+            )
+        return self._round_trips
 
     def texts(self) -> dict[str, list[SpanView]]:
         """DB round trips by statement text, whatever their service."""

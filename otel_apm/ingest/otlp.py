@@ -8,7 +8,8 @@ a span whose shape (kind, status, name, attribute bytes) was seen before takes i
 fields from a cache rather than converting its attributes (:func:`views_from_payload`).  Equal
 strings and ids are shared between views (an ORM's statement repeats in every query span): a
 span waiting in the assembler costs about 370 bytes rather than 800
-(bench/bench_collector_engine.py).
+(bench/bench_collector_engine.py).  The compiled twin (csrc/otlpviews.c, ``native_enabled``)
+reads the wire format itself, under the same rules, with the same cache and helpers.
 
 In the collector a trace spans services, so ``parent_id`` is the span's real parent even when
 that parent ran in another process: the caller's client span and the callee's server span end
@@ -45,13 +46,14 @@ from google.protobuf import (  # type: ignore[import-untyped, unused-ignore]
     json_format,
     message_factory,
 )
-from google.protobuf.message import Message  # type: ignore[import-untyped, unused-ignore]
+from google.protobuf.message import DecodeError, Message  # type: ignore[import-untyped, unused-ignore]
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span
 
 from otel_apm import semconv
 from otel_apm.model import SpanView
+from otel_apm.native import native
 from otel_apm.semconv import ANALYZED_KEYS, filled_slots
 
 M = TypeVar("M", bound=Message)
@@ -105,9 +107,11 @@ COUNTS = IngestCounts()
 """Process-wide counts, used when a call passes none of its own."""
 
 
-def views_from_request(req: ExportTraceServiceRequest, counts: IngestCounts | None = None) -> list[SpanView]:
+def views_from_request(
+    req: ExportTraceServiceRequest, counts: IngestCounts | None = None, native_enabled: bool = True
+) -> list[SpanView]:
     """The spans of one Export request, as views; malformed spans are skipped and counted."""
-    return views_from_payload(req.SerializeToString(), counts)
+    return views_from_payload(req.SerializeToString(), counts, native_enabled)
 
 
 def views_from_resource_spans(
@@ -117,16 +121,37 @@ def views_from_resource_spans(
     return views_from_request(ExportTraceServiceRequest(resource_spans=resource_spans), counts)
 
 
-def views_from_payload(payload: bytes, counts: IngestCounts | None = None) -> list[SpanView]:
+def views_from_payload(
+    payload: bytes, counts: IngestCounts | None = None, native_enabled: bool = True
+) -> list[SpanView]:
     """Views of the spans of a serialized ExportTraceServiceRequest: what the collector received.
+
+    Read by the compiled twin (csrc/otlpviews.c, which reads the wire format itself) when it is
+    built and ``native_enabled`` (the config's), else by :func:`python_views`; both give the
+    same views, counts and errors.  Raises ``DecodeError`` only for bytes that are not a
+    request, which the receivers have refused already.
+    """
+    compiled = native(native_enabled)
+    if compiled is None:
+        views, malformed = python_views(payload)
+    else:
+        views, malformed = compiled.otlp_views(
+            payload, _FILLS, _fill, _service_name, _exception_type, DecodeError
+        )
+    (COUNTS if counts is None else counts).add(len(views), malformed)
+    return views
+
+
+def python_views(payload: bytes) -> tuple[list[SpanView], int]:
+    """The views of a payload's well-formed spans and the number of malformed spans skipped:
+    the reference of the compiled ``otlp_views``.
 
     The payload is parsed again with :data:`_VIEW_MESSAGES`, a copy of the OTLP trace messages
     that declares only what analysis reads, so protobuf's C parser skips the rest and nothing
     unread becomes a Python object.  A span's attributes come as their serialized KeyValues;
     spans that repeat one shape (kind, status, name and the same attribute bytes: an ORM's
     statement in every query) are filled from :data:`_FILLS`, so a span costs a dictionary
-    lookup instead of converting its attributes.  Raises ``DecodeError`` only for bytes that
-    are not a request, which the receivers have refused already.
+    lookup instead of converting its attributes.
     """
     request = _view_schema().FromString(payload)
     views: list[SpanView] = []
@@ -205,8 +230,7 @@ def views_from_payload(payload: bytes, counts: IngestCounts | None = None) -> li
                     malformed += 1
                     continue
                 append(view)
-    (COUNTS if counts is None else counts).add(len(views), malformed)
-    return views
+    return views, malformed
 
 
 # Fills by span shape (kind, error, name, serialized attributes...), across requests and
@@ -256,10 +280,15 @@ def _read_exception(view: SpanView, events: Iterable[Any]) -> None:
     """The type of the last recorded exception event: what the error detector groups by."""
     for event in events:
         if event.name == "exception":
-            for raw in event.attributes:
-                kv = KeyValue.FromString(raw)
-                if kv.key == "exception.type" and kv.value.string_value:
-                    view.exception_type = kv.value.string_value
+            _exception_type(view, event.attributes)
+
+
+def _exception_type(view: SpanView, attributes: Iterable[bytes]) -> None:
+    """Set the view's exception type from one exception event's serialized attributes."""
+    for raw in attributes:
+        kv = KeyValue.FromString(raw)
+        if kv.key == "exception.type" and kv.value.string_value:
+            view.exception_type = kv.value.string_value
 
 
 def _service_name(attributes: Iterable[bytes]) -> str:

@@ -138,6 +138,7 @@ class APMSpanProcessor(SpanProcessor):
                 config, self.emit_findings, self._service_name, meter_provider
             )
             self.memory_monitor.start()
+        self._install_native_intake()
 
     # -- SpanProcessor -------------------------------------------------------------------------
 
@@ -147,10 +148,14 @@ class APMSpanProcessor(SpanProcessor):
         if not self._enabled:
             return
         if self._callsite is not None and span.kind is _CLIENT:
-            self._record_callsite(span, self._callsite)
+            self._record_callsite(span)
         parent = span.parent
         if parent is not None and not parent.is_remote:
             return  # not a local root: filed by trace id when it ends
+        self._on_root_start(span)
+
+    def _on_root_start(self, span: Span) -> None:
+        """A local root starts: its trace is opened (and the profiler told its thread's root)."""
         try:
             ctx = span.context
             if self._profiler is not None:
@@ -162,11 +167,12 @@ class APMSpanProcessor(SpanProcessor):
         except Exception as exc:
             self._failed("intake", exc)
 
-    def _record_callsite(self, span: Span, callsite: CallSite) -> None:
+    def _record_callsite(self, span: Span) -> None:
         """code.* attributes naming the application line that made this DB or HTTP call, unless
         the instrumentation set them itself."""
+        callsite = self._callsite
         try:
-            if CODE_FILE_PATH not in plain_attributes(span):
+            if callsite is not None and CODE_FILE_PATH not in plain_attributes(span):
                 found = callsite.attributes(sys._getframe(2))
                 if found is not None:
                     add_attributes(span, found)
@@ -178,7 +184,32 @@ class APMSpanProcessor(SpanProcessor):
         if self._next is not None:
             self._next._on_ending(span)
 
+    def _install_native_intake(self) -> None:
+        """In pass-through mode, let the compiled :class:`otel_apm._native.Intake` take the SDK's
+        calls: it handles the spans that need no decision (a child starting; a child ending into
+        an open trace with room) and hands every other to the methods above, so these stay the
+        one place decisions are made.  Bound to the instance, its methods shadow the class's."""
+        module = native(self.config.native_enabled)
+        if module is None or self._tail or not self._enabled:
+            return
+        nxt = self._next
+        intake = module.Intake(
+            next_on_start=None if nxt is None else nxt.on_start,
+            next_on_ending=None if nxt is None else nxt._on_ending,
+            next_on_end=None if nxt is None else nxt.on_end,
+            open=self._assembler.open_traces,
+            assembler=self._assembler,
+            client_kind=_CLIENT,
+            record_callsite=None if self._callsite is None else self._record_callsite,
+            slow_on_start=self._on_root_start,
+            slow_on_end=self._on_end,
+        )
+        vars(self).update(on_start=intake.on_start, _on_ending=intake._on_ending, on_end=intake.on_end)
+
     def on_end(self, span: ReadableSpan) -> None:
+        self._on_end(span)
+
+    def _on_end(self, span: ReadableSpan) -> None:
         out: Sequence[ReadableSpan] | None = None
         if self._enabled:
             try:
