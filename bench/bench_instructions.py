@@ -41,6 +41,7 @@ from otel_apm.emit.events import EventEmitter
 from otel_apm.emit.span_events import with_finding_events
 from otel_apm.ingest.sdk import SpanReader
 from otel_apm.model import Trace
+from otel_apm.native import native
 
 WARMUP = 200
 
@@ -78,10 +79,36 @@ def finding_steps(workload: str, traces: int) -> None:
     os._exit(0)
 
 
+def reading(variant: str, workload: str, traces: int) -> None:
+    """Variants r and n: only the reading of a trace's ended spans into views, as the processor
+    reads them at the root's end (``SpanReader.read_all``), ``traces`` times over one trace's
+    spans recorded through the processor (so with their code.* attributes): r by the Python
+    reader, n by the compiled one (csrc/sdkviews.c).  Nothing runs on a timer."""
+    bp.db_calls = WORKLOADS[workload]
+    exporter = InMemorySpanExporter()
+    config = APMConfig(memory_monitor_enabled=False, console_enabled=False)
+    provider = TracerProvider(resource=bp.RESOURCE)
+    provider.add_span_processor(APMSpanProcessor(SimpleSpanProcessor(exporter), config, emitters=()))
+    for _ in range(WARMUP):
+        bp.run_trace(provider.get_tracer("bench"))
+    spans = exporter.get_finished_spans()[-SPANS_PER_TRACE:]
+    reader = SpanReader(native() if variant == "n" else None)
+    reader.read(spans[0], "bench")  # the probe: the compiled reader is used once it agreed
+    if reader.compiled != (variant == "n"):
+        raise SystemExit(f"variant {variant}: the compiled reader is {'not ' * reader.compiled}in use")
+    gc.collect()
+    gc.disable()
+    for _ in range(traces):
+        reader.read_all(spans, "bench")
+    os._exit(0)
+
+
 def child(variant: str, workload: str, traces: int) -> None:
     """Warm up, pause the collector, run ``traces`` traces and the round's flushes, exit."""
     if variant == "f":
         finding_steps(workload, traces)
+    if variant in ("r", "n"):
+        reading(variant, workload, traces)
     bp.db_calls = WORKLOADS[workload]
     queue = max(2048, (WARMUP + traces) * SPANS_PER_TRACE + 1024)
     if variant == "a":
@@ -139,7 +166,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--traces", type=int, default=300, help="traces counted per variant (300)")
     parser.add_argument("--workload", choices=sorted(FINDINGS_PER_TRACE), default="clean")
     parser.add_argument(
-        "--variants", default="a,b,c", help="of a, b, c and f, the finding steps alone (a,b,c)"
+        "--variants",
+        default="a,b,c",
+        help="of a, b, c, f (the finding steps alone), r and n (reading spans into views, by "
+        "Python and compiled) (a,b,c)",
     )
     parser.add_argument(
         "--set",
@@ -166,8 +196,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{settings})"
     )
     for v in variants:
-        ratio = f"{per_span[v] / per_span['a']:.3f}" if "a" in per_span and v not in "af" else "-"
+        ratio = f"{per_span[v] / per_span['a']:.3f}" if "a" in per_span and v in "bc" else "-"
         print(f"  {v} {per_span[v]:>12,.0f}   ratio to a: {ratio}")
+    if "r" in per_span and "n" in per_span:
+        print(f"  reading spans into views, compiled/Python: {per_span['n'] / per_span['r']:.3f}")
     if "f" in per_span:
         print(f"  f: the finding steps alone, {per_span['f'] * SPANS_PER_TRACE:,.0f} instructions a trace")
     return 0

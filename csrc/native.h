@@ -8,5 +8,7 @@
 int apm_intake_init(PyObject *module);
 /* otlpviews.c: otlp_views, OTLP protobuf bytes -> SpanViews for the collector. */
 int apm_otlpviews_init(PyObject *module);
+/* csrc/sdkviews.c: read_sdk_spans, SDK spans -> SpanViews (otel_apm/ingest/sdk.py). */
+int apm_sdkviews_init(PyObject *module);
 
 #endif

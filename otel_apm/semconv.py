@@ -6,6 +6,7 @@ attributes, from SDK spans or from OTLP, goes through this one table.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -121,6 +122,32 @@ def fill_attributes(view: model.SpanView, attrs: Mapping[str, Any]) -> None:
         view.category = model.RPC
 
 
+def filled_slots(
+    view: model.SpanView, attrs: Mapping[str, Any], params: list[str] | None = None
+) -> tuple[tuple[str, Any], ...]:
+    """Fill ``view`` as :func:`fill_attributes` does (and, given the ``db.query.parameter.*``
+    values as "name=value" strings, its ``db_params``), and return the slots that now differ
+    from a new view's, as (slot, value) pairs.
+
+    The OTLP intake and the compiled SDK intake remember these pairs per span shape (name, kind,
+    error and the analyzed attributes): a span of a known shape takes them without its
+    attributes being read, so this mapping stays the one place that knows the conventions.
+    """
+    if attrs:
+        fill_attributes(view, attrs)
+    if params is not None:
+        view.db_params = ",".join(sorted(params))
+    return tuple((slot, value) for slot, default in _defaults() if (value := getattr(view, slot)) != default)
+
+
+@functools.cache
+def _defaults() -> tuple[tuple[str, Any], ...]:
+    """The slots a view's attributes may set, with the value a new view has in each."""
+    given = {"trace_id", "span_id", "parent_id", "name", "kind", "start_ns", "end_ns", "error", "service"}
+    blank = model.SpanView(0, 0, 0, "", 0, 0, 0, False, "")
+    return tuple((slot, getattr(blank, slot)) for slot in model.SpanView.__slots__ if slot not in given)
+
+
 def code_location(attrs: Mapping[str, Any]) -> str | None:
     """The call site as "path:line:function" from code.* attributes (stable names first), or None."""
     get = attrs.get  # read for every DB and HTTP client span: lookups inline
@@ -149,3 +176,16 @@ def _int_or_none(value: Any) -> int | None:
         return int(value)
     except (TypeError, ValueError, OverflowError):
         return None
+
+
+def _analyzed_keys() -> frozenset[str]:
+    """Every attribute key in the tables above (the upper-case tuples of keys): the only keys
+    analysis reads.  A table added above is picked up here without an edit."""
+    keys: set[str] = set()
+    for name, value in list(globals().items()):
+        if name.isupper() and isinstance(value, tuple) and all(isinstance(k, str) for k in value):
+            keys.update(value)
+    return frozenset(keys)
+
+
+ANALYZED_KEYS: frozenset[str] = _analyzed_keys()

@@ -46,6 +46,11 @@ MARIADB_USER = "root"
 CONNECT_TIMEOUT_S = 2
 
 
+# The one setting the shell's environment gives the pipelines: APM_NATIVE_ENABLED=false runs the
+# suite on the Python twins of the compiled paths, which must pass it alike.
+NATIVE_ENABLED = APMConfig.from_env().native_enabled
+
+
 def clean_environ() -> dict[str, str]:
     """This process's environment without the OTEL_* and APM_* variables of the shell running
     the tests, for a subprocess that must see only the settings its test gives."""
@@ -317,9 +322,10 @@ def build_otel(**settings: Any) -> OTel:
 
 @pytest.fixture
 def native_enabled() -> bool:
-    """Whether the pipelines ``make_otel`` builds use otel_apm._native (when built).  A test
-    module that covers both implementations overrides this with a parametrized fixture."""
-    return True
+    """Whether the pipelines ``make_otel`` builds use otel_apm._native (when built): as the
+    shell's APM_NATIVE_ENABLED says (:data:`NATIVE_ENABLED`).  A test module that covers both
+    implementations overrides this with a parametrized fixture."""
+    return NATIVE_ENABLED
 
 
 @pytest.fixture

@@ -54,22 +54,11 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span
 from otel_apm import semconv
 from otel_apm.model import SpanView
 from otel_apm.native import native
-from otel_apm.semconv import fill_attributes
+from otel_apm.semconv import ANALYZED_KEYS, filled_slots
 
 M = TypeVar("M", bound=Message)
 
 
-def _analyzed_keys() -> frozenset[str]:
-    """Every attribute key in semconv's tables (its upper-case tuples of keys): the only keys
-    whose values are converted.  A table added there is picked up here without an edit."""
-    keys: set[str] = set()
-    for name, value in vars(semconv).items():
-        if name.isupper() and isinstance(value, tuple) and all(isinstance(k, str) for k in value):
-            keys.update(value)
-    return frozenset(keys)
-
-
-ANALYZED_KEYS: frozenset[str] = _analyzed_keys()
 UNKNOWN_SERVICE = "unknown_service"  # the SDK's own default when service.name is not set
 
 # AnyValue's oneof fields that hold a scalar: the only values analysis can use.
@@ -275,23 +264,11 @@ def _fill(view: SpanView, shape: tuple[Any, ...]) -> tuple[tuple[str, Any], ...]
         elif key.startswith(param_prefix):
             params = params or []
             params.append(f"{key[len(param_prefix) :]}={value}")
-    if attrs:
-        fill_attributes(view, attrs)
-    if params is not None:
-        view.db_params = ",".join(sorted(params))
-    fill = tuple((slot, value) for slot, default in _defaults() if (value := getattr(view, slot)) != default)
+    fill = filled_slots(view, attrs, params)
     if len(_FILLS) >= FILLS_MAX:
         _FILLS.clear()
     _FILLS[shape] = fill
     return fill
-
-
-@functools.cache
-def _defaults() -> tuple[tuple[str, Any], ...]:
-    """The slots a view's attributes may set, with the value a new view has in each."""
-    given = {"trace_id", "span_id", "parent_id", "name", "kind", "start_ns", "end_ns", "error", "service"}
-    blank = SpanView(0, 0, 0, "", 0, 0, 0, False, "")
-    return tuple((slot, getattr(blank, slot)) for slot in SpanView.__slots__ if slot not in given)
 
 
 def _scalar(value: AnyValue) -> Any:

@@ -102,7 +102,7 @@ class APMSpanProcessor(SpanProcessor):
         elif emitters is None:
             emitters = [EventEmitter(logger_provider), *reporters(config, meter_provider)]
         self._emitters = tuple(emitters)
-        self._reader = SpanReader()
+        self._reader = SpanReader(native(config.native_enabled))
         self._callsite = CallSite() if config.code_location_enabled else None
         self._resource: Resource | None = None
         self._service = config.service_name or "unknown_service"
@@ -299,8 +299,7 @@ class APMSpanProcessor(SpanProcessor):
             self._service = self.config.service_name or str(
                 resource.attributes.get(SERVICE_NAME) or "unknown_service"
             )
-        read, service = self._reader.read, self._service
-        return [read(s, service) for s in spans]
+        return self._reader.read_all(spans, self._service)
 
     def _service_name(self) -> str:
         """The service named in findings: the configured one, else the spans' resource's."""
