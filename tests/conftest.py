@@ -281,7 +281,8 @@ def build_otel(**settings: Any) -> OTel:
     """A fresh pipeline; ``settings`` are APMConfig fields (console output is off unless asked).
 
     The config starts from APMConfig's defaults, not the environment, so an ``APM_*`` variable
-    in the shell running the tests cannot change their outcome.
+    in the shell running the tests cannot change their outcome; but for ``APM_NATIVE_ENABLED``,
+    which switches the compiled parts, whose Python twins must give the same outcome.
     """
     resource = Resource.create({"service.name": SERVICE_NAME})
     span_exporter = InMemorySpanExporter()
@@ -291,6 +292,9 @@ def build_otel(**settings: Any) -> OTel:
     metric_reader = InMemoryMetricReader()
     meter_provider = MeterProvider(metric_readers=[metric_reader], resource=resource)
     settings.setdefault("console_enabled", False)
+    # the one variable read: APM_NATIVE_ENABLED=false runs the suite on the Python versions
+    native_env = {k: v for k, v in os.environ.items() if k == "APM_NATIVE_ENABLED"}
+    settings.setdefault("native_enabled", APMConfig.from_env(native_env).native_enabled)
     processor = APMSpanProcessor(
         SimpleSpanProcessor(span_exporter),
         APMConfig(),
