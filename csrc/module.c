@@ -17,6 +17,7 @@ typedef int (*part_init)(PyObject *module);
 
 static const part_init PARTS[] = {
     apm_view_init,
+    apm_callsite_init,
     NULL, /* the list ends here */
 };
 

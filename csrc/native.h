@@ -4,4 +4,7 @@
 
 #include <Python.h>
 
+/* csrc/callsite.c: CallSiteRecorder, the twin of otel_apm.ingest.callsite.CallSite.record. */
+int apm_callsite_init(PyObject *module);
+
 #endif
