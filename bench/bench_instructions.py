@@ -1,6 +1,6 @@
 """bench_processor.py's comparison counted in instructions (valgrind's callgrind), not seconds.
 
-    .venv/bin/python bench/bench_instructions.py [--traces N] [--workload clean|nplusone]
+    .venv/bin/python bench/bench_instructions.py [--traces N] [--workload clean|nplusone] [--set NAME=VALUE]
 
 Wall-clock ratios swing with whatever else the machine runs; the instructions a run executes do
 not.  Each variant of bench_processor.py (a: SDK + BatchSpanProcessor, b: ours in pass-through,
@@ -75,8 +75,23 @@ def finding_steps(workload: str, traces: int) -> None:
     os._exit(0)
 
 
-def child(variant: str, workload: str, traces: int) -> None:
+def synchronous() -> bp.Variant:
+    """Variant s: b without what does work by the clock (the batch processors' threads, the
+    reporters, the memory monitor): our processor over a SimpleSpanProcessor, with no emitter.
+    b's count moves by up to a few percent between runs on a loaded machine (valgrind slows the
+    process fifty times, so the timers fire fifty times as often); this one repeats, so it is the
+    variant to measure a setting with (--set)."""
+    exporter = bp.NoopSpanExporter()
+    config = APMConfig(memory_monitor_enabled=False, console_enabled=False, reporters=())
+    provider = TracerProvider(resource=bp.RESOURCE)
+    apm = APMSpanProcessor(SimpleSpanProcessor(exporter), config, emitters=(), **bp.overrides)
+    provider.add_span_processor(apm)
+    return bp.Variant("s", "ours, synchronous", provider, exporter)
+
+
+def child(variant: str, workload: str, traces: int, settings: Sequence[str]) -> None:
     """Warm up, pause the collector, run ``traces`` traces and the round's flushes, exit."""
+    bp.set_overrides(settings)
     if variant == "f":
         finding_steps(workload, traces)
     bp.db_calls = WORKLOADS[workload]
@@ -85,6 +100,8 @@ def child(variant: str, workload: str, traces: int) -> None:
         v = bp.make_baseline(queue)
     elif variant == "b":
         v = bp.make_ours("b", "ours", queue)
+    elif variant == "s":
+        v = synchronous()
     else:
         v = bp.make_ours("c", "ours tail", queue, export_mode="tail", sample_rate=1.0)
     tracer = v.tracer
@@ -99,7 +116,7 @@ def child(variant: str, workload: str, traces: int) -> None:
     os._exit(0)  # the providers' shutdown is not part of the count
 
 
-def instructions(variant: str, workload: str, traces: int) -> int:
+def instructions(variant: str, workload: str, traces: int, settings: Sequence[str]) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = subprocess.run(
             [
@@ -116,6 +133,7 @@ def instructions(variant: str, workload: str, traces: int) -> int:
                 workload,
                 "--traces",
                 str(traces),
+                *(f"--set={item}" for item in settings),
             ],
             env={**os.environ, "PYTHONHASHSEED": "0"},
             capture_output=True,
@@ -135,23 +153,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--traces", type=int, default=300, help="traces counted per variant (300)")
     parser.add_argument("--workload", choices=sorted(FINDINGS_PER_TRACE), default="clean")
     parser.add_argument(
-        "--variants", default="a,b,c", help="of a, b, c and f, the finding steps alone (a,b,c)"
+        "--variants",
+        default="a,b,c",
+        help="of a, b, c, s (b with nothing by the clock) and f, the finding steps alone (a,b,c)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an APMConfig setting for b and c, as in bench_processor.py (an ablation)",
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        child(args.child, args.workload, args.traces)
+        child(args.child, args.workload, args.traces, args.set)
     variants = args.variants.split(",")
     per_span = {}
     for v in variants:
-        delta = instructions(v, args.workload, args.traces) - instructions(v, args.workload, 0)
+        delta = instructions(v, args.workload, args.traces, args.set) - instructions(
+            v, args.workload, 0, args.set
+        )
         per_span[v] = delta / (args.traces * SPANS_PER_TRACE)
         print(f"  {v}: {per_span[v]:>10,.0f} instructions/span", file=sys.stderr, flush=True)
     print(
         f"\nInstructions per span ({args.traces} traces x {SPANS_PER_TRACE} spans, workload {args.workload})"
+        + "".join(f", --set {item}" for item in args.set)
     )
     for v in variants:
-        ratio = f"{per_span[v] / per_span['a']:.3f}" if "a" in per_span and v not in "af" else "-"
+        ratio = f"{per_span[v] / per_span['a']:.3f}" if "a" in per_span and v not in "afs" else "-"
         print(f"  {v} {per_span[v]:>12,.0f}   ratio to a: {ratio}")
     if "f" in per_span:
         print(f"  f: the finding steps alone, {per_span['f'] * SPANS_PER_TRACE:,.0f} instructions a trace")

@@ -158,6 +158,19 @@ def make_baseline(queue: int) -> Variant:
     return Variant("a", "baseline: BatchSpanProcessor", provider, exporter)
 
 
+def set_overrides(items: Sequence[str]) -> None:
+    """``--set NAME=VALUE`` items into ``overrides``: true/false are booleans, reporters and
+    disabled_detectors comma-separated lists."""
+    for item in items:
+        name, _, value = item.partition("=")
+        if name in ("reporters", "disabled_detectors"):
+            overrides[name] = tuple(v for v in value.split(",") if v)
+        elif value.lower() in ("true", "false"):
+            overrides[name] = value.lower() == "true"
+        else:
+            overrides[name] = value
+
+
 def make_ours(key: str, label: str, queue: int, **settings: Any) -> Variant:
     exporter = NoopSpanExporter()
     log_exporter = NoopLogRecordExporter()
@@ -368,14 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="an APMConfig setting for b and c, e.g. --set stats_enabled=false (an ablation)",
     )
     args = parser.parse_args(argv)
-    for item in args.set:
-        name, _, value = item.partition("=")
-        if name in ("reporters", "disabled_detectors"):
-            overrides[name] = tuple(v for v in value.split(",") if v)
-        elif value.lower() in ("true", "false"):
-            overrides[name] = value.lower() == "true"
-        else:
-            overrides[name] = value
+    set_overrides(args.set)
     global db_calls, findings_per_trace, tail_rate
     db_calls = WORKLOADS[args.workload]
     if args.workload == "clean":
