@@ -78,9 +78,9 @@ def finding_steps(workload: str, traces: int) -> None:
 def synchronous() -> bp.Variant:
     """Variant s: b without what does work by the clock (the batch processors' threads, the
     reporters, the memory monitor): our processor over a SimpleSpanProcessor, with no emitter.
-    b's count moves by up to a few percent between runs on a loaded machine (valgrind slows the
-    process fifty times, so the timers fire fifty times as often); this one repeats, so it is the
-    variant to measure a setting with (--set)."""
+    b's count moved by up to 4 % between runs of one build on a loaded machine (valgrind slows
+    the process fifty times, so its timers fire fifty times as often per span), s's by up to
+    1.6 %: compare a setting (--set) with runs started together."""
     exporter = bp.NoopSpanExporter()
     config = APMConfig(memory_monitor_enabled=False, console_enabled=False, reporters=())
     provider = TracerProvider(resource=bp.RESOURCE)
