@@ -9,11 +9,13 @@ the books) on an in-memory SQLite database, in three pipelines built side by sid
 
   a  TracerProvider + BatchSpanProcessor(no-op exporter): the baseline
   b  as a with APMSpanProcessor in front, code location off (APM_CODE_LOCATION_ENABLED=false)
-  c  as b with code location on (the default)
+  c  as b with code location on (the default; the walk in C, csrc/callsite.c, when built)
+  d  as c with the Python walk (APM_NATIVE_ENABLED=false)
 
-Rounds are interleaved (a, b, c, a, b, c, ...); each times N requests plus the provider's flush.
-It prints the median µs per DB span of each variant, c/b (what code location adds to our
-processor) and c/a, and the µs per DB span that code location costs (c - b).
+Rounds are interleaved (a, b, c, d, a, b, c, d, ...); each times N requests plus the provider's
+flush.  It prints the median µs per DB span of each variant, c/b and d/b (what code location adds
+to our processor, each way) and c/a, and the µs per DB span that code location costs (c - b,
+d - b).
 """
 
 from __future__ import annotations
@@ -120,6 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         make_variant("a: SDK + BSP", None),
         make_variant("b: ours, code location off", {"code_location_enabled": False}),
         make_variant("c: ours, code location on", {"code_location_enabled": True}),
+        make_variant("d: as c, the Python walk", {"code_location_enabled": True, "native_enabled": False}),
     ]
     for v in variants:
         timed(v, 50)  # warm-up: statement caches, the call-site file cache
@@ -133,12 +136,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     ratios_cb = statistics.median(
         c / b for b, c in zip(variants[1].samples, variants[2].samples, strict=True)
     )
+    ratios_db = statistics.median(
+        d / b for b, d in zip(variants[1].samples, variants[3].samples, strict=True)
+    )
     ratios_ca = statistics.median(
         c / a for a, c in zip(variants[0].samples, variants[2].samples, strict=True)
     )
     print(f"  c/b (code location, on our processor): {ratios_cb:.3f}")
+    print(f"  d/b (the same with the Python walk): {ratios_db:.3f}")
     print(f"  c/a (ours with code location, on the SDK): {ratios_ca:.3f}")
-    print(f"  code location costs about {med[2] - med[1]:.2f} µs per DB span")
+    print(
+        f"  code location costs about {med[2] - med[1]:.2f} µs per DB span ({med[3] - med[1]:.2f} in Python)"
+    )
     for v in variants:
         v.provider.shutdown()
     return 0

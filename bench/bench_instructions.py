@@ -103,6 +103,20 @@ def reading(variant: str, workload: str, traces: int) -> None:
     os._exit(0)
 
 
+def synchronous() -> bp.Variant:
+    """Variant s: b without what does work by the clock (the batch processors' threads, the
+    reporters, the memory monitor): our processor over a SimpleSpanProcessor, with no emitter.
+    b's count moved by up to 4 % between runs of one build on a loaded machine (valgrind slows
+    the process fifty times, so its timers fire fifty times as often per span), s's by up to
+    1.6 %: compare a setting (--set) with runs started together."""
+    exporter = bp.NoopSpanExporter()
+    config = APMConfig(memory_monitor_enabled=False, console_enabled=False, reporters=())
+    provider = TracerProvider(resource=bp.RESOURCE)
+    apm = APMSpanProcessor(SimpleSpanProcessor(exporter), config, emitters=(), **bp.overrides)
+    provider.add_span_processor(apm)
+    return bp.Variant("s", "ours, synchronous", provider, exporter)
+
+
 def child(variant: str, workload: str, traces: int) -> None:
     """Warm up, pause the collector, run ``traces`` traces and the round's flushes, exit."""
     if variant == "f":
@@ -115,6 +129,8 @@ def child(variant: str, workload: str, traces: int) -> None:
         v = bp.make_baseline(queue)
     elif variant == "b":
         v = bp.make_ours("b", "ours", queue)
+    elif variant == "s":
+        v = synchronous()
     else:
         v = bp.make_ours("c", "ours tail", queue, export_mode="tail", sample_rate=1.0)
     tracer = v.tracer
@@ -168,8 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--variants",
         default="a,b,c",
-        help="of a, b, c, f (the finding steps alone), r and n (reading spans into views, by "
-        "Python and compiled) (a,b,c)",
+        help="of a, b, c, s (b with nothing by the clock), f (the finding steps alone), r and n "
+        "(reading spans into views, by Python and compiled) (a,b,c)",
     )
     parser.add_argument(
         "--set",
@@ -196,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{settings})"
     )
     for v in variants:
-        ratio = f"{per_span[v] / per_span['a']:.3f}" if "a" in per_span and v in "bc" else "-"
+        ratio = f"{per_span[v] / per_span['a']:.3f}" if "a" in per_span and v in "bcs" else "-"
         print(f"  {v} {per_span[v]:>12,.0f}   ratio to a: {ratio}")
     if "r" in per_span and "n" in per_span:
         print(f"  reading spans into views, compiled/Python: {per_span['n'] / per_span['r']:.3f}")

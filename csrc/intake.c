@@ -16,7 +16,7 @@
 #include "native.h"
 
 enum { NEXT_ON_START, NEXT_ON_ENDING, NEXT_ON_END, OPEN, ASSEMBLER, CLIENT_KIND, RECORD_CALLSITE,
-       SLOW_ON_START, SLOW_ON_END, FIELD_COUNT };
+       CALLSITE_FAILED, SLOW_ON_START, SLOW_ON_END, FIELD_COUNT };
 
 static char *FIELD_NAMES[FIELD_COUNT + 1] = {
     "next_on_start", /* the wrapped processor's bound methods, or None */
@@ -26,6 +26,7 @@ static char *FIELD_NAMES[FIELD_COUNT + 1] = {
     "assembler",       /* for its _share, which changes as traces open and close */
     "client_kind",     /* SpanKind.CLIENT */
     "record_callsite", /* callable(span) for CLIENT spans, or None */
+    "callsite_failed", /* callable(exception): what record_callsite raised, contained */
     "slow_on_start",   /* the processor's Python work at a span start after next.on_start */
     "slow_on_end",     /* the processor's Python on_end, whole */
     NULL,
@@ -61,9 +62,9 @@ static void intake_dealloc(Intake *self) {
 
 static int intake_init(Intake *self, PyObject *args, PyObject *kwargs) {
     PyObject *given[FIELD_COUNT];
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "$OOOOOOOOO:Intake", FIELD_NAMES, &given[0],
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "$OOOOOOOOOO:Intake", FIELD_NAMES, &given[0],
                                      &given[1], &given[2], &given[3], &given[4], &given[5],
-                                     &given[6], &given[7], &given[8])) {
+                                     &given[6], &given[7], &given[8], &given[9])) {
         return -1;
     }
     if (!PyDict_CheckExact(given[OPEN])) {
@@ -103,6 +104,27 @@ static PyObject *call1(PyObject *callable, PyObject *arg) {
     return PyObject_Vectorcall(callable, args + 1, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
 }
 
+/* The exception being raised, taken (new reference, never NULL after a failed call). */
+static PyObject *raised_exception(void) {
+#if PY_VERSION_HEX >= 0x030C0000
+    return PyErr_GetRaisedException();
+#else
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    PyErr_NormalizeException(&type, &value, &traceback);
+    if (traceback != NULL && value != NULL) {
+        PyException_SetTraceback(value, traceback);
+    }
+    Py_XDECREF(type);
+    Py_XDECREF(traceback);
+    if (value == NULL) {
+        Py_INCREF(Py_None);
+        return Py_None;
+    }
+    return value;
+#endif
+}
+
 /* on_start(span, parent_context=None) */
 static PyObject *intake_on_start(Intake *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
     PyObject *span, *parent_context = Py_None;
@@ -138,9 +160,15 @@ static PyObject *intake_on_start(Intake *self, PyObject *const *args, Py_ssize_t
             int client = kind == self->f[CLIENT_KIND];
             Py_DECREF(kind);
             if (client) {
-                PyObject *r = call1(self->f[RECORD_CALLSITE], span); /* contains its own failures */
+                PyObject *r = call1(self->f[RECORD_CALLSITE], span);
                 if (r == NULL) {
-                    return NULL;
+                    /* never the application's problem: handed to the processor's failure log */
+                    PyObject *exc = raised_exception();
+                    r = call1(self->f[CALLSITE_FAILED], exc);
+                    Py_DECREF(exc);
+                    if (r == NULL) {
+                        return NULL;
+                    }
                 }
                 Py_DECREF(r);
             }

@@ -20,6 +20,7 @@ static const part_init PARTS[] = {
     apm_intake_init,
     apm_otlpviews_init, /* after apm_view_init: it makes SpanViews */
     apm_sdkviews_init,  /* after apm_view_init: it makes SpanViews */
+    apm_callsite_init,
     NULL, /* the list ends here */
 };
 

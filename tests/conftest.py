@@ -48,7 +48,9 @@ CONNECT_TIMEOUT_S = 2
 
 # The one setting the shell's environment gives the pipelines: APM_NATIVE_ENABLED=false runs the
 # suite on the Python twins of the compiled paths, which must pass it alike.
-NATIVE_ENABLED = APMConfig.from_env().native_enabled
+NATIVE_ENABLED = APMConfig.from_env(
+    {k: v for k, v in os.environ.items() if k == "APM_NATIVE_ENABLED"}
+).native_enabled
 
 
 def clean_environ() -> dict[str, str]:
@@ -286,7 +288,8 @@ def build_otel(**settings: Any) -> OTel:
     """A fresh pipeline; ``settings`` are APMConfig fields (console output is off unless asked).
 
     The config starts from APMConfig's defaults, not the environment, so an ``APM_*`` variable
-    in the shell running the tests cannot change their outcome.
+    in the shell running the tests cannot change their outcome; but for ``APM_NATIVE_ENABLED``,
+    which switches the compiled parts, whose Python twins must give the same outcome.
     """
     resource = Resource.create({"service.name": SERVICE_NAME})
     span_exporter = InMemorySpanExporter()
@@ -296,6 +299,7 @@ def build_otel(**settings: Any) -> OTel:
     metric_reader = InMemoryMetricReader()
     meter_provider = MeterProvider(metric_readers=[metric_reader], resource=resource)
     settings.setdefault("console_enabled", False)
+    settings.setdefault("native_enabled", NATIVE_ENABLED)
     processor = APMSpanProcessor(
         SimpleSpanProcessor(span_exporter),
         APMConfig(),

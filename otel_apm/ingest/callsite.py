@@ -4,16 +4,24 @@ Instrumentations start client spans deep inside the ORM or HTTP library; the lin
 must change is the first frame below them that is the application's own: not the standard
 library, not an installed package, not otel_apm.  Each file is classified once; the walk itself
 is a few attribute reads per frame (its cost is measured in bench/bench_callsite.py).
+
+:func:`recorder` picks the compiled twin of :meth:`CallSite.record` (csrc/callsite.c) when the
+extension has it: it walks the interpreter's frames without making a frame object for each.
 """
 
 from __future__ import annotations
 
 import os
 import site
+import sys
 import sysconfig
-from types import CodeType, FrameType
+from collections.abc import Callable
+from types import CodeType, FrameType, ModuleType
+
+from opentelemetry.sdk.trace import Span
 
 import otel_apm
+from otel_apm.ingest.sdk import add_attributes, plain_attributes
 
 # semantic conventions 1.33+: the stable code.* names
 CODE_FILE_PATH = "code.file.path"
@@ -106,6 +114,24 @@ class CallSite:
                 },
             )
         return site[1]
+
+    def record(self, span: Span) -> None:
+        """Add to ``span``, being started, the code.* attributes of the first application frame
+        above the caller of ``record``, unless the instrumentation set them itself."""
+        if CODE_FILE_PATH not in plain_attributes(span):
+            found = self.attributes(sys._getframe(2))
+            if found is not None:
+                add_attributes(span, found)
+
+
+def recorder(callsite: CallSite, compiled: ModuleType | None) -> Callable[[Span], None]:
+    """``callsite.record``, or its C twin when ``compiled`` (:func:`otel_apm.native.native`) has
+    one: it is built for the interpreters whose frame layout it knows (3.11)."""
+    make = getattr(compiled, "CallSiteRecorder", None)
+    if make is None:
+        return callsite.record
+    record: Callable[[Span], None] = make(callsite).record
+    return record
 
 
 def qualname(code: object) -> str:

@@ -17,9 +17,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
-import sys
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry._logs import LoggerProvider
@@ -38,8 +37,8 @@ from otel_apm.detectors.base import Detector, Finding
 from otel_apm.emit import Emitter, reporters, shutdown_emitters
 from otel_apm.emit.events import EventEmitter
 from otel_apm.emit.span_events import with_finding_events
-from otel_apm.ingest.callsite import CODE_FILE_PATH, CallSite
-from otel_apm.ingest.sdk import SpanReader, add_attributes, plain_attributes
+from otel_apm.ingest.callsite import CallSite, recorder
+from otel_apm.ingest.sdk import SpanReader
 from otel_apm.model import SpanView, Trace, endpoint_of
 from otel_apm.native import native
 from otel_apm.profiling.memory import MemoryMonitor
@@ -103,7 +102,10 @@ class APMSpanProcessor(SpanProcessor):
             emitters = [EventEmitter(logger_provider), *reporters(config, meter_provider)]
         self._emitters = tuple(emitters)
         self._reader = SpanReader(native(config.native_enabled))
-        self._callsite = CallSite() if config.code_location_enabled else None
+        # code.* attributes naming the application line of each DB or HTTP call (CallSite.record)
+        self._record_callsite: Callable[[Span], None] | None = None
+        if config.code_location_enabled:
+            self._record_callsite = recorder(CallSite(), native(config.native_enabled))
         self._resource: Resource | None = None
         self._service = config.service_name or "unknown_service"
         self._counts = dict.fromkeys(
@@ -147,8 +149,11 @@ class APMSpanProcessor(SpanProcessor):
             self._next.on_start(span, parent_context=parent_context)
         if not self._enabled:
             return
-        if self._callsite is not None and span.kind is _CLIENT:
-            self._record_callsite(span)
+        if self._record_callsite is not None and span.kind is _CLIENT:
+            try:
+                self._record_callsite(span)
+            except Exception as exc:
+                self._failed("intake", exc)
         parent = span.parent
         if parent is not None and not parent.is_remote:
             return  # not a local root: filed by trace id when it ends
@@ -164,18 +169,6 @@ class APMSpanProcessor(SpanProcessor):
             if evicted is not None:
                 self._count("traces_evicted")
                 self._forward(self._finish(self._assembler.finish(evicted), None, None))
-        except Exception as exc:
-            self._failed("intake", exc)
-
-    def _record_callsite(self, span: Span) -> None:
-        """code.* attributes naming the application line that made this DB or HTTP call, unless
-        the instrumentation set them itself."""
-        callsite = self._callsite
-        try:
-            if callsite is not None and CODE_FILE_PATH not in plain_attributes(span):
-                found = callsite.attributes(sys._getframe(2))
-                if found is not None:
-                    add_attributes(span, found)
         except Exception as exc:
             self._failed("intake", exc)
 
@@ -200,7 +193,8 @@ class APMSpanProcessor(SpanProcessor):
             open=self._assembler.open_traces,
             assembler=self._assembler,
             client_kind=_CLIENT,
-            record_callsite=None if self._callsite is None else self._record_callsite,
+            record_callsite=self._record_callsite,
+            callsite_failed=lambda exc: self._failed("intake", exc),
             slow_on_start=self._on_root_start,
             slow_on_end=self._on_end,
         )
