@@ -625,3 +625,22 @@ def test_a_span_the_intake_does_not_know_goes_to_the_python_path(make_otel: Call
     otel.processor.on_end(Wrapped(ended))
     assert otel.processor.stats()["spans_late"] == before + 1
     assert otel.spans()[-1].name == "child"
+
+
+def test_a_failing_code_location_is_contained_and_counted(
+    make_otel: Callable[..., OTel], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whichever implementation walks the stack, an error in it stays out of the application:
+    the span is exported without code.* attributes and the failure is counted."""
+    from otel_apm.ingest.callsite import CallSite
+
+    def broken(self: CallSite, filename: str) -> bool:
+        raise RuntimeError("cannot classify " + filename)
+
+    monkeypatch.setattr(CallSite, "is_app", broken)
+    otel = make_otel()
+    request(otel, n=2)
+    db = [s for s in otel.spans() if s.kind is SpanKind.CLIENT]
+    assert len(db) == 3  # the authors, then the books of each
+    assert otel.processor.stats()["errors_intake"] == 3
+    assert all("code.file.path" not in (s.attributes or {}) for s in db)
