@@ -72,6 +72,7 @@ typedef struct {
     PyObject_HEAD
     PyObject *callsite; /* the Python CallSite: is_app() and record() */
     PyObject *is_app;   /* its memo, callsite._is_app: filename -> bool */
+    PyObject *callers;  /* callsite.callers: a tuple of code objects whose frames the walk skips */
     recent_file recent[RECENT_FILES];
     site *sites;        /* open addressing, linear probing; capacity a power of two */
     Py_ssize_t capacity;
@@ -188,9 +189,9 @@ static int is_app(Recorder *self, PyObject *filename) {
     return app;
 }
 
-/* The first application frame within MAX_DEPTH frames from the caller of the Python function
- * that called record() (sys._getframe(2) in CallSite.record), or NULL; *error is set when the
- * NULL comes with an exception.
+/* The first application frame within MAX_DEPTH frames from the Python frame that called record()
+ * (past it when its code is one of callsite.callers, as in CallSite.record), or NULL; *error is
+ * set when the NULL comes with an exception.
  *
  * The frames walked belong to this thread and sit below the one running, so they stay in place
  * while is_app() runs Python code, even should it let other threads run. */
@@ -200,7 +201,14 @@ static _PyInterpreterFrame *app_frame(Recorder *self, int *error) {
     if (frame == NULL) {
         return NULL;
     }
-    frame = complete(frame->previous); /* past record()'s caller, as sys._getframe(2) */
+    /* past record()'s caller when it is one of callsite.callers, as CallSite.record() */
+    PyObject *const *callers = &PyTuple_GET_ITEM(self->callers, 0);
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(self->callers); i++) {
+        if ((PyObject *)frame->f_code == callers[i]) {
+            frame = complete(frame->previous);
+            break;
+        }
+    }
     for (int depth = 0; depth < max_depth && frame != NULL; depth++) {
         int app = is_app(self, frame->f_code->co_filename);
         if (app != 0) {
@@ -319,7 +327,7 @@ static PyObject *record(Recorder *self, PyObject *span) {
         if (PyErr_Occurred()) {
             return NULL;
         }
-        /* Not the SDK we know: the Python version, whose sys._getframe(2) is the same frame, as
+        /* Not the SDK we know: the Python version, whose sys._getframe(1) is the same frame, as
          * calling from C adds no Python frame. */
         return PyObject_CallMethodOneArg(self->callsite, str_record, span);
     }
@@ -374,13 +382,24 @@ static PyObject *recorder_new(PyTypeObject *type, PyObject *args, PyObject *kwar
         PyErr_SetString(PyExc_TypeError, "CallSiteRecorder: callsite._is_app is not a dict");
         return NULL;
     }
+    PyObject *callers = PyObject_GetAttrString(callsite, "callers");
+    if (callers == NULL || !PyTuple_CheckExact(callers)) {
+        Py_DECREF(memo);
+        if (callers != NULL) {
+            Py_DECREF(callers);
+            PyErr_SetString(PyExc_TypeError, "CallSiteRecorder: callsite.callers is not a tuple");
+        }
+        return NULL;
+    }
     Recorder *self = (Recorder *)type->tp_alloc(type, 0);
     if (self == NULL) {
         Py_DECREF(memo);
+        Py_DECREF(callers);
         return NULL;
     }
     self->callsite = Py_NewRef(callsite);
     self->is_app = memo;
+    self->callers = callers;
     return (PyObject *)self;
 }
 
@@ -397,6 +416,7 @@ static void recorder_dealloc(Recorder *self) {
     }
     Py_XDECREF(self->callsite);
     Py_XDECREF(self->is_app);
+    Py_XDECREF(self->callers);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 

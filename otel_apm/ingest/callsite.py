@@ -46,7 +46,11 @@ def _library_roots() -> tuple[str, ...]:
 class CallSite:
     """Finds the first application frame on the calling thread's stack."""
 
-    def __init__(self) -> None:
+    def __init__(self, callers: tuple[CodeType, ...] = ()) -> None:
+        # The code of the functions that call record() on the SDK's behalf (the processor's
+        # on_start): the walk starts below them, at the SDK's frame, however the SDK reached
+        # record(), so MAX_DEPTH counts the same frames with or without a Python frame of ours.
+        self.callers = callers
         self._roots = _library_roots()
         self._is_app: dict[str, bool] = {}
         # The attributes of each application call seen, so a loop's thousandth query costs a
@@ -117,9 +121,13 @@ class CallSite:
 
     def record(self, span: Span) -> None:
         """Add to ``span``, being started, the code.* attributes of the first application frame
-        above the caller of ``record``, unless the instrumentation set them itself."""
+        from the caller of ``record`` up (past it when it is one of ``callers``), unless the
+        instrumentation set them itself."""
         if CODE_FILE_PATH not in plain_attributes(span):
-            found = self.attributes(sys._getframe(2))
+            frame: FrameType | None = sys._getframe(1)
+            if frame is not None and any(frame.f_code is code for code in self.callers):
+                frame = frame.f_back
+            found = self.attributes(frame)
             if found is not None:
                 add_attributes(span, found)
 

@@ -105,7 +105,8 @@ class APMSpanProcessor(SpanProcessor):
         # code.* attributes naming the application line of each DB or HTTP call (CallSite.record)
         self._record_callsite: Callable[[Span], None] | None = None
         if config.code_location_enabled:
-            self._record_callsite = recorder(CallSite(), native(config.native_enabled))
+            callsite = CallSite(callers=(APMSpanProcessor.on_start.__code__,))
+            self._record_callsite = recorder(callsite, native(config.native_enabled))
         self._resource: Resource | None = None
         self._service = config.service_name or "unknown_service"
         self._counts = dict.fromkeys(
