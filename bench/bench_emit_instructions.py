@@ -26,14 +26,12 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import re
-import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from functools import reduce
 
 from bench_detectors import record_views
+from bench_instructions import callgrind_count
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from workload import FINDINGS_PER_TRACE
@@ -95,31 +93,9 @@ def child(part: str, workload: str) -> None:
 
 
 def instructions(part: str, workload: str) -> int:
-    with tempfile.TemporaryDirectory() as tmp:
-        out = subprocess.run(
-            [
-                "setarch",
-                "-R",
-                "valgrind",
-                "--tool=callgrind",
-                f"--callgrind-out-file={tmp}/out",
-                "--toggle-collect=*functools_reduce*",
-                sys.executable,
-                __file__,
-                "--workload",
-                workload,
-                "--child",
-                part,
-            ],
-            env={**os.environ, "PYTHONHASHSEED": "0"},
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-    found = re.search(r"Collected : (\d+)", out.stderr)
-    if found is None:
-        raise SystemExit(f"no instruction count from callgrind:\n{out.stderr[-2000:]}")
-    return int(found.group(1))
+    return callgrind_count(
+        [__file__, "--workload", workload, "--child", part], ["--toggle-collect=*functools_reduce*"]
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -30,7 +30,7 @@ from functools import partial
 import bench_processor as bp
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from workload import FINDINGS_PER_TRACE, SPANS_PER_TRACE, WORKLOADS
@@ -46,21 +46,27 @@ from otel_apm.native import native
 WARMUP = 200
 
 
+def recorded_trace(workload: str, config: APMConfig) -> Sequence[ReadableSpan]:
+    """The ended spans of one of the workload's traces, recorded through our processor (so with
+    their code.* attributes) after the warm-up."""
+    bp.db_calls = WORKLOADS[workload]
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(resource=bp.RESOURCE)
+    provider.add_span_processor(APMSpanProcessor(SimpleSpanProcessor(exporter), config, emitters=()))
+    for _ in range(WARMUP):
+        bp.run_trace(provider.get_tracer("bench"))
+    return exporter.get_finished_spans()[-SPANS_PER_TRACE:]
+
+
 def finding_steps(workload: str, traces: int) -> None:
     """Variant f: only what a trace's findings cost after the detectors found them, ``traces``
     times over one analyzed trace: ranking, the log records and the span event copy of the
     root.  Synchronous processors and no other reporter, so nothing that runs on a timer (a
     batch processor's thread, the statistics' minute) lands in the count."""
-    bp.db_calls = WORKLOADS[workload]
-    exporter = InMemorySpanExporter()
     logger_provider = LoggerProvider(resource=bp.RESOURCE)
     logger_provider.add_log_record_processor(SimpleLogRecordProcessor(bp.NoopLogRecordExporter()))
     config = APMConfig(memory_monitor_enabled=False, console_enabled=False)
-    provider = TracerProvider(resource=bp.RESOURCE)
-    provider.add_span_processor(APMSpanProcessor(SimpleSpanProcessor(exporter), config, emitters=()))
-    for _ in range(WARMUP):
-        bp.run_trace(provider.get_tracer("bench"))
-    spans = exporter.get_finished_spans()[-SPANS_PER_TRACE:]
+    spans = recorded_trace(workload, config)
     root = spans[-1]
     reader = SpanReader()
     views = [reader.read(s, "bench") for s in spans]
@@ -84,14 +90,7 @@ def reading(variant: str, workload: str, traces: int) -> None:
     reads them at the root's end (``SpanReader.read_all``), ``traces`` times over one trace's
     spans recorded through the processor (so with their code.* attributes): r by the Python
     reader, n by the compiled one (csrc/sdkviews.c).  Nothing runs on a timer."""
-    bp.db_calls = WORKLOADS[workload]
-    exporter = InMemorySpanExporter()
-    config = APMConfig(memory_monitor_enabled=False, console_enabled=False)
-    provider = TracerProvider(resource=bp.RESOURCE)
-    provider.add_span_processor(APMSpanProcessor(SimpleSpanProcessor(exporter), config, emitters=()))
-    for _ in range(WARMUP):
-        bp.run_trace(provider.get_tracer("bench"))
-    spans = exporter.get_finished_spans()[-SPANS_PER_TRACE:]
+    spans = recorded_trace(workload, APMConfig(memory_monitor_enabled=False, console_enabled=False))
     reader = SpanReader(native() if variant == "n" else None)
     reader.read(spans[0], "bench")  # the probe: the compiled reader is used once it agreed
     if reader.compiled != (variant == "n"):
@@ -145,7 +144,9 @@ def child(variant: str, workload: str, traces: int) -> None:
     os._exit(0)  # the providers' shutdown is not part of the count
 
 
-def instructions(variant: str, workload: str, traces: int, settings: Sequence[str]) -> int:
+def callgrind_count(script_args: Sequence[str], valgrind_options: Sequence[str] = ()) -> int:
+    """The instructions ``python <script_args>`` executes under callgrind, with address-space
+    and hash randomization off (so a run repeats); shared with bench_emit_instructions.py."""
     with tempfile.TemporaryDirectory() as tmp:
         out = subprocess.run(
             [
@@ -154,15 +155,9 @@ def instructions(variant: str, workload: str, traces: int, settings: Sequence[st
                 "valgrind",
                 "--tool=callgrind",
                 f"--callgrind-out-file={tmp}/out",
+                *valgrind_options,
                 sys.executable,
-                __file__,
-                "--child",
-                variant,
-                "--workload",
-                workload,
-                "--traces",
-                str(traces),
-                *(f"--set={item}" for item in settings),
+                *script_args,
             ],
             env={**os.environ, "PYTHONHASHSEED": "0"},
             capture_output=True,
@@ -173,6 +168,21 @@ def instructions(variant: str, workload: str, traces: int, settings: Sequence[st
     if found is None:
         raise SystemExit(f"no instruction count from callgrind:\n{out.stderr[-2000:]}")
     return int(found.group(1))
+
+
+def instructions(variant: str, workload: str, traces: int, settings: Sequence[str]) -> int:
+    return callgrind_count(
+        [
+            __file__,
+            "--child",
+            variant,
+            "--workload",
+            workload,
+            "--traces",
+            str(traces),
+            *(f"--set={item}" for item in settings),
+        ]
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
