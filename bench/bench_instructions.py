@@ -197,13 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="of a, b, c, s (b with nothing by the clock), f (the finding steps alone), r and n "
         "(reading spans into views, by Python and compiled) (a,b,c)",
     )
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="an APMConfig setting for b and c, e.g. --set stats_enabled=false (an ablation)",
-    )
+    bp.add_set_argument(parser)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     bp.override(args.set)

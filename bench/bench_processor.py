@@ -103,6 +103,17 @@ findings_per_trace = 1
 tail_rate = 0.1
 
 
+def add_set_argument(parser: argparse.ArgumentParser) -> None:
+    """``--set NAME=VALUE``, repeatable, for :func:`override` (here and in bench_instructions.py)."""
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an APMConfig setting for the APM variants, e.g. --set stats_enabled=false (an ablation)",
+    )
+
+
 def override(items: Sequence[str]) -> None:
     """Add ``--set NAME=VALUE`` items to :data:`overrides` (bench_instructions.py passes its own
     to the child it counts): comma lists for the tuple settings, true/false for booleans."""
@@ -373,13 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="nplusone",
         help="nplusone: every trace has an N+1 finding (worst case for emission); clean: none",
     )
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="an APMConfig setting for b and c, e.g. --set stats_enabled=false (an ablation)",
-    )
+    add_set_argument(parser)
     args = parser.parse_args(argv)
     override(args.set)
     global db_calls, findings_per_trace, tail_rate

@@ -19,6 +19,7 @@ import logging
 import random
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from types import MethodType
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry._logs import LoggerProvider
@@ -101,12 +102,13 @@ class APMSpanProcessor(SpanProcessor):
         elif emitters is None:
             emitters = [EventEmitter(logger_provider), *reporters(config, meter_provider)]
         self._emitters = tuple(emitters)
-        self._reader = SpanReader(native(config.native_enabled))
+        self._native = native(config.native_enabled)
+        self._reader = SpanReader(self._native)
         # code.* attributes naming the application line of each DB or HTTP call (CallSite.record)
         self._record_callsite: Callable[[Span], None] | None = None
         if config.code_location_enabled:
             callsite = CallSite(callers=(APMSpanProcessor.on_start.__code__,))
-            self._record_callsite = recorder(callsite, native(config.native_enabled))
+            self._record_callsite = recorder(callsite, self._native)
         self._resource: Resource | None = None
         self._service = config.service_name or "unknown_service"
         self._counts = dict.fromkeys(
@@ -183,11 +185,10 @@ class APMSpanProcessor(SpanProcessor):
         calls: it handles the spans that need no decision (a child starting; a child ending into
         an open trace with room) and hands every other to the methods above, so these stay the
         one place decisions are made.  Bound to the instance, its methods shadow the class's."""
-        module = native(self.config.native_enabled)
-        if module is None or self._tail or not self._enabled:
+        if self._native is None or self._tail or not self._enabled:
             return
         nxt = self._next
-        intake = module.Intake(
+        intake = self._native.Intake(
             next_on_start=None if nxt is None else nxt.on_start,
             next_on_ending=None if nxt is None else nxt._on_ending,
             next_on_end=None if nxt is None else nxt.on_end,
@@ -197,14 +198,11 @@ class APMSpanProcessor(SpanProcessor):
             record_callsite=self._record_callsite,
             callsite_failed=lambda exc: self._failed("intake", exc),
             slow_on_start=self._on_root_start,
-            slow_on_end=self._on_end,
+            slow_on_end=MethodType(APMSpanProcessor.on_end, self),  # the class's, not shadowed
         )
         vars(self).update(on_start=intake.on_start, _on_ending=intake._on_ending, on_end=intake.on_end)
 
     def on_end(self, span: ReadableSpan) -> None:
-        self._on_end(span)
-
-    def _on_end(self, span: ReadableSpan) -> None:
         out: Sequence[ReadableSpan] | None = None
         if self._enabled:
             try:
