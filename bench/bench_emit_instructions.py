@@ -1,6 +1,7 @@
-"""What the statistics and the metrics reporter cost per trace, in instructions (callgrind).
+"""What the analysis, the statistics and the metrics reporter cost per trace, in instructions
+(callgrind).
 
-    .venv/bin/python bench/bench_emit_instructions.py [--workload clean|nplusone] [--parts LIST]
+    .venv/bin/python bench/bench_emit_instructions.py [--workload W] [--parts LIST] [--set NAME=VALUE]
 
 bench_instructions.py's ablation (variant b with ``--set stats_enabled=false`` or
 ``--set reporters=``) cannot resolve them: the batch processors' threads wake by the clock, and
@@ -19,6 +20,15 @@ Parts, joined by ``+`` to run together (the shared grouping is made by the first
   stats     Statistics.emit
   metrics   MetricsEmitter.emit (its transaction-duration histogram included)
   hist      the histogram's record alone, the SDK's part of the metrics, with a typical attribute set
+  summary   the TraceSummary the analyzer makes first (with the trace's filings)
+  analyze   Analyzer.analyze, the summary included
+
+With summary or analyze, each trace is a fresh Trace of the recorded spans (its making counted),
+so nothing the first analysis derived is reused and the parts after them read what they made:
+``analyze+stats+metrics`` is what a trace costs after its spans are read.
+
+``--set NAME=VALUE`` gives the config a setting, as in bench_processor.py: ``--set
+native_enabled=false`` counts the Python twins of the compiled parts.
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ import sys
 from collections.abc import Callable, Sequence
 from functools import reduce
 
+import bench_processor as bp
 from bench_detectors import record_views
 from bench_instructions import callgrind_count
 from opentelemetry.sdk.metrics import MeterProvider
@@ -40,15 +51,17 @@ from otel_apm.analyze import Analyzer
 from otel_apm.config import APMConfig
 from otel_apm.detectors.base import Finding
 from otel_apm.detectors.dbshape import statements_of
+from otel_apm.detectors.summary import TraceSummary
 from otel_apm.emit.metrics import ENDPOINT, SERVICE, MetricsEmitter
 from otel_apm.model import Trace
+from otel_apm.native import native
 from otel_apm.stats import Statistics
 
 WARMUP, COUNTED = 100, 200
 Step = Callable[[Trace, Sequence[Finding]], object]
 
 
-def steps(part: str, config: APMConfig) -> list[Step]:
+def steps(part: str, config: APMConfig, analyzer: Analyzer) -> list[Step]:
     now = [1_000_000.0]
 
     def clock() -> float:
@@ -57,6 +70,12 @@ def steps(part: str, config: APMConfig) -> list[Step]:
 
     meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
     out: list[Step] = []
+    # The analysis first, as in the processor: it makes what the reporters read.
+    if "summary" in part:
+        compiled = native(config.native_enabled)
+        out.append(lambda t, _: TraceSummary(t, compiled))
+    if "analyze" in part:
+        out.append(lambda t, _: analyzer.analyze(t))
     if "group" in part:
         out.append(lambda t, _: (statements_of(t), t.breakdown()))
     if "stats" in part:
@@ -72,16 +91,20 @@ def steps(part: str, config: APMConfig) -> list[Step]:
 
 def child(part: str, workload: str) -> None:
     """Record, analyze, warm up, then run the part over COUNTED traces inside reduce()."""
-    config = APMConfig(memory_monitor_enabled=False, console_enabled=False)
+    config = APMConfig(memory_monitor_enabled=False, console_enabled=False, **bp.overrides)
     analyzer = Analyzer(config)
     traces = [
         Trace(trace_id, views, root) for trace_id, views, root in record_views(workload, WARMUP + COUNTED)
     ]
     analyzed = [(t, analyzer.analyze(t)) for t in traces]
-    run = steps(part, config)
+    run = steps(part, config, analyzer)
+
+    fresh = "summary" in part or "analyze" in part
 
     def feed(pairs: Sequence[tuple[Trace, list[Finding]]]) -> None:
         for t, found in pairs:
+            if fresh:  # nothing the first analysis derived is reused; the parts after see this one
+                t = Trace(t.trace_id, t.spans, t.root)
             for step in run:
                 step(t, found)
 
@@ -92,9 +115,10 @@ def child(part: str, workload: str) -> None:
     os._exit(0)
 
 
-def instructions(part: str, workload: str) -> int:
+def instructions(part: str, workload: str, settings: Sequence[str]) -> int:
     return callgrind_count(
-        [__file__, "--workload", workload, "--child", part], ["--toggle-collect=*functools_reduce*"]
+        [__file__, "--workload", workload, "--child", part, *(f"--set={item}" for item in settings)],
+        ["--toggle-collect=*functools_reduce*"],
     )
 
 
@@ -107,12 +131,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--parts", default="group,stats,metrics,group+stats+metrics", help="comma-separated (see above)"
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    bp.add_set_argument(parser)
     args = parser.parse_args(argv)
+    bp.override(args.set)
     if args.child:
         child(args.child, args.workload)
     print(f"Instructions per trace ({COUNTED} traces, workload {args.workload})")
     for part in args.parts.split(","):
-        print(f"  {part:<24} {instructions(part, args.workload) / COUNTED:>10,.0f}", flush=True)
+        count = instructions(part, args.workload, args.set)
+        print(f"  {part:<24} {count / COUNTED:>10,.0f}", flush=True)
     return 0
 
 
