@@ -2,11 +2,13 @@
 (callgrind).
 
     .venv/bin/python bench/bench_emit_instructions.py [--workload W] [--parts LIST] [--set NAME=VALUE]
+        [--keep FILE | --recorded FILE]
 
 bench_instructions.py's ablation (variant b with ``--set stats_enabled=false`` or
 ``--set reporters=``) cannot resolve them: the batch processors' threads wake by the clock, and
 runs of one build differ by more than these reporters cost (about 19,000 instructions a span on
-the clean trace).  Here a child records the workload's traces, analyzes them all (the detectors'
+the clean trace).  Here the script records the workload's traces once, outside valgrind (see
+record()), and a child loads them, analyzes them all (the detectors'
 derived data are in place, as in the processor), feeds 100 of them to the reporters as a warm-up,
 then the next 200 inside one ``functools.reduce`` call (nothing else calls it), and ``valgrind
 --tool=callgrind --toggle-collect=*functools_reduce*`` counts only that call: one thread,
@@ -28,7 +30,9 @@ so nothing the first analysis derived is reused and the parts after them read wh
 ``analyze+stats+metrics`` is what a trace costs after its spans are read.
 
 ``--set NAME=VALUE`` gives the config a setting, as in bench_processor.py: ``--set
-native_enabled=false`` counts the Python twins of the compiled parts.
+native_enabled=false`` counts the Python twins of the compiled parts.  ``--keep FILE`` keeps the
+recorded traces, and ``--recorded FILE`` counts those again (another build, another setting):
+then the two counts differ only by what changed.
 """
 
 from __future__ import annotations
@@ -36,7 +40,9 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import pickle
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from functools import reduce
 
@@ -89,13 +95,13 @@ def steps(part: str, config: APMConfig, analyzer: Analyzer) -> list[Step]:
     return out
 
 
-def child(part: str, workload: str) -> None:
-    """Record, analyze, warm up, then run the part over COUNTED traces inside reduce()."""
+def child(part: str, recorded: str) -> None:
+    """Load the recorded traces, analyze, warm up, then run the part over COUNTED traces inside
+    reduce()."""
     config = APMConfig(memory_monitor_enabled=False, console_enabled=False, **bp.overrides)
     analyzer = Analyzer(config)
-    traces = [
-        Trace(trace_id, views, root) for trace_id, views, root in record_views(workload, WARMUP + COUNTED)
-    ]
+    with open(recorded, "rb") as f:
+        traces = [Trace(trace_id, views, root) for trace_id, views, root in pickle.load(f)]
     analyzed = [(t, analyzer.analyze(t)) for t in traces]
     run = steps(part, config, analyzer)
 
@@ -115,11 +121,26 @@ def child(part: str, workload: str) -> None:
     os._exit(0)
 
 
-def instructions(part: str, workload: str, settings: Sequence[str]) -> int:
+def instructions(part: str, recorded: str, settings: Sequence[str]) -> int:
     return callgrind_count(
-        [__file__, "--workload", workload, "--child", part, *(f"--set={item}" for item in settings)],
+        [__file__, "--recorded", recorded, "--child", part, *(f"--set={item}" for item in settings)],
         ["--toggle-collect=*functools_reduce*"],
     )
+
+
+def record(workload: str, path: str) -> None:
+    """The workload's traces recorded here, outside valgrind, for every child to load: under
+    valgrind a span lasts fifty times as long, and a clean trace's summed query time would
+    cross detectors' bounds (chatty, bottleneck) and make them run; recorded once, every part
+    and every run of the script reads the same durations."""
+    recorded = record_views(workload, WARMUP + COUNTED)
+    config = APMConfig(memory_monitor_enabled=False, console_enabled=False)
+    analyzer = Analyzer(config)
+    found = [len(analyzer.analyze(Trace(*trace))) for trace in recorded]
+    if found != [FINDINGS_PER_TRACE[workload]] * len(recorded):
+        raise SystemExit(f"findings per trace {found}, not {FINDINGS_PER_TRACE[workload]}: record again")
+    with open(path, "wb") as f:
+        pickle.dump(recorded, f)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -130,16 +151,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--parts", default="group,stats,metrics,group+stats+metrics", help="comma-separated (see above)"
     )
+    parser.add_argument(
+        "--recorded", help="the traces recorded by an earlier run (--keep), instead of recording anew"
+    )
+    parser.add_argument("--keep", help="keep the recorded traces in this file")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     bp.add_set_argument(parser)
     args = parser.parse_args(argv)
     bp.override(args.set)
     if args.child:
-        child(args.child, args.workload)
-    print(f"Instructions per trace ({COUNTED} traces, workload {args.workload})")
-    for part in args.parts.split(","):
-        count = instructions(part, args.workload, args.set)
-        print(f"  {part:<24} {count / COUNTED:>10,.0f}", flush=True)
+        child(args.child, args.recorded)
+    with tempfile.TemporaryDirectory() as tmp:
+        recorded = args.recorded or args.keep or os.path.join(tmp, "recorded.pickle")
+        if not args.recorded:
+            record(args.workload, recorded)
+        print(f"Instructions per trace ({COUNTED} traces, workload {args.workload})")
+        for part in args.parts.split(","):
+            count = instructions(part, recorded, args.set)
+            print(f"  {part:<24} {count / COUNTED:>10,.0f}", flush=True)
     return 0
 
 
