@@ -12,5 +12,8 @@ int apm_otlpviews_init(PyObject *module);
 int apm_sdkviews_init(PyObject *module);
 /* csrc/callsite.c: CallSiteRecorder, the twin of otel_apm.ingest.callsite.CallSite.record. */
 int apm_callsite_init(PyObject *module);
+/* csrc/traceindex.c: index_trace and by_fingerprint, the twins of the per-trace index and the
+ * statement regrouping in otel_apm/detectors/summary.py and dbshape.py. */
+int apm_traceindex_init(PyObject *module);
 
 #endif

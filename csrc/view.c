@@ -20,16 +20,16 @@ static PyObject *slot_by_name = NULL;           /* name -> slot number, for apm_
 
 #define SLOT_PTR(view, slot) ((PyObject **)((char *)(view) + offsets[slot]))
 
-/* The offset of the member descriptor ``name`` of the class, or -1 with an exception set. */
-static Py_ssize_t member_offset(PyTypeObject *type, const char *name) {
+Py_ssize_t apm_member_offset(PyTypeObject *type, const char *name) {
     PyObject *descr = PyDict_GetItemString(type->tp_dict, name); /* borrowed */
     if (descr == NULL || !Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
-        PyErr_Format(PyExc_ImportError, "otel_apm._native: SpanView has no slot %s", name);
+        PyErr_Format(PyExc_ImportError, "otel_apm._native: %s has no slot %s", type->tp_name, name);
         return -1;
     }
     PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
     if (member->type != T_OBJECT_EX) {
-        PyErr_Format(PyExc_ImportError, "otel_apm._native: SpanView.%s is not an object slot", name);
+        PyErr_Format(PyExc_ImportError, "otel_apm._native: %s.%s is not an object slot", type->tp_name,
+                     name);
         return -1;
     }
     return member->offset;
@@ -70,7 +70,7 @@ int apm_view_init(PyObject *module) {
         return -1;
     }
     for (int slot = 0; slot < APM_VIEW_SLOT_COUNT; slot++) {
-        offsets[slot] = member_offset(view_type, APM_VIEW_SLOT_NAMES[slot]);
+        offsets[slot] = apm_member_offset(view_type, APM_VIEW_SLOT_NAMES[slot]);
         if (offsets[slot] < 0) {
             return -1;
         }

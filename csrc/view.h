@@ -58,6 +58,11 @@ void apm_view_set(PyObject *view, enum apm_view_slot slot, PyObject *value);
 /* A slot's current value (borrowed; never NULL on a view made by apm_view_new). */
 PyObject *apm_view_get(PyObject *view, enum apm_view_slot slot);
 
+/* The byte offset of the slot ``name`` (a T_OBJECT_EX member descriptor in the class's own
+ * __dict__) in instances of ``type``, or -1 with ImportError set: how a part reads and writes a
+ * Python class's slots directly and refuses to load when the class no longer has them. */
+Py_ssize_t apm_member_offset(PyTypeObject *type, const char *name);
+
 /* The slot a name (a str) stands for, or -1 when it names none (no exception set). */
 int apm_view_slot_of(PyObject *name);
 

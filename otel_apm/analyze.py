@@ -12,6 +12,7 @@ from otel_apm.detectors import DEFAULT_DETECTORS, Detector, Finding
 from otel_apm.detectors.history import History
 from otel_apm.detectors.summary import TraceSummary
 from otel_apm.model import Trace
+from otel_apm.native import native
 
 _log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ class Analyzer:
         self.failures = FailureLog(_log)
         self.suppressed = 0
         self._lock = threading.Lock()
+        self._native = native(config.native_enabled)
 
     def analyze(self, trace: Trace) -> list[Finding]:
         """Findings, costliest first.  A failing detector is skipped for this trace; others run.
@@ -53,7 +55,7 @@ class Analyzer:
         the spans it asked for in a tight loop, in arrival order, which costs a third of
         dispatching span by span.
         """
-        summary = TraceSummary.of(trace)
+        summary = TraceSummary.of(trace, self._native)
         by_category = summary.by_category
         findings: list[Finding] = []
         deferred: list[Finding] = []

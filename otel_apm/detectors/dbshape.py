@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from otel_apm.model import DB, SpanView, Trace
 from otel_apm.sql import SqlShape, parse_sql
 
 # (service, statement fingerprint) -> the shape and the spans that ran it
 StatementGroups = dict[tuple[str, str], tuple[SqlShape, list[SpanView]]]
+# (service, statement text) -> the DB spans that sent it, in arrival order
+TextGroups = dict[tuple[str, str | None], list[SpanView]]
+# The key of the trace's TextGroups in Trace.derived (the compiled index files them there too).
+DB_TEXTS = "db_texts"
 
 
 def db_shape(span: SpanView) -> SqlShape:
@@ -52,21 +56,26 @@ def db_shapes(spans: Iterable[SpanView]) -> list[SqlShape]:
     return shapes
 
 
-def db_texts(trace: Trace) -> dict[tuple[str, str | None], list[SpanView]]:
+def db_texts(trace: Trace) -> TextGroups:
     """The trace's DB spans by (service, statement text), cached ones included, in arrival
     order: the one grouping every reader starts from (the trace summary, the statistics, the
     metrics), made once per trace."""
-    return trace.derived("db_texts", lambda: _group_texts(trace))
+    return trace.derived(DB_TEXTS, lambda: _group_texts(trace))
 
 
-def statements_of(trace: Trace) -> StatementGroups:
+def statements_of(
+    trace: Trace, regroup: Callable[[TextGroups], StatementGroups] | None = None
+) -> StatementGroups:
     """The trace's queries by (service, statement fingerprint), cached ones included, made once
-    per trace for every reader (the statistics and the metrics both group them so)."""
-    return trace.derived("statements", lambda: by_fingerprint(db_texts(trace)))
+    per trace for every reader (the statistics and the metrics both group them so).
+
+    ``regroup`` is :func:`by_fingerprint` or its compiled twin (csrc/traceindex.c): the analyzer,
+    which asks first, passes the one its config chose."""
+    return trace.derived("statements", lambda: (regroup or by_fingerprint)(db_texts(trace)))
 
 
-def _group_texts(trace: Trace) -> dict[tuple[str, str | None], list[SpanView]]:
-    by_text: dict[tuple[str, str | None], list[SpanView]] = {}
+def _group_texts(trace: Trace) -> TextGroups:
+    by_text: TextGroups = {}
     for s in trace.by_category().get(DB, ()):
         group = by_text.get((s.service, s.statement))
         if group is None:

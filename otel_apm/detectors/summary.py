@@ -10,16 +10,47 @@ of what a detector measures, never an estimate, so the findings are the same as 
 
 from __future__ import annotations
 
-from otel_apm.detectors.dbshape import StatementGroups, by_fingerprint, db_shape, db_texts, statements_of
+from types import ModuleType
+
+from otel_apm.detectors.dbshape import StatementGroups, TextGroups, by_fingerprint, db_texts, statements_of
 from otel_apm.model import DB, SpanView, Trace
-from otel_apm.sql import parse_sql
+
+# What the summary reads of the spans: by category, DB spans by (service, statement text), any
+# span failed, summed and longest nanoseconds per category, any DB span a cache hit.
+TraceIndex = tuple[dict[str, list[SpanView]], TextGroups, bool, dict[str, int], dict[str, int], bool]
+
+
+def index_trace(trace: Trace) -> TraceIndex:
+    """What :class:`TraceSummary` reads of the spans, with the trace's own filings (by category,
+    the breakdown, the DB spans by text) made on the way, as the statistics and the metrics ask
+    for them next anyway.
+
+    The reference of the compiled ``index_trace`` (csrc/traceindex.c), which makes all of it in
+    one pass over the spans, and the fallback for a trace it declines (returns None for).
+    """
+    by_category = trace.by_category()
+    trace.breakdown()
+    texts = db_texts(trace)
+    total_ns: dict[str, int] = {}
+    longest_ns: dict[str, int] = {}
+    for category, group in by_category.items():
+        durations = [s.end_ns - s.start_ns for s in group]
+        total_ns[category] = sum(durations)
+        longest_ns[category] = max(durations)
+    error = any([s.error or s.exception_type is not None for s in trace.spans])
+    has_cached = any(s.cached for s in by_category.get(DB, ()))
+    return by_category, texts, error, total_ns, longest_ns, has_cached
 
 
 class TraceSummary:
     """Spans by category with their count, summed and longest duration, whether any span failed,
-    and the trace's DB round trips (not cached) by service and statement text."""
+    and the trace's DB round trips (not cached) by service and statement text.
+
+    ``compiled`` is otel_apm._native or None (otel_apm.native): whether the spans are indexed
+    and their statements regrouped by the compiled twins or by Python."""
 
     __slots__ = (
+        "_compiled",
         "_fingerprints",
         "_has_cached",
         "_round_trips",
@@ -32,20 +63,14 @@ class TraceSummary:
         "total_ns",
     )
 
-    def __init__(self, trace: Trace) -> None:
-        self.by_category = by_category = trace.by_category()
-        self.error = any([s.error or s.exception_type is not None for s in trace.spans])
+    def __init__(self, trace: Trace, compiled: ModuleType | None = None) -> None:
+        index: TraceIndex | None = None if compiled is None else compiled.index_trace(trace)
+        (self.by_category, texts, self.error, self.total_ns, self.longest_ns, self._has_cached) = (
+            index or index_trace(trace)
+        )
         self.root_ms = None if trace.root is None else trace.root.duration_ms
-        self.total_ns: dict[str, int] = {}
-        self.longest_ns: dict[str, int] = {}
-        for category, group in by_category.items():
-            durations = [s.end_ns - s.start_ns for s in group]
-            self.total_ns[category] = sum(durations)
-            self.longest_ns[category] = max(durations)
-        texts = db_texts(trace)
         # A cache hit is served without a round trip: not an execution of the statement.  Most
         # traces have none, and then the trace's one grouping serves as it is.
-        self._has_cached = any(s.cached for s in by_category.get(DB, ()))
         self.statements = texts
         if self._has_cached:
             self.statements = {}
@@ -54,32 +79,29 @@ class TraceSummary:
                 if trips:
                     self.statements[key] = trips
         self._trace = trace
+        self._compiled = compiled
         self._fingerprints: dict[str, int] | None = None
         self._round_trips: StatementGroups | None = None
 
     root_ms: float | None  # the root's duration, None when the trace has no root
 
     @classmethod
-    def of(cls, trace: Trace) -> TraceSummary:
-        """The trace's summary, made once however many callers ask."""
-        return trace.derived("summary", lambda: cls(trace))
+    def of(cls, trace: Trace, compiled: ModuleType | None = None) -> TraceSummary:
+        """The trace's summary, made once however many callers ask (the first one's
+        ``compiled`` decides how)."""
+        return trace.derived("summary", lambda: cls(trace, compiled))
 
     def count(self, category: str) -> int:
         return len(self.by_category.get(category, ()))
 
     def fingerprint_counts(self) -> dict[str, int]:
         """DB round trips per statement fingerprint over the whole trace: no parent holds more
-        of one shape than this.  Each distinct text is parsed once (a cache hit, mostly)."""
+        of one shape than this.  Counted from :meth:`round_trips`, which the outlier detector,
+        the statistics and the metrics read too."""
         if self._fingerprints is None:
             counts: dict[str, int] = {}
-            for (_, text), spans in self.statements.items():
-                if text:
-                    fingerprint = parse_sql(text).fingerprint
-                    counts[fingerprint] = counts.get(fingerprint, 0) + len(spans)
-                else:  # without a text each span's shape comes from its own operation and table
-                    for s in spans:
-                        fingerprint = db_shape(s).fingerprint
-                        counts[fingerprint] = counts.get(fingerprint, 0) + 1
+            for (_, fingerprint), (_, spans) in self.round_trips().items():
+                counts[fingerprint] = counts.get(fingerprint, 0) + len(spans)
             self._fingerprints = counts
         return self._fingerprints
 
@@ -87,8 +109,9 @@ class TraceSummary:
         """The DB round trips (not cached) by (service, statement fingerprint), made once: the
         trace's :func:`statements_of` itself when no span was a cache hit."""
         if self._round_trips is None:
+            regroup = by_fingerprint if self._compiled is None else self._compiled.by_fingerprint
             self._round_trips = (
-                by_fingerprint(self.statements) if self._has_cached else statements_of(self._trace)
+                regroup(self.statements) if self._has_cached else statements_of(self._trace, regroup)
             )
         return self._round_trips
 

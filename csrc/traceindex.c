@@ -1,0 +1,462 @@
+/* The per-trace index the analyzer starts from: the twins of index_trace in
+ * otel_apm/detectors/summary.py and of by_fingerprint in otel_apm/detectors/dbshape.py, which
+ * stay the reference and the fallback.
+ *
+ *   index_trace(trace) -> (by_category, texts, error, total_ns, longest_ns, has_cached) or None
+ *
+ * One pass over trace.spans files them by category; one over each category's spans sums their
+ * durations (total, longest, and the breakdown's count and milliseconds without the root); one
+ * over the DB spans groups them by (service, statement text).  It then sets what Python would
+ * have cached on the way: trace._by_category, trace._breakdown and trace._derived["db_texts"].
+ *
+ * It returns None, having changed nothing, for a trace it does not handle exactly as Python
+ * would, and the caller runs the Python version: something already filed (Python reuses it), a
+ * span that is not a SpanView or lacks a slot, a category, service or statement that is not a
+ * str (None for a statement) or an error or cached flag that is not a bool (hashing, comparing
+ * or testing them could run Python code), a time that is not an int or a duration or sum past 64 bits (an
+ * OTLP time is unsigned 64-bit).  Every figure is then Python's own: the sums are integers, and
+ * the breakdown's milliseconds are added in order in a double as CPython 3.10 and 3.11's sum()
+ * adds floats.  3.12's sum() compensates its rounding; there the breakdown is left for
+ * Trace.breakdown() to make.
+ *
+ *   by_fingerprint(by_text) -> {(service, fingerprint): (shape, spans)}
+ *
+ * by_text is a dict {(service, text): [span, ...]}, as index_trace and TraceSummary make it (a
+ * TypeError otherwise).  A group's shape is parse_sql's, called through its lru_cache directly;
+ * db_shape (Python) makes the shapes parse_sql alone does not give: no text, an over-long one,
+ * a table to add to a shape without one.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "native.h"
+#include "view.h"
+
+/* The Trace slots read and written, in the order of TRACE_SLOT_NAMES. */
+enum trace_slot { TRACE_SPANS, TRACE_ROOT, TRACE_BY_CATEGORY, TRACE_BREAKDOWN, TRACE_DERIVED, TRACE_SLOTS };
+static const char *const TRACE_SLOT_NAMES[TRACE_SLOTS] = {
+    "spans", "root", "_by_category", "_breakdown", "_derived",
+};
+
+static PyTypeObject *trace_type = NULL; /* otel_apm.model.Trace */
+static Py_ssize_t trace_offsets[TRACE_SLOTS];
+static PyObject *db_category = NULL;     /* otel_apm.model.DB */
+static PyObject *s_db_texts = NULL;      /* otel_apm.detectors.dbshape.DB_TEXTS */
+static PyObject *parse_cached = NULL;    /* otel_apm.sql._parse_sql_cached, the lru_cache */
+static Py_ssize_t max_statement_chars;   /* otel_apm.sql.MAX_STATEMENT_CHARS */
+static PyObject *db_shape = NULL;        /* otel_apm.detectors.dbshape.db_shape */
+static PyObject *s_fingerprint = NULL, *s_tables = NULL;
+
+#define TRACE_SLOT(trace, slot) (*(PyObject **)((char *)(trace) + trace_offsets[slot]))
+
+/* Why a pass stopped: an exception is set (FAILED), or the trace is left to Python (DECLINED). */
+enum outcome { DONE = 0, FAILED = -1, DECLINED = -2 };
+
+/* ``value`` of a bool slot: 0 or 1, or DECLINED for anything but True and False. */
+static int flag(PyObject *value) {
+    if (value == Py_True) {
+        return 1;
+    }
+    return value == Py_False ? 0 : DECLINED;
+}
+
+/* ``list(group)`` appended to dict[key], or dict[key] = [item] made: the filing every grouping
+ * here does.  ``item`` is borrowed.  0, or -1 with an exception set. */
+static int file_under(PyObject *dict, PyObject *key, PyObject *item) {
+    PyObject *group = PyDict_GetItemWithError(dict, key); /* borrowed */
+    if (group != NULL) {
+        return PyList_Append(group, item);
+    }
+    if (PyErr_Occurred()) {
+        return -1;
+    }
+    group = PyList_New(1);
+    if (group == NULL) {
+        return -1;
+    }
+    Py_INCREF(item);
+    PyList_SET_ITEM(group, 0, item);
+    int rc = PyDict_SetItem(dict, key, group);
+    Py_DECREF(group);
+    return rc;
+}
+
+/* A span's end_ns - start_ns in *duration, or DECLINED (not ints, or past 64 bits). */
+static int duration_of(PyObject *span, long long *duration) {
+    PyObject *start = apm_view_get(span, APM_VIEW_START_NS), *end = apm_view_get(span, APM_VIEW_END_NS);
+    if (start == NULL || end == NULL || !PyLong_Check(start) || !PyLong_Check(end)) {
+        return DECLINED;
+    }
+    int overflow_start, overflow_end;
+    long long s = PyLong_AsLongLongAndOverflow(start, &overflow_start);
+    long long e = PyLong_AsLongLongAndOverflow(end, &overflow_end);
+    if (overflow_start || overflow_end || __builtin_sub_overflow(e, s, duration)) {
+        return DECLINED;
+    }
+    return DONE;
+}
+
+/* A PyLong of ``value`` stored under ``key``.  0, or -1 with an exception set. */
+static int set_int(PyObject *dict, PyObject *key, long long value) {
+    PyObject *number = PyLong_FromLongLong(value);
+    if (number == NULL) {
+        return -1;
+    }
+    int rc = PyDict_SetItem(dict, key, number);
+    Py_DECREF(number);
+    return rc;
+}
+
+/* Sum each category's durations into total_ns, longest_ns and breakdown (count and summed
+ * milliseconds of the spans other than ``root``, for categories that have such spans). */
+static int sum_durations(PyObject *by_category, PyObject *root, PyObject *total_ns, PyObject *longest_ns,
+                         PyObject *breakdown) {
+    Py_ssize_t pos = 0;
+    PyObject *category, *group; /* borrowed */
+    while (PyDict_Next(by_category, &pos, &category, &group)) {
+        long long total = 0, longest = 0;
+        Py_ssize_t count = 0;
+        double ms = 0.0;
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(group); i++) {
+            PyObject *span = PyList_GET_ITEM(group, i);
+            long long duration;
+            if (duration_of(span, &duration) != DONE || __builtin_add_overflow(total, duration, &total)) {
+                return DECLINED;
+            }
+            if (i == 0 || duration > longest) {
+                longest = duration;
+            }
+            if (span != root) {
+                count++;
+                ms += (double)duration / 1e6;
+            }
+        }
+        if (set_int(total_ns, category, total) < 0 || set_int(longest_ns, category, longest) < 0) {
+            return FAILED;
+        }
+        if (count > 0) {
+            PyObject *entry = Py_BuildValue("(nd)", count, ms);
+            if (entry == NULL) {
+                return FAILED;
+            }
+            int rc = PyDict_SetItem(breakdown, category, entry);
+            Py_DECREF(entry);
+            if (rc < 0) {
+                return FAILED;
+            }
+        }
+    }
+    return DONE;
+}
+
+/* File the spans by category into by_category, and set *error when one failed. */
+static int file_spans(PyObject *spans, PyObject *by_category, int *error) {
+    PyTypeObject *view_type = apm_view_type();
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(spans); i++) {
+        PyObject *span = PyList_GET_ITEM(spans, i);
+        if (!PyObject_TypeCheck(span, view_type)) {
+            return DECLINED;
+        }
+        PyObject *category = apm_view_get(span, APM_VIEW_CATEGORY);
+        PyObject *failed = apm_view_get(span, APM_VIEW_ERROR);
+        PyObject *exception_type = apm_view_get(span, APM_VIEW_EXCEPTION_TYPE);
+        if (category == NULL || failed == NULL || exception_type == NULL || !PyUnicode_CheckExact(category)) {
+            return DECLINED;
+        }
+        int failed_flag = flag(failed);
+        if (failed_flag == DECLINED) {
+            return DECLINED;
+        }
+        *error |= failed_flag || exception_type != Py_None;
+        Py_INCREF(span); /* held: an allocation may collect garbage, whose finalizers run Python */
+        int rc = file_under(by_category, category, span);
+        Py_DECREF(span);
+        if (rc < 0) {
+            return FAILED;
+        }
+    }
+    return DONE;
+}
+
+/* File the DB spans by (service, statement text) into texts, and set *has_cached when one was a
+ * cache hit. */
+static int file_texts(PyObject *db_spans, PyObject *texts, int *has_cached) {
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(db_spans); i++) {
+        PyObject *span = PyList_GET_ITEM(db_spans, i);
+        PyObject *service = apm_view_get(span, APM_VIEW_SERVICE);
+        PyObject *statement = apm_view_get(span, APM_VIEW_STATEMENT);
+        PyObject *cached = apm_view_get(span, APM_VIEW_CACHED);
+        if (service == NULL || statement == NULL || cached == NULL || !PyUnicode_CheckExact(service) ||
+            !(statement == Py_None || PyUnicode_CheckExact(statement))) {
+            return DECLINED;
+        }
+        int cached_flag = flag(cached);
+        if (cached_flag == DECLINED) {
+            return DECLINED;
+        }
+        *has_cached |= cached_flag;
+        PyObject *key = PyTuple_Pack(2, service, statement);
+        if (key == NULL) {
+            return FAILED;
+        }
+        Py_INCREF(span);
+        int rc = file_under(texts, key, span);
+        Py_DECREF(span);
+        Py_DECREF(key);
+        if (rc < 0) {
+            return FAILED;
+        }
+    }
+    return DONE;
+}
+
+/* Whether Python already filed part of the trace (it would reuse that), or the slots are not
+ * what Trace.__init__ sets.  1, 0, or -1 with an exception set. */
+static int already_filed(PyObject *trace) {
+    PyObject *spans = TRACE_SLOT(trace, TRACE_SPANS), *root = TRACE_SLOT(trace, TRACE_ROOT);
+    PyObject *derived = TRACE_SLOT(trace, TRACE_DERIVED);
+    if (spans == NULL || root == NULL || derived == NULL || !PyList_CheckExact(spans) ||
+        !PyDict_CheckExact(derived) || TRACE_SLOT(trace, TRACE_BY_CATEGORY) != Py_None ||
+        TRACE_SLOT(trace, TRACE_BREAKDOWN) != Py_None) {
+        return 1;
+    }
+    return PyDict_Contains(derived, s_db_texts);
+}
+
+/* Replace a slot of the trace, stealing ``value``. */
+static void set_trace_slot(PyObject *trace, enum trace_slot slot, PyObject *value) {
+    PyObject *old = TRACE_SLOT(trace, slot);
+    TRACE_SLOT(trace, slot) = value;
+    Py_XDECREF(old);
+}
+
+static PyObject *index_trace(PyObject *module, PyObject *trace) {
+    (void)module;
+    if (!PyObject_TypeCheck(trace, trace_type)) {
+        PyErr_Format(PyExc_TypeError, "index_trace() takes a Trace, not %.200s", Py_TYPE(trace)->tp_name);
+        return NULL;
+    }
+    int filed = already_filed(trace);
+    if (filed != 0) {
+        if (filed < 0) {
+            return NULL;
+        }
+        Py_RETURN_NONE;
+    }
+    PyObject *spans = TRACE_SLOT(trace, TRACE_SPANS);
+    Py_INCREF(spans);
+    PyObject *result = NULL;
+    PyObject *by_category = PyDict_New(), *texts = PyDict_New(), *total_ns = PyDict_New();
+    PyObject *longest_ns = PyDict_New(), *breakdown = PyDict_New();
+    int error = 0, has_cached = 0;
+    int outcome = FAILED;
+    if (by_category == NULL || texts == NULL || total_ns == NULL || longest_ns == NULL || breakdown == NULL) {
+        goto done;
+    }
+    outcome = file_spans(spans, by_category, &error);
+    if (outcome == DONE) {
+        outcome = sum_durations(by_category, TRACE_SLOT(trace, TRACE_ROOT), total_ns, longest_ns, breakdown);
+    }
+    if (outcome == DONE) {
+        PyObject *db_spans = PyDict_GetItemWithError(by_category, db_category); /* borrowed */
+        if (db_spans != NULL) {
+            outcome = file_texts(db_spans, texts, &has_cached);
+        } else if (PyErr_Occurred()) {
+            outcome = FAILED;
+        }
+    }
+    if (outcome == DONE && PyDict_SetItem(TRACE_SLOT(trace, TRACE_DERIVED), s_db_texts, texts) < 0) {
+        outcome = FAILED;
+    }
+    if (outcome == DONE) {
+        result = Py_BuildValue("(OOOOOO)", by_category, texts, error ? Py_True : Py_False, total_ns,
+                               longest_ns, has_cached ? Py_True : Py_False);
+        if (result == NULL) {
+            outcome = FAILED;
+        }
+    }
+    if (outcome == DONE) {
+        Py_INCREF(by_category);
+        set_trace_slot(trace, TRACE_BY_CATEGORY, by_category);
+#if PY_VERSION_HEX < 0x030C0000
+        Py_INCREF(breakdown);
+        set_trace_slot(trace, TRACE_BREAKDOWN, breakdown);
+#endif
+    }
+done:
+    Py_DECREF(spans);
+    Py_XDECREF(by_category);
+    Py_XDECREF(texts);
+    Py_XDECREF(total_ns);
+    Py_XDECREF(longest_ns);
+    Py_XDECREF(breakdown);
+    if (outcome == DECLINED) {
+        Py_RETURN_NONE;
+    }
+    return result;
+}
+
+/* db_shape(span) (a new reference), straight from parse_sql's cache when that is all it does. */
+static PyObject *shape_of(PyObject *span) {
+    if (!PyObject_TypeCheck(span, apm_view_type())) {
+        return PyObject_CallOneArg(db_shape, span);
+    }
+    PyObject *statement = apm_view_get(span, APM_VIEW_STATEMENT);
+    PyObject *table = apm_view_get(span, APM_VIEW_DB_TABLE);
+    if (statement == NULL || table == NULL || !PyUnicode_CheckExact(statement) ||
+        PyUnicode_GET_LENGTH(statement) == 0 || PyUnicode_GET_LENGTH(statement) > max_statement_chars) {
+        return PyObject_CallOneArg(db_shape, span);
+    }
+    PyObject *shape = PyObject_CallOneArg(parse_cached, statement);
+    if (shape == NULL || table == Py_None) {
+        return shape;
+    }
+    int wants_table = PyObject_IsTrue(table);
+    if (wants_table > 0) {
+        PyObject *tables = PyObject_GetAttr(shape, s_tables);
+        int has_tables = tables == NULL ? -1 : PyObject_IsTrue(tables);
+        Py_XDECREF(tables);
+        wants_table = has_tables < 0 ? -1 : !has_tables;
+    }
+    if (wants_table == 0) {
+        return shape;
+    }
+    Py_DECREF(shape);
+    return wants_table < 0 ? NULL : PyObject_CallOneArg(db_shape, span);
+}
+
+/* The spans group[start:stop] filed in out under (service, their shape's fingerprint): with
+ * the shape of group[start] when the key is new, else appended to the spans filed there. */
+static int file_shape(PyObject *out, PyObject *service, PyObject *group, Py_ssize_t start, Py_ssize_t stop) {
+    PyObject *shape = shape_of(PyList_GET_ITEM(group, start));
+    if (shape == NULL) {
+        return -1;
+    }
+    PyObject *fingerprint = PyObject_GetAttr(shape, s_fingerprint);
+    PyObject *key = fingerprint == NULL ? NULL : PyTuple_Pack(2, service, fingerprint);
+    Py_XDECREF(fingerprint);
+    PyObject *spans = key == NULL ? NULL : PyList_GetSlice(group, start, stop);
+    int rc = -1;
+    if (spans != NULL) {
+        PyObject *filed = PyDict_GetItemWithError(out, key); /* borrowed */
+        if (filed != NULL) {
+            PyObject *list = PyTuple_GET_ITEM(filed, 1);
+            rc = PyList_SetSlice(list, PyList_GET_SIZE(list), PyList_GET_SIZE(list), spans);
+        } else if (!PyErr_Occurred()) {
+            PyObject *entry = PyTuple_Pack(2, shape, spans);
+            rc = entry == NULL ? -1 : PyDict_SetItem(out, key, entry);
+            Py_XDECREF(entry);
+        }
+    }
+    Py_XDECREF(spans);
+    Py_XDECREF(key);
+    Py_DECREF(shape);
+    return rc;
+}
+
+static PyObject *by_fingerprint(PyObject *module, PyObject *by_text) {
+    (void)module;
+    if (!PyDict_CheckExact(by_text)) {
+        PyErr_SetString(PyExc_TypeError, "by_fingerprint() takes a dict");
+        return NULL;
+    }
+    PyObject *out = PyDict_New();
+    if (out == NULL) {
+        return NULL;
+    }
+    Py_ssize_t pos = 0;
+    PyObject *key, *group; /* borrowed */
+    while (PyDict_Next(by_text, &pos, &key, &group)) {
+        if (!PyTuple_CheckExact(key) || PyTuple_GET_SIZE(key) != 2 || !PyList_CheckExact(group) ||
+            PyList_GET_SIZE(group) == 0) {
+            PyErr_SetString(PyExc_TypeError, "by_fingerprint() takes {(service, text): [span, ...]}");
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_INCREF(key); /* held: db_shape runs Python code */
+        Py_INCREF(group);
+        PyObject *service = PyTuple_GET_ITEM(key, 0);
+        int has_text = PyObject_IsTrue(PyTuple_GET_ITEM(key, 1));
+        int rc = -1;
+        if (has_text > 0) {
+            rc = file_shape(out, service, group, 0, PyList_GET_SIZE(group));
+        } else if (has_text == 0) {
+            /* Without a text each span's shape comes from its own operation and table. */
+            rc = 0;
+            for (Py_ssize_t i = 0; rc == 0 && i < PyList_GET_SIZE(group); i++) {
+                rc = file_shape(out, service, group, i, i + 1);
+            }
+        }
+        Py_DECREF(key);
+        Py_DECREF(group);
+        if (rc < 0) {
+            Py_DECREF(out);
+            return NULL;
+        }
+    }
+    return out;
+}
+
+PyDoc_STRVAR(index_trace_doc,
+             "index_trace(trace) -> (by_category, texts, error, total_ns, longest_ns, has_cached) or None\n\n"
+             "The twin of otel_apm.detectors.summary.index_trace; None leaves the trace to it.");
+PyDoc_STRVAR(by_fingerprint_doc,
+             "by_fingerprint(by_text) -> {(service, fingerprint): (shape, spans)}\n\n"
+             "The twin of otel_apm.detectors.dbshape.by_fingerprint, for a dict of lists.");
+
+static PyMethodDef traceindex_methods[] = {
+    {"index_trace", (PyCFunction)index_trace, METH_O, index_trace_doc},
+    {"by_fingerprint", (PyCFunction)by_fingerprint, METH_O, by_fingerprint_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+/* ``module.name`` (new reference), or NULL with an exception set. */
+static PyObject *imported(const char *module, const char *name) {
+    PyObject *mod = PyImport_ImportModule(module);
+    if (mod == NULL) {
+        return NULL;
+    }
+    PyObject *value = PyObject_GetAttrString(mod, name);
+    Py_DECREF(mod);
+    return value;
+}
+
+int apm_traceindex_init(PyObject *module) {
+    PyObject *cls = imported("otel_apm.model", "Trace");
+    if (cls == NULL) {
+        return -1;
+    }
+    if (!PyType_Check(cls)) {
+        Py_DECREF(cls);
+        PyErr_SetString(PyExc_ImportError, "otel_apm._native: otel_apm.model.Trace is not a class");
+        return -1;
+    }
+    trace_type = (PyTypeObject *)cls;
+    for (int slot = 0; slot < TRACE_SLOTS; slot++) {
+        trace_offsets[slot] = apm_member_offset(trace_type, TRACE_SLOT_NAMES[slot]);
+        if (trace_offsets[slot] < 0) {
+            return -1;
+        }
+    }
+    PyObject *max_chars = imported("otel_apm.sql", "MAX_STATEMENT_CHARS");
+    if (max_chars == NULL) {
+        return -1;
+    }
+    max_statement_chars = PyLong_Check(max_chars) ? PyLong_AsSsize_t(max_chars) : -1;
+    Py_DECREF(max_chars);
+    if (max_statement_chars < 0) {
+        PyErr_SetString(PyExc_ImportError, "otel_apm._native: otel_apm.sql.MAX_STATEMENT_CHARS is not a size");
+        return -1;
+    }
+    db_category = imported("otel_apm.model", "DB");
+    parse_cached = imported("otel_apm.sql", "_parse_sql_cached");
+    db_shape = imported("otel_apm.detectors.dbshape", "db_shape");
+    s_db_texts = imported("otel_apm.detectors.dbshape", "DB_TEXTS");
+    s_fingerprint = PyUnicode_InternFromString("fingerprint");
+    s_tables = PyUnicode_InternFromString("tables");
+    if (db_category == NULL || parse_cached == NULL || db_shape == NULL || s_db_texts == NULL ||
+        s_fingerprint == NULL || s_tables == NULL) {
+        return -1;
+    }
+    return PyModule_AddFunctions(module, traceindex_methods);
+}

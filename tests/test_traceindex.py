@@ -1,0 +1,251 @@
+"""csrc/traceindex.c, the compiled per-trace index: what it returns and files in the trace equals
+the Python reference's (summary.index_trace, dbshape.by_fingerprint), on the labelled corpus and
+on hypothesis-made traces, and what it declines is left to Python untouched.
+
+Each comparison runs the two implementations on two Trace objects over the same SpanViews.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from conftest import require_native
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from otel_apm import APMConfig
+from otel_apm.analyze import Analyzer
+from otel_apm.detectors.dbshape import StatementGroups, by_fingerprint, db_texts, statements_of
+from otel_apm.detectors.summary import TraceSummary, index_trace
+from otel_apm.evaluate import load_traces
+from otel_apm.model import (
+    CACHE,
+    DB,
+    DB_CONNECTION,
+    HTTP_CLIENT,
+    HTTP_SERVER,
+    INTERNAL,
+    SpanView,
+    Trace,
+)
+from otel_apm.sql import MAX_STATEMENT_CHARS, SqlShape
+
+CORPUS = Path(__file__).parent / "corpus"
+T0 = 1_700_000_000_000_000_000
+FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@pytest.fixture
+def compiled() -> ModuleType:
+    return require_native()
+
+
+def twin(trace: Trace) -> Trace:
+    """A fresh Trace over the same spans: nothing filed yet."""
+    return Trace(trace.trace_id, list(trace.spans), trace.root, trace.complete)
+
+
+def assert_indexed_alike(compiled: ModuleType, trace: Trace) -> None:
+    """The compiled index of ``trace`` and the Python one of its twin agree, in what they return
+    (values and types) and in what they leave filed in the trace."""
+    python = twin(trace)
+    expected = index_trace(python)
+    got = compiled.index_trace(trace)
+    assert got is not None
+    assert got == expected
+    assert [type(v) for v in got] == [type(v) for v in expected]
+    by_category, texts, _, total_ns, longest_ns, _ = got
+    assert list(by_category) == list(expected[0])  # arrival order of the categories
+    assert list(texts) == list(expected[1])
+    assert all(type(n) is int for n in (*total_ns.values(), *longest_ns.values()))
+    # What it filed is what the trace's readers now get, without making it again.
+    assert trace.by_category() is by_category
+    assert db_texts(trace) is texts
+    assert trace.breakdown() == python.breakdown()
+    assert [type(v) for entry in trace.breakdown().values() for v in entry] == [
+        type(v) for entry in python.breakdown().values() for v in entry
+    ]
+    assert statements_of(trace, compiled.by_fingerprint) == statements_of(python)
+
+
+def assert_regrouped_alike(compiled: ModuleType, by_text: dict[Any, list[SpanView]]) -> None:
+    expected = by_fingerprint(by_text)
+    got = compiled.by_fingerprint(by_text)
+    assert list(got.items()) == list(expected.items())  # keys, order, shapes and spans
+    given_lists = {id(spans) for spans in by_text.values()}
+    assert not any(id(spans) in given_lists for _, spans in got.values())  # copied, not extended
+
+
+@pytest.mark.parametrize("path", sorted(CORPUS.glob("*.json")), ids=lambda p: p.name)
+def test_the_corpus_is_indexed_and_analyzed_alike(compiled: ModuleType, path: Path) -> None:
+    for trace in load_traces(path):
+        assert_indexed_alike(compiled, trace)
+        assert_regrouped_alike(compiled, db_texts(trace))
+    on = Analyzer(APMConfig(console_enabled=False, native_enabled=True))
+    off = Analyzer(APMConfig(console_enabled=False, native_enabled=False))
+    for native_trace, python_trace in zip(load_traces(path), load_traces(path), strict=True):
+        assert on.analyze(native_trace) == off.analyze(python_trace)
+        assert native_trace.breakdown() == python_trace.breakdown()
+        assert ids(statements_of(native_trace)) == ids(statements_of(python_trace))
+
+
+def ids(groups: StatementGroups) -> list[tuple[Any, SqlShape, list[int]]]:
+    """The groups with their spans' ids: the views of two readings of a file are not one object."""
+    return [(key, shape, [s.span_id for s in spans]) for key, (shape, spans) in groups.items()]
+
+
+STATEMENTS = (
+    None,
+    "",
+    "SELECT users.id FROM users WHERE users.id = %(pk_1)s",
+    "SELECT 1",  # no table: a span's db_table is added to its shape
+    "select  users.id from users where users.id = 7",  # another text of the same shape as above
+    "UPDATE orders SET status = 'x' WHERE id = 3",
+    "SELECT * FROM t WHERE a = " + "1" * MAX_STATEMENT_CHARS,  # over-long: parse_sql truncates
+)
+
+
+CATEGORIES = (DB, DB, DB, DB_CONNECTION, CACHE, HTTP_CLIENT, HTTP_SERVER, INTERNAL)  # DB the most
+
+
+@st.composite
+def spans(draw: st.DrawFn) -> SpanView:
+    start = T0 + draw(st.integers(0, 10**9))
+    view = SpanView(
+        trace_id=1,
+        span_id=draw(st.integers(1, 2**64 - 1)),
+        parent_id=draw(st.integers(0, 3)),
+        name=draw(st.sampled_from(("SELECT users", "GET", "work"))),
+        kind=draw(st.integers(0, 4)),
+        start_ns=start,
+        end_ns=start + draw(st.integers(-1000, 10**9)),  # a clock step can end a span early
+        error=draw(st.booleans()),
+        service=draw(st.sampled_from(("orders", "users"))),
+        category=draw(st.sampled_from(CATEGORIES)),
+    )
+    view.statement = draw(st.sampled_from(STATEMENTS))
+    view.db_table = draw(st.sampled_from((None, "", "users", "orders")))
+    view.db_operation = draw(st.sampled_from((None, "SELECT", "find")))
+    view.exception_type = draw(st.sampled_from((None, None, None, "ValueError")))
+    view.cached = draw(st.sampled_from((False, False, False, True)))
+    return view
+
+
+@st.composite
+def traces(draw: st.DrawFn) -> Trace:
+    views = draw(st.lists(spans(), max_size=30))
+    root = draw(st.sampled_from([None, *views])) if views else None
+    return Trace(1, views, root)
+
+
+@FUZZ
+@given(traces())
+def test_random_traces_are_indexed_alike(trace: Trace) -> None:
+    compiled = require_native()
+    assert_indexed_alike(compiled, trace)
+    assert_regrouped_alike(compiled, db_texts(trace))
+    on, off = TraceSummary(twin(trace), compiled), TraceSummary(twin(trace))
+    assert on.fingerprint_counts() == off.fingerprint_counts()
+    assert on.round_trips() == off.round_trips()
+    assert on.statements == off.statements
+
+
+def test_a_trace_with_cache_hits_regroups_only_its_round_trips(compiled: ModuleType) -> None:
+    views = [
+        SpanView(1, i + 2, 1, "SELECT users", 0, T0, T0 + 1000 * (i + 1), False, "orders", category=DB)
+        for i in range(3)
+    ]
+    for view in views:
+        view.statement = "SELECT users.id FROM users WHERE users.id = %(pk_1)s"
+    views[1].cached = True
+    summary = TraceSummary(Trace(1, views, None), compiled)
+    ((shape, trips),) = summary.round_trips().values()
+    assert trips == [views[0], views[2]]
+    assert summary.fingerprint_counts() == {shape.fingerprint: 2}
+    assert summary.round_trips() == TraceSummary(Trace(1, views, None)).round_trips()
+
+
+def declined(compiled: ModuleType, trace: Trace) -> None:
+    """The compiled index leaves ``trace`` to Python, changing nothing, and the summary made
+    through it is Python's."""
+    assert compiled.index_trace(trace) is None
+    summary = TraceSummary(trace, compiled)
+    expected = TraceSummary(twin(trace))
+    assert (summary.error, summary.total_ns, summary.longest_ns, summary.statements) == (
+        expected.error,
+        expected.total_ns,
+        expected.longest_ns,
+        expected.statements,
+    )
+    assert trace.breakdown() == twin(trace).breakdown()
+
+
+def query(start: int, end: int) -> SpanView:
+    view = SpanView(1, 2, 1, "SELECT users", 0, start, end, False, "orders", category=DB)
+    view.statement = "SELECT users.id FROM users"
+    return view
+
+
+@pytest.mark.parametrize(
+    "start,end",
+    [(0, 2**64 - 1), (2**63 - 1, -(2**63)), (-(2**63), 2**63 - 1)],
+    ids=["unsigned-64-bit-time", "negative-overflow", "positive-overflow"],
+)
+def test_times_past_64_bits_are_left_to_python(compiled: ModuleType, start: int, end: int) -> None:
+    declined(compiled, Trace(1, [query(0, 10), query(start, end)], None))
+
+
+def test_sums_past_64_bits_are_left_to_python(compiled: ModuleType) -> None:
+    declined(compiled, Trace(1, [query(0, 2**62), query(0, 2**62), query(0, 2**62)], None))
+
+
+def test_a_trace_already_filed_is_left_to_python(compiled: ModuleType) -> None:
+    trace = Trace(1, [query(0, 10), query(5, 30)], None)
+    filing = trace.by_category()
+    declined(compiled, trace)
+    assert trace.by_category() is filing
+    trace = Trace(1, [query(0, 10)], None)
+    texts = db_texts(trace)
+    declined(compiled, trace)
+    assert db_texts(trace) is texts
+
+
+def test_spans_it_cannot_read_exactly_are_left_to_python(compiled: ModuleType) -> None:
+    odd_flag = query(0, 10)
+    odd_flag.error = 1  # type: ignore[assignment]
+    odd_time = query(0, 10)
+    odd_time.end_ns = 10.5  # type: ignore[assignment]
+    odd_category = query(0, 10)
+    odd_category.category = type("Category", (str,), {})(DB)
+    for odd in (odd_flag, odd_time, odd_category):
+        declined(compiled, Trace(1, [query(0, 5), odd], None))
+
+
+def test_the_regrouping_takes_only_the_grouping_it_is_made_for(compiled: ModuleType) -> None:
+    with pytest.raises(TypeError):
+        compiled.by_fingerprint([])
+    with pytest.raises(TypeError):
+        compiled.by_fingerprint({("orders", "SELECT 1"): ()})
+    with pytest.raises(TypeError):
+        compiled.index_trace([query(0, 1)])
+
+
+def test_the_extension_refuses_to_load_when_trace_loses_a_slot_it_reads() -> None:
+    require_native()
+    code = (
+        "import otel_apm.model as model\n"
+        "class Trace:\n"
+        "    __slots__ = ('spans', 'root', '_by_category', '_breakdown')\n"
+        "model.Trace = Trace\n"
+        "from otel_apm.native import native\n"
+        "assert native() is None\n"
+        "import otel_apm._native\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert run.returncode == 1
+    assert "ImportError: otel_apm._native: Trace has no slot _derived" in run.stderr
