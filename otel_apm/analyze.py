@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from inspect import getattr_static
 
 from otel_apm.config import APMConfig, ConfigError
 from otel_apm.contain import FailureLog
@@ -15,6 +16,7 @@ from otel_apm.model import Trace
 from otel_apm.native import native
 
 _log = logging.getLogger(__name__)
+_NO_SKIP = getattr_static(Detector, "on_skip")
 
 
 def check_detector_names(config: APMConfig, detectors: Sequence[type[Detector]] = DEFAULT_DETECTORS) -> None:
@@ -46,6 +48,18 @@ class Analyzer:
         self.suppressed = 0
         self._lock = threading.Lock()
         self._native = native(config.native_enabled)
+        # What analyze() asks of each detector class, looked up once rather than per trace: its
+        # can_fire, its on_skip (None when it keeps the base class's, which does nothing), the
+        # categories it visits.  Most traces end at the can_fire calls, so they are the loop.
+        self._plan = tuple(
+            (
+                cls,
+                cls.can_fire,
+                None if getattr_static(cls, "on_skip") is _NO_SKIP else cls.on_skip,
+                tuple(cls.categories),
+            )
+            for cls in self.detectors
+        )
 
     def analyze(self, trace: Trace) -> list[Finding]:
         """Findings, costliest first.  A failing detector is skipped for this trace; others run.
@@ -60,13 +74,14 @@ class Analyzer:
         findings: list[Finding] = []
         deferred: list[Finding] = []
         config, history = self.config, self.history
-        for cls in self.detectors:
+        for cls, can_fire, on_skip, categories in self._plan:
             try:
-                if not cls.can_fire(config, summary):
-                    cls.on_skip(config, summary, history)
+                if not can_fire(config, summary):
+                    if on_skip is not None:
+                        on_skip(config, summary, history)
                     continue
                 detector = cls(config, trace, history)
-                for category in cls.categories:
+                for category in categories:
                     visit = detector.visit_span
                     for span in by_category.get(category, ()):
                         visit(span)
