@@ -116,11 +116,13 @@ class TraceSummary:
         return self._round_trips
 
     def texts(self) -> dict[str, list[SpanView]]:
-        """DB round trips by statement text, whatever their service."""
+        """DB round trips by statement text, whatever their service.  Read only: a text that
+        one service sent is filed with the summary's own list of its spans, not a copy."""
         out: dict[str, list[SpanView]] = {}
         for (_, text), spans in self.statements.items():
             if text:
-                out.setdefault(text, []).extend(spans)
+                group = out.get(text)
+                out[text] = spans if group is None else group + spans
         return out
 
     def most_repeated(self) -> int:
