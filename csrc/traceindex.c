@@ -60,24 +60,56 @@ static int flag(PyObject *value) {
     return value == Py_False ? 0 : DECLINED;
 }
 
-/* ``list(group)`` appended to dict[key], or dict[key] = [item] made: the filing every grouping
- * here does.  ``item`` is borrowed.  0, or -1 with an exception set. */
-static int file_under(PyObject *dict, PyObject *key, PyObject *item) {
+/* The lists a grouping filed into, by the objects of their key (a category; a service and a
+ * statement): a trace's spans share a few such objects, and finding one's list by pointer spares
+ * making, hashing and comparing its key.  The dict stays the truth: a key made of other objects
+ * (equal or not) goes through it, and is remembered while there is room.  The memo holds
+ * references to its objects, so a pointer cannot come back as another object's. */
+#define MEMO_SIZE 16
+struct memo {
+    int used;
+    struct {
+        PyObject *first, *second, *group; /* second is NULL for a one-part key; group borrowed */
+    } entries[MEMO_SIZE];
+};
+
+static void memo_clear(struct memo *memo) {
+    for (int i = 0; i < memo->used; i++) {
+        Py_DECREF(memo->entries[i].first);
+        Py_XDECREF(memo->entries[i].second);
+    }
+    memo->used = 0;
+}
+
+/* ``item`` (borrowed) appended to dict[key], or dict[key] = [item] made, where key is ``first``
+ * or (first, second) when second is not NULL.  0, or -1 with an exception set. */
+static int file_under(struct memo *memo, PyObject *dict, PyObject *first, PyObject *second, PyObject *item) {
+    for (int i = 0; i < memo->used; i++) {
+        if (memo->entries[i].first == first && memo->entries[i].second == second) {
+            return PyList_Append(memo->entries[i].group, item);
+        }
+    }
+    PyObject *key = second == NULL ? Py_NewRef(first) : PyTuple_Pack(2, first, second);
+    if (key == NULL) {
+        return -1;
+    }
+    int rc = -1;
     PyObject *group = PyDict_GetItemWithError(dict, key); /* borrowed */
     if (group != NULL) {
-        return PyList_Append(group, item);
+        rc = PyList_Append(group, item);
+    } else if (!PyErr_Occurred() && (group = PyList_New(1)) != NULL) {
+        Py_INCREF(item);
+        PyList_SET_ITEM(group, 0, item);
+        rc = PyDict_SetItem(dict, key, group);
+        Py_DECREF(group); /* the dict holds it */
     }
-    if (PyErr_Occurred()) {
-        return -1;
+    Py_DECREF(key);
+    if (rc == 0 && memo->used < MEMO_SIZE) {
+        memo->entries[memo->used].first = Py_NewRef(first);
+        memo->entries[memo->used].second = Py_XNewRef(second);
+        memo->entries[memo->used].group = group;
+        memo->used++;
     }
-    group = PyList_New(1);
-    if (group == NULL) {
-        return -1;
-    }
-    Py_INCREF(item);
-    PyList_SET_ITEM(group, 0, item);
-    int rc = PyDict_SetItem(dict, key, group);
-    Py_DECREF(group);
     return rc;
 }
 
@@ -152,6 +184,8 @@ static int sum_durations(PyObject *by_category, PyObject *root, PyObject *total_
 /* File the spans by category into by_category, and set *error when one failed. */
 static int file_spans(PyObject *spans, PyObject *by_category, int *error) {
     PyTypeObject *view_type = apm_view_type();
+    struct memo memo = {0};
+    int outcome = DONE;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(spans); i++) {
         PyObject *span = PyList_GET_ITEM(spans, i);
         if (!PyObject_TypeCheck(span, view_type)) {
@@ -160,54 +194,52 @@ static int file_spans(PyObject *spans, PyObject *by_category, int *error) {
         PyObject *category = apm_view_get(span, APM_VIEW_CATEGORY);
         PyObject *failed = apm_view_get(span, APM_VIEW_ERROR);
         PyObject *exception_type = apm_view_get(span, APM_VIEW_EXCEPTION_TYPE);
-        if (category == NULL || failed == NULL || exception_type == NULL || !PyUnicode_CheckExact(category)) {
-            return DECLINED;
-        }
-        int failed_flag = flag(failed);
-        if (failed_flag == DECLINED) {
-            return DECLINED;
+        int failed_flag = failed == NULL ? DECLINED : flag(failed);
+        if (category == NULL || exception_type == NULL || !PyUnicode_CheckExact(category) ||
+            failed_flag == DECLINED) {
+            outcome = DECLINED;
+            break;
         }
         *error |= failed_flag || exception_type != Py_None;
         Py_INCREF(span); /* held: an allocation may collect garbage, whose finalizers run Python */
-        int rc = file_under(by_category, category, span);
+        int rc = file_under(&memo, by_category, category, NULL, span);
         Py_DECREF(span);
         if (rc < 0) {
-            return FAILED;
+            outcome = FAILED;
+            break;
         }
     }
-    return DONE;
+    memo_clear(&memo);
+    return outcome;
 }
 
 /* File the DB spans by (service, statement text) into texts, and set *has_cached when one was a
  * cache hit. */
 static int file_texts(PyObject *db_spans, PyObject *texts, int *has_cached) {
+    struct memo memo = {0};
+    int outcome = DONE;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(db_spans); i++) {
         PyObject *span = PyList_GET_ITEM(db_spans, i);
         PyObject *service = apm_view_get(span, APM_VIEW_SERVICE);
         PyObject *statement = apm_view_get(span, APM_VIEW_STATEMENT);
         PyObject *cached = apm_view_get(span, APM_VIEW_CACHED);
-        if (service == NULL || statement == NULL || cached == NULL || !PyUnicode_CheckExact(service) ||
-            !(statement == Py_None || PyUnicode_CheckExact(statement))) {
-            return DECLINED;
-        }
-        int cached_flag = flag(cached);
-        if (cached_flag == DECLINED) {
-            return DECLINED;
+        int cached_flag = cached == NULL ? DECLINED : flag(cached);
+        if (service == NULL || statement == NULL || !PyUnicode_CheckExact(service) ||
+            !(statement == Py_None || PyUnicode_CheckExact(statement)) || cached_flag == DECLINED) {
+            outcome = DECLINED;
+            break;
         }
         *has_cached |= cached_flag;
-        PyObject *key = PyTuple_Pack(2, service, statement);
-        if (key == NULL) {
-            return FAILED;
-        }
         Py_INCREF(span);
-        int rc = file_under(texts, key, span);
+        int rc = file_under(&memo, texts, service, statement, span);
         Py_DECREF(span);
-        Py_DECREF(key);
         if (rc < 0) {
-            return FAILED;
+            outcome = FAILED;
+            break;
         }
     }
-    return DONE;
+    memo_clear(&memo);
+    return outcome;
 }
 
 /* Whether Python already filed part of the trace (it would reuse that), or the slots are not
