@@ -93,6 +93,7 @@ static int file_under(struct memo *memo, PyObject *dict, PyObject *first, PyObje
     if (key == NULL) {
         return -1;
     }
+    Py_INCREF(item); /* held: an allocation may collect garbage, whose finalizers run Python */
     int rc = -1;
     PyObject *group = PyDict_GetItemWithError(dict, key); /* borrowed */
     if (group != NULL) {
@@ -104,6 +105,7 @@ static int file_under(struct memo *memo, PyObject *dict, PyObject *first, PyObje
         Py_DECREF(group); /* the dict holds it */
     }
     Py_DECREF(key);
+    Py_DECREF(item);
     if (rc == 0 && memo->used < MEMO_SIZE) {
         memo->entries[memo->used].first = Py_NewRef(first);
         memo->entries[memo->used].second = Py_XNewRef(second);
@@ -201,10 +203,7 @@ static int file_spans(PyObject *spans, PyObject *by_category, int *error) {
             break;
         }
         *error |= failed_flag || exception_type != Py_None;
-        Py_INCREF(span); /* held: an allocation may collect garbage, whose finalizers run Python */
-        int rc = file_under(&memo, by_category, category, NULL, span);
-        Py_DECREF(span);
-        if (rc < 0) {
+        if (file_under(&memo, by_category, category, NULL, span) < 0) {
             outcome = FAILED;
             break;
         }
@@ -230,10 +229,7 @@ static int file_texts(PyObject *db_spans, PyObject *texts, int *has_cached) {
             break;
         }
         *has_cached |= cached_flag;
-        Py_INCREF(span);
-        int rc = file_under(&memo, texts, service, statement, span);
-        Py_DECREF(span);
-        if (rc < 0) {
+        if (file_under(&memo, texts, service, statement, span) < 0) {
             outcome = FAILED;
             break;
         }
