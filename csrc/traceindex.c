@@ -293,13 +293,12 @@ static PyObject *index_trace(PyObject *module, PyObject *trace) {
             outcome = FAILED;
         }
     }
-    if (outcome == DONE && PyDict_SetItem(TRACE_SLOT(trace, TRACE_DERIVED), s_db_texts, texts) < 0) {
-        outcome = FAILED;
-    }
     if (outcome == DONE) {
         result = Py_BuildValue("(OOOOOO)", by_category, texts, error ? Py_True : Py_False, total_ns,
                                longest_ns, has_cached ? Py_True : Py_False);
-        if (result == NULL) {
+        /* The trace is changed last, and only when nothing can fail after. */
+        if (result == NULL || PyDict_SetItem(TRACE_SLOT(trace, TRACE_DERIVED), s_db_texts, texts) < 0) {
+            Py_CLEAR(result);
             outcome = FAILED;
         }
     }
