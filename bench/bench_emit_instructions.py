@@ -165,7 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         recorded = args.recorded or args.keep or os.path.join(tmp, "recorded.pickle")
         if not args.recorded:
             record(args.workload, recorded)
-        print(f"Instructions per trace ({COUNTED} traces, workload {args.workload})")
+        counted = f"recorded in {args.recorded}" if args.recorded else f"workload {args.workload}"
+        print(f"Instructions per trace ({COUNTED} traces, {counted})")
         for part in args.parts.split(","):
             count = instructions(part, recorded, args.set)
             print(f"  {part:<24} {count / COUNTED:>10,.0f}", flush=True)
