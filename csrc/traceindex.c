@@ -11,10 +11,10 @@
  *
  * It returns None, having changed nothing, for a trace it does not handle exactly as Python
  * would, and the caller runs the Python version: something already filed (Python reuses it), a
- * span that is not a SpanView or lacks a slot, a category, service or statement that is not a
- * str (None for a statement) or an error or cached flag that is not a bool (hashing, comparing
- * or testing them could run Python code), a time that is not an int or a duration or sum past 64 bits (an
- * OTLP time is unsigned 64-bit).  Every figure is then Python's own: the sums are integers, and
+ * span that is not a SpanView or lacks a slot, a category, service or statement that is not
+ * exactly a str (or None, for a statement), an error or cached flag that is not a bool
+ * (hashing, comparing or testing any other could run Python code), a time that is not an int,
+ * a duration or sum past 64 bits (an OTLP time is unsigned 64-bit).  Every figure is then Python's own: the sums are integers, and
  * the breakdown's milliseconds are added in order in a double as CPython 3.10 and 3.11's sum()
  * adds floats.  3.12's sum() compensates its rounding; there the breakdown is left for
  * Trace.breakdown() to make.
