@@ -18,7 +18,8 @@ Parts, joined by ``+`` to run together (the shared grouping is made by the first
   group     the statement grouping and the category breakdown both read (statements_of, breakdown)
   stats     Statistics.emit
   metrics   MetricsEmitter.emit (its transaction-duration histogram included)
-  hist      the histogram's record alone, the SDK's part of the metrics, with a typical attribute set
+  hist      the SDK's Histogram.record alone, with the transaction histogram's typical attribute set
+  direct    the same point through the metrics' DirectHistogram, the set's route already learnt
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from otel_apm.analyze import Analyzer
 from otel_apm.config import APMConfig
 from otel_apm.detectors.base import Finding
 from otel_apm.detectors.dbshape import statements_of
+from otel_apm.emit.histogram import DirectHistogram
 from otel_apm.emit.metrics import ENDPOINT, SERVICE, MetricsEmitter
 from otel_apm.model import Trace
 from otel_apm.stats import Statistics
@@ -63,10 +65,14 @@ def steps(part: str, config: APMConfig) -> list[Step]:
         out.append(Statistics(config, clock=clock).emit)
     if "metrics" in part:
         out.append(MetricsEmitter(meter_provider, config).emit)
+    attributes = {SERVICE: "bench", ENDPOINT: "GET /orders/{id}", "http.route": "/orders/{id}"}
     if "hist" in part:
-        record = MetricsEmitter(meter_provider, config)._duration.record
-        attributes = {SERVICE: "bench", ENDPOINT: "GET /orders/{id}", "http.route": "/orders/{id}"}
+        record = meter_provider.get_meter("bench").create_histogram("hist").record
         out.append(lambda *_: record(0.01, {**attributes, "http.request.method": "GET"}))
+    if "direct" in part:
+        direct = DirectHistogram(meter_provider.get_meter("bench").create_histogram("direct"))
+        direct.record_new("GET /orders/{id}", 0.01, {**attributes, "http.request.method": "GET"})
+        out.append(lambda *_: direct.record("GET /orders/{id}", 0.01))
     return out
 
 

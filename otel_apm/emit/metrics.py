@@ -38,6 +38,7 @@ from otel_apm.config import APMConfig
 from otel_apm.contain import in_forked_children
 from otel_apm.detectors.base import Finding
 from otel_apm.detectors.dbshape import statements_of
+from otel_apm.emit.histogram import DirectHistogram
 from otel_apm.model import DB, SpanView, Trace
 from otel_apm.sql import SqlShape
 from otel_apm.version import __version__
@@ -97,6 +98,30 @@ class _Sums:
         ]
 
 
+class _TransactionTotals:
+    """DB time and queries per (service, endpoint), both updated through one lookup a trace;
+    ``None`` stands for the overflow series."""
+
+    def __init__(self) -> None:
+        self._totals: dict[tuple[str, str] | None, list[float]] = {}  # key -> [seconds, queries]
+
+    def add(self, where: tuple[str, str] | None, seconds: float, queries: int) -> None:
+        entry = self._totals.get(where)
+        if entry is None:
+            entry = self._totals[where] = [0, 0]
+        entry[0] += seconds
+        entry[1] += queries
+
+    def observe(self, index: int) -> list[Observation]:
+        return [
+            Observation(
+                totals[index],
+                OVERFLOW_ATTRIBUTES if where is None else {SERVICE: where[0], ENDPOINT: where[1]},
+            )
+            for where, totals in list(self._totals.items())
+        ]
+
+
 class _StatementTotals:
     """Time and runs per (service, fingerprint), both updated through one short key per statement
     and trace; the attributes are made once per statement, for the first ``limit`` of them."""
@@ -142,26 +167,27 @@ class MetricsEmitter:
         self._endpoints = _Admission(config.metrics_max_endpoints)
         self._statements = _StatementTotals(config.metrics_max_statements)
         self._statement_metrics = config.metrics_max_statements > 0
-        self._duration = meter.create_histogram(
-            "otel_apm.transaction.duration",
-            unit="s",
-            description="Duration of local root spans (transactions), by endpoint",
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS_S,
+        self._duration = DirectHistogram(
+            meter.create_histogram(
+                "otel_apm.transaction.duration",
+                unit="s",
+                description="Duration of local root spans (transactions), by endpoint",
+                explicit_bucket_boundaries_advisory=DURATION_BUCKETS_S,
+            )
         )
-        self._db_duration = _Sums((SERVICE, ENDPOINT))
-        self._db_queries = _Sums((SERVICE, ENDPOINT))
+        self._transactions = _TransactionTotals()
         self._findings = _Sums((FINDING_TYPE, SEVERITY, SERVICE, ENDPOINT))
         statements = self._statements
         for name, read, unit, description in (
             (
                 "otel_apm.transaction.db.duration",
-                self._db_duration.observe,
+                partial(self._transactions.observe, 0),
                 "s",
                 "DB time of transactions, summed",
             ),
             (
                 "otel_apm.transaction.db.queries",
-                self._db_queries.observe,
+                partial(self._transactions.observe, 1),
                 "{query}",
                 "DB queries of transactions",
             ),
@@ -210,22 +236,36 @@ class MetricsEmitter:
             where = (root.service, trace.endpoint)
             admitted = self._endpoints.admits(where)
             queries, db_ms = trace.breakdown().get(DB, (0, 0.0))
-            self._db_duration.add(where if admitted else None, db_ms / 1e3)
-            self._db_queries.add(where if admitted else None, queries)
+            self._transactions.add(where if admitted else None, db_ms / 1e3, queries)
             if queries and self._statement_metrics:
                 self._add_statements(trace)
-        attrs: dict[str, AttributeValue] = OVERFLOW_ATTRIBUTES
-        if admitted:
-            attrs = {SERVICE: where[0], ENDPOINT: where[1]}
-            if root.http_route:
-                attrs["http.route"] = root.http_route
-            if root.http_method:
-                attrs["http.request.method"] = root.http_method
-            if root.error:
-                attrs["error.type"] = root.exception_type or "_OTHER"
-        self._duration.record((root.end_ns - root.start_ns) / 1e9, attrs)
+        error = (root.exception_type or "_OTHER") if root.error else None
+        # The attribute set's key: the attributes are made only for its first point.
+        key: _DurationKey = (where, root.http_route, root.http_method, error) if admitted else None
+        seconds = (root.end_ns - root.start_ns) / 1e9
+        if not self._duration.record(key, seconds):
+            self._duration.record_new(key, seconds, _duration_attributes(key))
 
     def _add_statements(self, trace: Trace) -> None:
         add = self._statements.add
         for key, (shape, spans) in statements_of(trace).items():
             add(key, shape, spans)
+
+
+_DurationKey = tuple[tuple[str, str], str | None, str | None, str | None] | None
+
+
+def _duration_attributes(key: _DurationKey) -> dict[str, AttributeValue]:
+    """The transaction histogram's attributes for ``(where, route, method, error type)``, or
+    the overflow series' for None."""
+    if key is None:
+        return OVERFLOW_ATTRIBUTES
+    (service, endpoint), route, method, error = key
+    attrs: dict[str, AttributeValue] = {SERVICE: service, ENDPOINT: endpoint}
+    if route:
+        attrs["http.route"] = route
+    if method:
+        attrs["http.request.method"] = method
+    if error is not None:
+        attrs["error.type"] = error
+    return attrs
