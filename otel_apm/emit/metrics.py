@@ -37,7 +37,7 @@ from opentelemetry.util.types import AttributeValue
 from otel_apm.config import APMConfig
 from otel_apm.contain import in_forked_children
 from otel_apm.detectors.base import Finding
-from otel_apm.detectors.dbshape import statements_of
+from otel_apm.detectors.dbshape import StatementGroups, statements_of
 from otel_apm.emit.histogram import DirectHistogram
 from otel_apm.model import DB, SpanView, Trace
 from otel_apm.sql import SqlShape
@@ -131,25 +131,30 @@ class _StatementTotals:
         self._attributes: dict[tuple[str, str], dict[str, AttributeValue]] = {}
         self._totals: dict[tuple[str, str] | None, list[int]] = {}  # key -> [nanoseconds, runs]
 
-    def add(self, key: tuple[str, str], shape: SqlShape, spans: list[SpanView]) -> None:
-        entry = self._totals.get(key)
-        if entry is None:
-            if len(self._attributes) < self._limit:
-                tables = shape.tables
-                summary = " ".join((shape.operation, *tables)) if shape.operation else " ".join(tables)
-                values = (
-                    *key,
-                    spans[0].db_system or "",
-                    shape.operation,
-                    tables[0] if tables else "",
-                    summary,
-                )
-                self._attributes[key] = dict(zip(STATEMENT_KEYS, values, strict=True))
-                entry = self._totals[key] = [0, 0]
-            else:
-                entry = self._totals.setdefault(None, [0, 0])
-        entry[0] += sum([s.end_ns - s.start_ns for s in spans])  # a list: a generator costs a frame
-        entry[1] += len(spans)
+    def add_all(self, groups: StatementGroups) -> None:
+        """A trace's statements, in one call: a trace has several, of a few runs each."""
+        totals = self._totals
+        for key, (shape, spans) in groups.items():
+            entry = totals.get(key)
+            if entry is None:
+                entry = self._entry(key, shape, spans[0])
+            nanoseconds = 0
+            for s in spans:  # a loop, not sum() of a list: the comprehension would cost a frame
+                nanoseconds += s.end_ns - s.start_ns
+            entry[0] += nanoseconds
+            entry[1] += len(spans)
+
+    def _entry(self, key: tuple[str, str], shape: SqlShape, first: SpanView) -> list[int]:
+        """The totals of a statement seen for the first time: its own, with its attributes,
+        while under the limit; else the overflow series'."""
+        if len(self._attributes) >= self._limit:
+            return self._totals.setdefault(None, [0, 0])
+        tables = shape.tables
+        summary = " ".join((shape.operation, *tables)) if shape.operation else " ".join(tables)
+        values = (*key, first.db_system or "", shape.operation, tables[0] if tables else "", summary)
+        self._attributes[key] = dict(zip(STATEMENT_KEYS, values, strict=True))
+        entry = self._totals[key] = [0, 0]
+        return entry
 
     def observe(self, index: int, scale: float) -> list[Observation]:
         return [
@@ -238,18 +243,13 @@ class MetricsEmitter:
             queries, db_ms = trace.breakdown().get(DB, (0, 0.0))
             self._transactions.add(where if admitted else None, db_ms / 1e3, queries)
             if queries and self._statement_metrics:
-                self._add_statements(trace)
+                self._statements.add_all(statements_of(trace))
         error = (root.exception_type or "_OTHER") if root.error else None
         # The attribute set's key: the attributes are made only for its first point.
         key: _DurationKey = (where, root.http_route, root.http_method, error) if admitted else None
         seconds = (root.end_ns - root.start_ns) / 1e9
         if not self._duration.record(key, seconds):
             self._duration.record_new(key, seconds, _duration_attributes(key))
-
-    def _add_statements(self, trace: Trace) -> None:
-        add = self._statements.add
-        for key, (shape, spans) in statements_of(trace).items():
-            add(key, shape, spans)
 
 
 _DurationKey = tuple[tuple[str, str], str | None, str | None, str | None] | None
