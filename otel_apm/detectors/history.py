@@ -14,6 +14,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 
+from otel_apm.detectors.dbshape import StatementGroups
+
 MAX_KEYS = 10_000
 SAMPLES_PER_QUERY = 256
 _P95_REFRESH = 16  # recompute a statement's p95 after this many new samples, not at every read
@@ -59,18 +61,21 @@ class QueryHistory:
                 samples.p95_at = samples.added
             return samples.p95
 
-    def add_many(self, durations_by_key: Iterable[tuple[tuple[str, str], list[float]]]) -> None:
-        """A trace's durations, every statement's under one lock: a trace has several."""
+    def add_trips(self, groups: StatementGroups) -> None:
+        """A trace's DB round trips by statement, every statement's durations under one lock,
+        each read straight from its spans (no list of durations made per statement first)."""
         with self._lock:
             by_key = self._samples
-            for key, durations_ms in durations_by_key:
+            for key, (_, spans) in groups.items():
                 samples = by_key.pop(key, None)  # re-inserted last: the dict stays in LRU order
                 if samples is None:
                     samples = _Samples()
                     if len(by_key) >= self._max_keys:
                         del by_key[next(iter(by_key))]
-                samples.extend(durations_ms)
-                samples.added += len(durations_ms)
+                append = samples.append
+                for s in spans:
+                    append((s.end_ns - s.start_ns) / 1e6)
+                samples.added += len(spans)
                 by_key[key] = samples
 
     def __len__(self) -> int:

@@ -37,12 +37,7 @@ class SlowQueryOutlierDetector(Detector):
     def on_skip(cls, config: APMConfig, summary: TraceSummary, history: History) -> None:
         """No outlier here, but every duration still goes into the history, as later traces
         are judged against it."""
-        history.queries.add_many(
-            [
-                (key, [(s.end_ns - s.start_ns) / 1e6 for s in spans])
-                for key, (_, spans) in summary.round_trips().items()
-            ]
-        )
+        history.queries.add_trips(summary.round_trips())
 
     def on_complete(self) -> list[Finding]:
         by_key = TraceSummary.of(self.trace).round_trips()
@@ -50,7 +45,6 @@ class SlowQueryOutlierDetector(Detector):
         queries = self.history.queries
         min_ms = config.slow_query_outlier_min_ms
         findings = []
-        seen = []
         for key, (shape, spans) in by_key.items():
             durations = [(s.end_ns - s.start_ns) / 1e6 for s in spans]
             # Only a span of at least MIN_MS can be an outlier: most traces have none, and then
@@ -63,8 +57,7 @@ class SlowQueryOutlierDetector(Detector):
                     outliers = [s for s, d in zip(spans, durations, strict=True) if floor <= d < slow]
                     if outliers:
                         findings.append(self._finding(shape, outliers, p95))
-            seen.append((key, durations))
-        queries.add_many(seen)  # after every p95 read: a trace is never compared with itself
+        queries.add_trips(by_key)  # after every p95 read: a trace is never compared with itself
         return findings
 
     def _finding(self, shape: SqlShape, outliers: list[SpanView], p95: float) -> Finding:
