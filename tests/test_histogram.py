@@ -9,10 +9,12 @@ True), so a comparison cannot pass by the fallback alone.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
+from conftest import SERVICE_NAME, OTel
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry import context as context_api
@@ -28,6 +30,7 @@ from opentelemetry.sdk.metrics.export import (
 )
 from opentelemetry.sdk.metrics.view import ExponentialBucketHistogramAggregation, View
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+from test_stats import USERS, request
 
 from otel_apm.emit.histogram import DirectHistogram
 
@@ -207,3 +210,35 @@ def test_a_provider_that_is_not_the_sdk_is_left_to_record(make: Callable[[], Any
     direct = DirectHistogram(make())
     direct.record_new(0, 0.1, SETS[0])
     assert not direct.record(0, 0.2)
+
+
+def test_the_transaction_histogram_of_an_endpoint_requested_again_and_again(
+    make_otel: Callable[..., OTel],
+) -> None:
+    """Through the processor: an endpoint's later points take the direct path, into the one
+    point the first made, and a new error type makes a set of its own."""
+    otel = make_otel()
+    base = time.time_ns()
+    for ms in (3.0, 30.0, 300.0, 30.0, 7.5):
+        request(otel.tracer, "/users/{id}", base, ms, [(USERS, 1.0)])
+    request(otel.tracer, "/users/{id}", base, 40.0, [(USERS, 1.0)], error=True)
+    durations = {
+        frozenset((p.attributes or {}).items()): p for p in otel.data_points("otel_apm.transaction.duration")
+    }
+    users = {
+        "otel_apm.service": SERVICE_NAME,
+        "otel_apm.endpoint": "GET /users/{id}",
+        "http.route": "/users/{id}",
+        "http.request.method": "GET",
+    }
+    ok = durations[frozenset(users.items())]
+    assert (ok.count, ok.sum, ok.min, ok.max) == (
+        5,
+        pytest.approx(0.3705),
+        pytest.approx(0.003),
+        pytest.approx(0.3),
+    )
+    assert list(ok.bucket_counts) == [1, 1, 0, 2, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]  # the advisory buckets
+    failed = durations[frozenset({**users, "error.type": "_OTHER"}.items())]
+    assert (failed.count, failed.sum) == (1, pytest.approx(0.04))
+    assert len(durations) == 2
