@@ -9,6 +9,7 @@ True), so a comparison cannot pass by the fallback alone.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -242,3 +243,22 @@ def test_the_transaction_histogram_of_an_endpoint_requested_again_and_again(
     failed = durations[frozenset({**users, "error.type": "_OTHER"}.items())]
     assert (failed.count, failed.sum) == (1, pytest.approx(0.04))
     assert len(durations) == 2
+
+
+def test_threads_recording_the_same_sets_lose_no_point() -> None:
+    """The routes are learnt by whichever thread comes first; the SDK's aggregation takes its
+    own lock for each point, direct or not."""
+    pair = Pair()
+    values = [(i % 3, (i % 50) / 64) for i in range(600)]  # sums exact in any order
+
+    def run() -> None:
+        for index, value in values:
+            pair.record(index, value)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    collected = pair.assert_same()
+    assert sum(dict(p[2])["count"] for p in collected) == 2400
