@@ -7,9 +7,8 @@ collects (Elastic APM's agents pre-aggregate their breakdown metrics the same wa
 point costs the SDK's ``record()`` about 9 µs, still a third of that through
 :class:`~otel_apm.emit.histogram.DirectHistogram` (which the duration's points take); a sum here
 costs a dict update.  That is why statements have sums and no histogram: a point per query would
-cost more than the analysis of the query.  What a sum
-gives up is the distribution: divide by the count for the mean, and read percentiles from the
-rolling statistics (otel_apm.stats).
+cost more than the analysis of the query.  What a sum gives up is the distribution: divide by the
+count for the mean, and read percentiles from the rolling statistics (otel_apm.stats).
 
 Names: ``otel_apm.*`` where no semantic convention fits (a transaction is a local root, HTTP or
 not; the instrumentations already emit ``http.server.request.duration``); semantic-convention
