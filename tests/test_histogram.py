@@ -108,11 +108,14 @@ class Pair:
         return collected[0]
 
 
+# Durations as the emitter makes them, nanoseconds / 1e9: the SDK's exponential histogram fails
+# its own collection ("Incorrect merge scale") after a 0 and a value near the smallest normal
+# float, through record() alone.
 recordings = st.lists(
     st.tuples(
         st.integers(0, len(SETS) - 1),
         st.one_of(
-            st.floats(0, 20, allow_nan=False),
+            st.integers(0, 20 * 10**9).map(lambda ns: ns / 1e9),
             st.sampled_from([0.0, 0.005, 0.01, 1.0, 1e-9, -0.5, float("inf"), float("nan")]),
         ),
     ),
