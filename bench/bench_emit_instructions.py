@@ -1,5 +1,5 @@
-"""What the analysis, the statistics and the metrics reporter cost per trace, in instructions
-(callgrind).
+"""What the analysis, the statistics, the metrics reporter and the query history cost per trace,
+in instructions (callgrind).
 
     .venv/bin/python bench/bench_emit_instructions.py [--workload W] [--parts LIST] [--set NAME=VALUE]
         [--keep FILE | --recorded FILE]
@@ -21,7 +21,10 @@ Parts, joined by ``+`` to run together (the shared grouping is made by the first
   group     the statement grouping and the category breakdown both read (statements_of, breakdown)
   stats     Statistics.emit
   metrics   MetricsEmitter.emit (its transaction-duration histogram included)
-  hist      the histogram's record alone, the SDK's part of the metrics, with a typical attribute set
+  hist      the SDK's Histogram.record alone, with the transaction histogram's typical attribute set
+  direct    the same point through the metrics' DirectHistogram, the set's route already learnt
+  history   the slow-query-outlier detector's history write of a trace that cannot fire (on_skip),
+            into a history of its own
   summary   the TraceSummary the analyzer makes first (with the trace's filings)
   analyze   Analyzer.analyze, the summary included
 
@@ -57,7 +60,10 @@ from otel_apm.analyze import Analyzer
 from otel_apm.config import APMConfig
 from otel_apm.detectors.base import Finding
 from otel_apm.detectors.dbshape import statements_of
+from otel_apm.detectors.history import History
+from otel_apm.detectors.slow_query_outlier import SlowQueryOutlierDetector
 from otel_apm.detectors.summary import TraceSummary
+from otel_apm.emit.histogram import DirectHistogram
 from otel_apm.emit.metrics import ENDPOINT, SERVICE, MetricsEmitter
 from otel_apm.model import Trace
 from otel_apm.native import native
@@ -76,22 +82,30 @@ def steps(part: str, config: APMConfig, analyzer: Analyzer) -> list[Step]:
 
     meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
     out: list[Step] = []
+    names = part.split("+")
     # The analysis first, as in the processor: it makes what the reporters read.
-    if "summary" in part:
+    if "summary" in names:
         compiled = native(config.native_enabled)
         out.append(lambda t, _: TraceSummary(t, compiled))
-    if "analyze" in part:
+    if "analyze" in names:
         out.append(lambda t, _: analyzer.analyze(t))
-    if "group" in part:
+    if "group" in names:
         out.append(lambda t, _: (statements_of(t), t.breakdown()))
-    if "stats" in part:
+    if "stats" in names:
         out.append(Statistics(config, clock=clock).emit)
-    if "metrics" in part:
+    if "metrics" in names:
         out.append(MetricsEmitter(meter_provider, config).emit)
-    if "hist" in part:
-        record = MetricsEmitter(meter_provider, config)._duration.record
-        attributes = {SERVICE: "bench", ENDPOINT: "GET /orders/{id}", "http.route": "/orders/{id}"}
+    attributes = {SERVICE: "bench", ENDPOINT: "GET /orders/{id}", "http.route": "/orders/{id}"}
+    if "hist" in names:
+        record = meter_provider.get_meter("bench").create_histogram("hist").record
         out.append(lambda *_: record(0.01, {**attributes, "http.request.method": "GET"}))
+    if "direct" in names:
+        direct = DirectHistogram(meter_provider.get_meter("bench").create_histogram("direct"))
+        direct.record_new("GET /orders/{id}", 0.01, {**attributes, "http.request.method": "GET"})
+        out.append(lambda *_: direct.record("GET /orders/{id}", 0.01))
+    if "history" in names:
+        history = History()
+        out.append(lambda t, _: SlowQueryOutlierDetector.on_skip(config, TraceSummary.of(t), history))
     return out
 
 

@@ -21,9 +21,12 @@ from otel_apm import APMConfig, APMSpanProcessor
 from otel_apm.analyze import Analyzer
 from otel_apm.config import ConfigError, Suppression
 from otel_apm.detectors.base import Finding
+from otel_apm.detectors.dbshape import StatementGroups
 from otel_apm.detectors.history import FindingRates, QueryHistory
 from otel_apm.emit.attributes import finding_attributes
 from otel_apm.ingest.callsite import CallSite
+from otel_apm.model import DB, SpanView
+from otel_apm.sql import parse_sql
 
 F = "otel_apm.finding."
 BOOKS = "SELECT books.id, books.title FROM books WHERE books.author_id = %(param_1)s"
@@ -267,6 +270,17 @@ def test_rates_decay_when_a_problem_stops() -> None:
     assert rates.observe("b") == pytest.approx(1.0)  # one occurrence over a one-minute constant
 
 
+def trips(durations_ms: dict[str, list[float]]) -> StatementGroups:
+    """One trace's DB round trips of service "svc": spans of the given durations by fingerprint."""
+    return {
+        ("svc", fingerprint): (
+            parse_sql(f"SELECT {fingerprint}"),
+            [SpanView(1, 2, 1, "SELECT", 0, 10**9, 10**9 + round(ms * 1e6), False, "svc", DB) for ms in runs],
+        )
+        for fingerprint, runs in durations_ms.items()
+    }
+
+
 def test_rates_and_query_history_are_bounded() -> None:
     rates = FindingRates(max_keys=3)
     for key in "abcd":
@@ -274,19 +288,46 @@ def test_rates_and_query_history_are_bounded() -> None:
     assert len(rates._counts) == 3 and "a" not in rates._counts
     history = QueryHistory(max_keys=2)
     for key in ("a", "b", "c"):
-        history.add(("svc", key), [1.0] * 30)
+        history.add_trips(trips({key: [1.0] * 30}))
     assert len(history) == 2 and history.p95(("svc", "a"), 1) is None
+
+
+def test_query_history_evicts_the_least_recently_updated_statement() -> None:
+    """One trace's statements are written together; a statement written again moves last."""
+    history = QueryHistory(max_keys=3)
+    history.add_trips(trips({"a": [1.0], "b": [2.0], "c": [3.0]}))
+    history.add_trips(trips({"a": [1.5], "d": [4.0]}))  # b is now the oldest
+    assert len(history) == 3
+    assert history.p95(("svc", "b"), 1) is None
+    assert [history.p95(("svc", k), 1) for k in "acd"] == [1.5, 3.0, 4.0]
+    history.add_trips(trips({"e": [5.0], "b": [6.0]}))  # then c, then a go
+    assert [history.p95(("svc", k), 1) for k in "abcde"] == [None, 6.0, None, 4.0, 5.0]
 
 
 def test_query_history_p95_over_the_recent_samples() -> None:
     history = QueryHistory()
     key = ("svc", "f")
     assert history.p95(key, 1) is None
-    history.add(key, [float(i) for i in range(1, 101)])  # 1..100
+    history.add_trips(trips({"f": [float(i) for i in range(1, 101)]}))  # 1..100
     assert history.p95(key, 20) == 95.0
     assert history.p95(key, 101) is None  # too few samples to trust
-    history.add(key, [1000.0] * 256)  # only the last 256 are kept
+    history.add_trips(trips({"f": [1000.0] * 256}))  # only the last 256 are kept
     assert history.p95(key, 20) == 1000.0
+
+
+def test_query_history_p95_is_recomputed_after_16_new_samples() -> None:
+    """Between refreshes a read returns the p95 last computed, though samples came meanwhile;
+    the count carries over batches and the refresh is per statement."""
+    history = QueryHistory()
+    key, other = ("svc", "f"), ("svc", "g")
+    history.add_trips(trips({"f": [1.0] * 100, "g": [2.0] * 20}))
+    assert history.p95(key, 1) == 1.0 and history.p95(other, 1) == 2.0
+    for _ in range(3):
+        history.add_trips(trips({"f": [500.0] * 5, "g": [9.0] * 16}))  # 15 new samples of f
+    assert history.p95(key, 1) == 1.0  # cached
+    assert history.p95(other, 1) == 9.0  # 48 new samples of g: recomputed
+    history.add_trips(trips({"f": [500.0]}))  # the 16th
+    assert history.p95(key, 1) == 500.0
 
 
 def test_a_rated_copy_of_a_finding_has_attributes_of_its_own() -> None:

@@ -14,6 +14,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 
+from otel_apm.detectors.dbshape import StatementGroups
+
 MAX_KEYS = 10_000
 SAMPLES_PER_QUERY = 256
 _P95_REFRESH = 16  # recompute a statement's p95 after this many new samples, not at every read
@@ -26,14 +28,26 @@ def p95_of(samples: Iterable[float]) -> float:
     return ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)]
 
 
+class _Samples(deque[float]):
+    """A statement's recent durations, with what its p95 cache needs: samples added in all, and
+    the p95 with the count it was computed at.  Kept on the ring itself, one dict entry a key
+    instead of three, so a trace's write is one lookup a statement."""
+
+    __slots__ = ("added", "p95", "p95_at")
+
+    def __init__(self) -> None:
+        super().__init__(maxlen=SAMPLES_PER_QUERY)
+        self.added = 0
+        self.p95_at = -_P95_REFRESH  # never computed
+        self.p95 = 0.0
+
+
 class QueryHistory:
     """The last SAMPLES_PER_QUERY durations of each (service, statement fingerprint)."""
 
     def __init__(self, max_keys: int = MAX_KEYS) -> None:
         self._max_keys = max_keys
-        self._samples: dict[tuple[str, str], deque[float]] = {}
-        self._p95: dict[tuple[str, str], tuple[int, float]] = {}  # key -> (samples when computed, p95)
-        self._added: dict[tuple[str, str], int] = {}
+        self._samples: dict[tuple[str, str], _Samples] = {}  # least recently updated first
         self._lock = threading.Lock()
 
     def p95(self, key: tuple[str, str], min_samples: int) -> float | None:
@@ -42,27 +56,27 @@ class QueryHistory:
             samples = self._samples.get(key)
             if samples is None or len(samples) < min_samples:
                 return None
-            added = self._added[key]
-            cached = self._p95.get(key)
-            if cached is not None and added - cached[0] < _P95_REFRESH:
-                return cached[1]
-            value = p95_of(samples)
-            self._p95[key] = (added, value)
-            return value
+            if samples.added - samples.p95_at >= _P95_REFRESH:
+                samples.p95 = p95_of(samples)
+                samples.p95_at = samples.added
+            return samples.p95
 
-    def add(self, key: tuple[str, str], durations_ms: list[float]) -> None:
+    def add_trips(self, groups: StatementGroups) -> None:
+        """A trace's DB round trips by statement, every statement's durations under one lock,
+        each read straight from its spans (no list of durations made per statement first)."""
         with self._lock:
-            samples = self._samples.pop(key, None)  # re-inserted last: the dict stays in LRU order
-            if samples is None:
-                samples = deque(maxlen=SAMPLES_PER_QUERY)
-                if len(self._samples) >= self._max_keys:
-                    oldest = next(iter(self._samples))
-                    del self._samples[oldest]
-                    self._p95.pop(oldest, None)
-                    self._added.pop(oldest, None)
-            samples.extend(durations_ms)
-            self._samples[key] = samples
-            self._added[key] = self._added.get(key, 0) + len(durations_ms)
+            by_key = self._samples
+            for key, (_, spans) in groups.items():
+                samples = by_key.pop(key, None)  # re-inserted last: the dict stays in LRU order
+                if samples is None:
+                    samples = _Samples()
+                    if len(by_key) >= self._max_keys:
+                        del by_key[next(iter(by_key))]
+                append = samples.append
+                for s in spans:
+                    append((s.end_ns - s.start_ns) / 1e6)
+                samples.added += len(spans)
+                by_key[key] = samples
 
     def __len__(self) -> int:
         return len(self._samples)

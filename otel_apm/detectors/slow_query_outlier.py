@@ -37,9 +37,7 @@ class SlowQueryOutlierDetector(Detector):
     def on_skip(cls, config: APMConfig, summary: TraceSummary, history: History) -> None:
         """No outlier here, but every duration still goes into the history, as later traces
         are judged against it."""
-        add = history.queries.add
-        for key, (_, spans) in summary.round_trips().items():
-            add(key, [(s.end_ns - s.start_ns) / 1e6 for s in spans])
+        history.queries.add_trips(summary.round_trips())
 
     def on_complete(self) -> list[Finding]:
         by_key = TraceSummary.of(self.trace).round_trips()
@@ -59,7 +57,7 @@ class SlowQueryOutlierDetector(Detector):
                     outliers = [s for s, d in zip(spans, durations, strict=True) if floor <= d < slow]
                     if outliers:
                         findings.append(self._finding(shape, outliers, p95))
-            queries.add(key, durations)
+        queries.add_trips(by_key)  # after every p95 read: a trace is never compared with itself
         return findings
 
     def _finding(self, shape: SqlShape, outliers: list[SpanView], p95: float) -> Finding:
