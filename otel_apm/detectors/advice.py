@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 from otel_apm.model import SpanView, Trace
 from otel_apm.sql import SqlShape
@@ -39,6 +40,12 @@ def stack_of(trace: Trace, db_spans: Iterable[SpanView]) -> str:
     return SQL
 
 
+# The same loop recurs in every request of its endpoint, and its advice depends only on the
+# statement shapes and the stack: worded once, then looked up (guessing costs a regex search,
+# wording a dozen f-strings).  Shapes and relations are frozen, so they key a cache.
+_ADVICE_CACHE = 1024
+
+
 @dataclass(frozen=True)
 class Relation:
     """Rows of ``owner`` (the source query's table) lead to rows of ``target`` (the loop's).
@@ -53,6 +60,7 @@ class Relation:
     to_many: bool
 
 
+@lru_cache(maxsize=_ADVICE_CACHE)
 def guess_relation(source: SqlShape | None, repeated: SqlShape) -> Relation | None:
     """The relationship a loop over the source's rows most likely touches, when the tables tell."""
     if source is None or not source.tables or not repeated.tables:
@@ -70,7 +78,8 @@ def guess_relation(source: SqlShape | None, repeated: SqlShape) -> Relation | No
     return None
 
 
-def eager_loading(stack: str, relations: Sequence[Relation], owner_hint: str) -> str:
+@lru_cache(maxsize=_ADVICE_CACHE)
+def eager_loading(stack: str, relations: tuple[Relation, ...], owner_hint: str) -> str:
     """How to load what the loop queries up front, for ``stack``; ``owner_hint`` names the rows
     walked when no relation could be guessed."""
     if stack == SQLALCHEMY:

@@ -11,6 +11,7 @@ import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 from operator import attrgetter
 from typing import ClassVar, Literal
 
@@ -82,8 +83,10 @@ class Finding:
         return self.impact_ms * self.rate_per_min
 
 
+@lru_cache(maxsize=4096)
 def make_fingerprint(*parts: str) -> str:
-    """A hash that is the same in every process (unlike ``hash()``, which is salted per run)."""
+    """A hash that is the same in every process (unlike ``hash()``, which is salted per run).
+    Cached: a problem that recurs hashes the same parts in every trace it is found in."""
     return hashlib.blake2b("\x1f".join(parts).encode("utf-8", "replace"), digest_size=8).hexdigest()
 
 
@@ -199,7 +202,7 @@ class Detector(ABC):
             span_ids=tuple(s.span_id for s in spans),
             count=len(spans),
             total_duration_ms=round(total_duration_ms, 3),
-            max_duration_ms=round(max(s.duration_ms for s in spans), 3),
+            max_duration_ms=round(max([s.end_ns - s.start_ns for s in spans]) / 1e6, 3),
             recommendation=recommendation,
             services=tuple(trace.services),
             statement=statement,

@@ -125,7 +125,7 @@ class MNPlusOneQueryDetector(SiblingsDetector):
                 relations.append(relation)
         fix = eager_loading(
             stack_of(self.trace, loop),
-            relations,
+            tuple(relations),
             ", ".join(source.tables) if source is not None and source.tables else "the rows",
         )
         on = ", ".join(tables) or "the same tables"

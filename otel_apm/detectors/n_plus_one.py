@@ -44,23 +44,22 @@ class NPlusOneQueryDetector(SiblingsDetector):
         for siblings in self.sibling_groups(threshold):
             spans, shapes = db_sequence(self.trace, siblings)
             # Runs of one parent with one fingerprint are one finding: one loop, one line to fix.
-            runs: dict[str, list[Run]] = {}
+            # fingerprint -> its runs, each with the wall time it covers (measured once, used thrice)
+            runs: dict[str, list[tuple[Run, float]]] = {}
             start = 0
             n = len(shapes)
             for i in range(1, n + 1):
                 if i == n or shapes[i].fingerprint != shapes[start].fingerprint:
-                    if (
-                        i - start >= threshold
-                        and not is_intentional(shapes[start])
-                        and union_ms(spans[start:i]) >= min_ms
-                    ):
-                        runs.setdefault(shapes[start].fingerprint, []).append((start, i))
+                    if i - start >= threshold and not is_intentional(shapes[start]):
+                        covered = union_ms(spans[start:i])
+                        if covered >= min_ms:
+                            runs.setdefault(shapes[start].fingerprint, []).append(((start, i), covered))
                     start = i
             if not runs:
                 continue
             loops = self._mn_plus_one_loops(shapes)
             for found in runs.values():
-                kept = [run for run in found if not self._claimed_elsewhere(spans, shapes, run, loops)]
+                kept = [r for r in found if not self._claimed_elsewhere(spans, shapes, r[0], loops)]
                 if kept:
                     findings.append(self._finding(spans, shapes, kept))
         return findings
@@ -95,19 +94,20 @@ class NPlusOneQueryDetector(SiblingsDetector):
                 return same >= self.config.repeated_query_threshold
         return False
 
-    def _finding(self, spans: list[SpanView], shapes: list[SqlShape], runs: list[Run]) -> Finding:
-        repeated = [spans[i] for start, end in runs for i in range(start, end)]
-        first = runs[0][0]
+    def _finding(
+        self, spans: list[SpanView], shapes: list[SqlShape], runs: list[tuple[Run, float]]
+    ) -> Finding:
+        repeated = [spans[i] for (start, end), _ in runs for i in range(start, end)]
+        first = runs[0][0][0]
         shape = shapes[first]
         source_at = source_index(spans, shapes, first, (shape.fingerprint,))
         source = None if source_at is None else shapes[source_at]
         count = len(repeated)
-        total = union_ms(repeated)
+        total = union_ms(repeated) if len(runs) > 1 else runs[0][1]  # one run: already measured
         # Eager loading leaves one query per loop: the union of each run less its average query.
-        impact = sum(
-            union_ms(spans[start:end]) - sum(s.duration_ms for s in spans[start:end]) / (end - start)
-            for start, end in runs
-        )
+        impact = 0.0
+        for (start, end), covered in runs:
+            impact += covered - sum([s.duration_ms for s in spans[start:end]]) / (end - start)
         threshold = self.config.n_plus_one_threshold
         evidence: dict[str, EvidenceValue] = {
             "threshold": threshold,
