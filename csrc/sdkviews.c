@@ -30,6 +30,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include "fields.h"
 #include "native.h"
 #include "view.h"
 
@@ -42,9 +43,43 @@
  * statements are well under it. */
 #define SHAPE_STR_MAX 4096
 
-/* The ReadableSpan fields read, interned once. */
-static PyObject *s_context, *s_parent, *s_name, *s_kind, *s_start_time, *s_end_time, *s_status,
-    *s_status_code, *s_attributes, *s_dict, *s_instrumentation_scope, *s_events, *s_dq;
+/* The fields read: the span's, then those of the objects it holds (fields.h).  One entry per
+ * class read, as each remembers where its last class keeps the field. */
+enum field_id {
+    F_CONTEXT,
+    F_PARENT,
+    F_NAME,
+    F_KIND,
+    F_START_TIME,
+    F_END_TIME,
+    F_STATUS,
+    F_ATTRIBUTES,
+    F_INSTRUMENTATION_SCOPE,
+    F_EVENTS,
+    F_STATUS_CODE, /* of the span's Status */
+    F_DICT,        /* of its BoundedAttributes */
+    F_SCOPE_NAME,  /* of its InstrumentationScope */
+    F_DQ,          /* of its BoundedList of events */
+    F_COUNT
+};
+static struct apm_field fields[F_COUNT] = {
+    [F_CONTEXT] = {.text = "_context"},
+    [F_PARENT] = {.text = "_parent"},
+    [F_NAME] = {.text = "_name"},
+    [F_KIND] = {.text = "_kind"},
+    [F_START_TIME] = {.text = "_start_time"},
+    [F_END_TIME] = {.text = "_end_time"},
+    [F_STATUS] = {.text = "_status"},
+    [F_ATTRIBUTES] = {.text = "_attributes"},
+    [F_INSTRUMENTATION_SCOPE] = {.text = "_instrumentation_scope"},
+    [F_EVENTS] = {.text = "_events"},
+    [F_STATUS_CODE] = {.text = "_status_code"},
+    [F_DICT] = {.text = "_dict"},
+    [F_SCOPE_NAME] = {.text = "_name"},
+    [F_DQ] = {.text = "_dq"},
+};
+
+#define FIELD(obj, id) apm_field_get((obj), &fields[id])
 
 /* The arguments after spans and service, borrowed from the call. */
 struct setup {
@@ -106,7 +141,7 @@ static PyObject *kind_of(PyObject *kinds, PyObject *kind) {
  * SDK keeps them in a BoundedList, whose __len__ (Python) is the length of its deque. */
 static int has_events(PyObject *events, const struct setup *s) {
     if (Py_IS_TYPE(events, (PyTypeObject *)s->bounded_list)) {
-        PyObject *deque = PyObject_GetAttr(events, s_dq);
+        PyObject *deque = FIELD(events, F_DQ);
         if (deque == NULL) {
             return -1;
         }
@@ -260,14 +295,14 @@ static int fill_view(PyObject *view, PyObject *attrs, PyObject *name, PyObject *
 /* The plain dict inside the span's BoundedAttributes (new reference), or NULL: with an
  * exception set on an error, without one when the SDK keeps its attributes otherwise. */
 static PyObject *plain_attributes(PyObject *span) {
-    PyObject *bounded = PyObject_GetAttr(span, s_attributes);
+    PyObject *bounded = FIELD(span, F_ATTRIBUTES);
     if (bounded == NULL) {
         if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
             PyErr_Clear();
         }
         return NULL;
     }
-    PyObject *inner = PyObject_GetAttr(bounded, s_dict);
+    PyObject *inner = FIELD(bounded, F_DICT);
     Py_DECREF(bounded);
     if (inner == NULL) {
         if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
@@ -295,10 +330,10 @@ static PyObject *read_span(PyObject *span, PyObject *service, const struct setup
     PyObject *view = NULL, *ctx = NULL, *parent = NULL, *name = NULL, *kind_key = NULL,
              *status = NULL, *code = NULL, *scope = NULL, *events = NULL, *value;
     PyObject *kind; /* borrowed from kinds */
-    ctx = PyObject_GetAttr(span, s_context);
-    parent = ctx == NULL ? NULL : PyObject_GetAttr(span, s_parent);
-    name = parent == NULL ? NULL : PyObject_GetAttr(span, s_name);
-    kind_key = name == NULL ? NULL : PyObject_GetAttr(span, s_kind);
+    ctx = FIELD(span, F_CONTEXT);
+    parent = ctx == NULL ? NULL : FIELD(span, F_PARENT);
+    name = parent == NULL ? NULL : FIELD(span, F_NAME);
+    kind_key = name == NULL ? NULL : FIELD(span, F_KIND);
     if (kind_key == NULL) {
         goto error;
     }
@@ -336,18 +371,18 @@ static PyObject *read_span(PyObject *span, PyObject *service, const struct setup
     apm_view_set(view, APM_VIEW_NAME, name);
     Py_INCREF(kind);
     apm_view_set(view, APM_VIEW_KIND, kind);
-    value = PyObject_GetAttr(span, s_start_time);
+    value = FIELD(span, F_START_TIME);
     if (value == NULL || (value = or_zero(value)) == NULL) {
         goto error;
     }
     apm_view_set(view, APM_VIEW_START_NS, value);
-    value = PyObject_GetAttr(span, s_end_time);
+    value = FIELD(span, F_END_TIME);
     if (value == NULL || (value = or_zero(value)) == NULL) {
         goto error;
     }
     apm_view_set(view, APM_VIEW_END_NS, value);
-    status = PyObject_GetAttr(span, s_status);
-    code = status == NULL ? NULL : PyObject_GetAttr(status, s_status_code);
+    status = FIELD(span, F_STATUS);
+    code = status == NULL ? NULL : FIELD(status, F_STATUS_CODE);
     if (code == NULL) {
         goto error;
     }
@@ -359,17 +394,17 @@ static PyObject *read_span(PyObject *span, PyObject *service, const struct setup
     if (PyDict_GET_SIZE(attrs) > 0 && fill_view(view, attrs, name, kind, error, s) < 0) {
         goto error;
     }
-    scope = PyObject_GetAttr(span, s_instrumentation_scope);
+    scope = FIELD(span, F_INSTRUMENTATION_SCOPE);
     if (scope == NULL) {
         goto error;
     }
     if (scope != Py_None) {
-        if ((value = PyObject_GetAttr(scope, s_name)) == NULL) {
+        if ((value = FIELD(scope, F_SCOPE_NAME)) == NULL) {
             goto error;
         }
         apm_view_set(view, APM_VIEW_SCOPE, value);
     }
-    events = PyObject_GetAttr(span, s_events);
+    events = FIELD(span, F_EVENTS);
     int any_events = events == NULL ? -1 : has_events(events, s);
     if (any_events < 0) {
         goto error;
@@ -455,29 +490,8 @@ static PyMethodDef sdkviews_methods[] = {
 };
 
 int apm_sdkviews_init(PyObject *module) {
-    struct {
-        PyObject **where;
-        const char *name;
-    } names[] = {
-        {&s_context, "_context"},
-        {&s_parent, "_parent"},
-        {&s_name, "_name"},
-        {&s_kind, "_kind"},
-        {&s_start_time, "_start_time"},
-        {&s_end_time, "_end_time"},
-        {&s_status, "_status"},
-        {&s_status_code, "_status_code"},
-        {&s_attributes, "_attributes"},
-        {&s_dict, "_dict"},
-        {&s_instrumentation_scope, "_instrumentation_scope"},
-        {&s_events, "_events"},
-        {&s_dq, "_dq"},
-    };
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
-        *names[i].where = PyUnicode_InternFromString(names[i].name);
-        if (*names[i].where == NULL) {
-            return -1;
-        }
+    if (apm_fields_intern(fields, F_COUNT) < 0) {
+        return -1;
     }
     return PyModule_AddFunctions(module, sdkviews_methods);
 }
