@@ -42,7 +42,7 @@ SERVICE = "sdkviews-svc"
 @pytest.fixture(autouse=True)
 def fresh_fills(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test starts with an empty shape cache, so its first read fills it."""
-    monkeypatch.setattr(sdk, "_FILLS", {})
+    monkeypatch.setattr(sdk, "_FILLS", None)  # the first compiled reader makes a new one
 
 
 def compiled_reader(probe: ReadableSpan) -> SpanReader:
@@ -223,7 +223,7 @@ def client_span(attributes: dict[str, Any]) -> ReadableSpan:
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(st.lists(_SPECS, min_size=1, max_size=6))
 def test_views_of_odd_attributes_match(specs: list[SpanSpec]) -> None:
-    sdk._FILLS.clear()
+    sdk._FILLS = None
     spans = [make_span(spec) for spec in specs + specs]  # each shape twice in the batch, too
     assert_same_views(spans)
 
@@ -265,7 +265,54 @@ def test_huge_strings_are_read_but_not_cached() -> None:
     statement = "SELECT 1 -- " + "x" * 10_000
     views = assert_same_views([client_span({"db.system": "x", "db.statement": statement})])
     assert views[0].statement == statement
-    assert sdk._FILLS == {}
+    assert len(sdk._FILLS) == 0
+
+
+def test_equal_values_in_other_objects_are_one_shape() -> None:
+    """The shapes are found by their values, not their objects: a statement made afresh for each
+    query (as Django's compiler makes it) takes the fill of the first."""
+    statements = ["".join(["SELECT * FROM t WHERE id = ", "%s"]) for _ in range(3)]
+    assert statements[0] is not statements[1]
+    spans = [client_span({"db.system": "pg", "db.statement": q, "code.lineno": 7}) for q in statements]
+    views = assert_same_views(spans)
+    assert {v.statement for v in views} == {statements[0]}
+    assert len(sdk._FILLS) == 1
+
+
+# -- where the fields are kept (csrc/fields.c) ---------------------------------------------------
+
+
+def test_spans_whose_dict_was_made_are_read_from_it() -> None:
+    """``vars(span)`` moves an instance's attributes from the class's shared layout into a dict
+    of its own: the compiled reader then reads them as getattr does, changes included."""
+    spans = [client_span({"db.system": "sqlite", "db.statement": f"SELECT {i}"}) for i in range(4)]
+    assert_same_views(spans)
+    vars(spans[1])["_name"] = "renamed"
+    vars(spans[2])
+    views = assert_same_views(spans)
+    assert [v.name for v in views] == ["q", "renamed", "q", "q"]
+
+
+def test_a_span_class_changed_after_reading_is_read_as_changed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled reader learns where a class keeps its fields; a field the class then defines
+    itself (a property over the instance's value) is read through it, as getattr reads it."""
+    spans = [client_span({"db.system": "sqlite"}), client_span({"http.request.method": "GET"})]
+    assert [v.kind for v in assert_same_views(spans)] == [SpanKind.CLIENT.value] * 2
+    monkeypatch.setattr(type(spans[0]), "_kind", property(lambda span: SpanKind.PRODUCER), raising=False)
+    views = assert_same_views(spans)
+    assert [v.kind for v in views] == [SpanKind.PRODUCER.value] * 2
+    assert views[1].category == model.HTTP_SERVER  # not a client any more
+
+
+def test_a_field_missing_from_a_span_raises_attribute_error() -> None:
+    span = client_span({"db.system": "x"})
+    reader = compiled_reader(span)
+    assert reader.read_all([span], SERVICE)[0].scope == "hypothesis"
+    del span._instrumentation_scope  # type: ignore[attr-defined]
+    with pytest.raises(AttributeError):
+        reader.read_all([span], SERVICE)
+    with pytest.raises(AttributeError):
+        sdk._view_fields(span, SERVICE)
 
 
 # -- the probe rule and odd input ----------------------------------------------------------------
@@ -283,6 +330,7 @@ def test_the_compiled_path_is_taken_only_once_it_agreed() -> None:
         return views
 
     fake.read_sdk_spans = read_sdk_spans  # type: ignore[attr-defined]
+    fake.Fills = real.Fills  # type: ignore[attr-defined]
     span = client_span({"db.system": "x"})
     reader = SpanReader(fake)
     first = reader.read(span, SERVICE)
@@ -302,8 +350,7 @@ def test_odd_input_raises_python_exceptions() -> None:
             "keys": ANALYZED_KEYS,
             "kinds": {k: k.value for k in SpanKind},
             "error": StatusCode.ERROR,
-            "fills": {},
-            "fills_max": 10,
+            "fills": module.Fills(10),
             "fill": lambda view, attrs: (),
             "read_exception": lambda view, events: None,
             "read_one": lambda span, service: (_ for _ in ()).throw(AttributeError("not a span")),
@@ -330,6 +377,7 @@ def test_odd_input_raises_python_exceptions() -> None:
         module.read_sdk_spans(*args(fill=lambda view, attrs: None))
     with pytest.raises(ZeroDivisionError):
         module.read_sdk_spans(*args(fill=lambda view, attrs: 1 / 0))
-    shape = ("q", 2, False, "db.system", "x")
+    with pytest.raises(TypeError):
+        module.read_sdk_spans(*args(fills={}))
     with pytest.raises(ValueError):
-        module.read_sdk_spans(*args(fills={shape: (99, "bad slot")}))
+        module.Fills(0)
