@@ -51,7 +51,8 @@ static void learn(struct apm_field *f, PyTypeObject *tp) {
         PyDictUnicodeEntry *entries = DK_UNICODE_ENTRIES(keys);
         for (Py_ssize_t i = 0; i < keys->dk_nentries; i++) {
             PyObject *key = entries[i].me_key;
-            if (key == f->name || (key != NULL && PyUnicode_CheckExact(key) && PyUnicode_Compare(key, f->name) == 0)) {
+            if (key == f->name ||
+                (key != NULL && PyUnicode_CheckExact(key) && PyUnicode_Compare(key, f->name) == 0)) {
                 f->keys = keys;
                 f->index = i;
                 return;
@@ -149,8 +150,8 @@ int apm_fields_init(PyObject *module) {
     PyObject *plain = NULL, *slotted = NULL, *a = NULL, *b = NULL, *slots = NULL;
     if (apm_fields_intern(probe, 3) < 0 || (plain = probe_class("apm_fields_plain", NULL)) == NULL ||
         (slots = Py_BuildValue("(s)", "_slot")) == NULL ||
-        (slotted = probe_class("apm_fields_slotted", slots)) == NULL || (a = PyObject_CallNoArgs(plain)) == NULL ||
-        (b = PyObject_CallNoArgs(slotted)) == NULL) {
+        (slotted = probe_class("apm_fields_slotted", slots)) == NULL ||
+        (a = PyObject_CallNoArgs(plain)) == NULL || (b = PyObject_CallNoArgs(slotted)) == NULL) {
         goto done;
     }
     PyObject *first = set_fresh(a, probe[0].name);
@@ -166,7 +167,8 @@ int apm_fields_init(PyObject *module) {
             goto done;
         }
         if (!agrees) {
-            PyErr_Format(PyExc_ImportError, "otel_apm._native: instance field %s is not kept where csrc/fields.c reads it",
+            PyErr_Format(PyExc_ImportError,
+                         "otel_apm._native: instance field %s is not kept where csrc/fields.c reads it",
                          probe[i].text);
             goto done;
         }

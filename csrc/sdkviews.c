@@ -337,7 +337,8 @@ static int fills_add(struct fills *self, shape *entry) {
 
 /* A new entry for the shape of ``items`` from filled_slots' ((slot name, value), ...), the slot
  * names turned into numbers once.  0, or -1 with an exception set (and nothing to release). */
-static int shape_make(shape *entry, PyObject *const *items, Py_ssize_t size, Py_hash_t hash, PyObject *pairs) {
+static int shape_make(shape *entry, PyObject *const *items, Py_ssize_t size, Py_hash_t hash,
+                      PyObject *pairs) {
     if (!PyTuple_Check(pairs)) {
         PyErr_SetString(PyExc_TypeError, "read_sdk_spans: fill must return a tuple of pairs");
         return -1;
