@@ -10,8 +10,8 @@ instructions of N traces, whatever the interpreter's start-up costs.  Hash rando
 address-space randomization are off and the garbage collector is paused after the warm-up, so a
 run repeats to within about 0.1 %; a collection would otherwise land in one run and not the other.
 Instructions are not time (a cache miss costs more than an add), so this complements the timed
-benchmark: it shows what a change saves, on any machine, without noise.  ``--set`` gives b and c
-a setting, as in bench_processor.py: an ablation counted in instructions (what the statistics or
+benchmark: it shows what a change saves, on any machine, without noise.  ``--set`` gives b, c, s,
+r and n a setting, as in bench_processor.py: an ablation counted in instructions (what the statistics or
 the metrics cost is b's count with them on less b's with them off).
 """
 
@@ -88,9 +88,11 @@ def finding_steps(workload: str, traces: int) -> None:
 def reading(variant: str, workload: str, traces: int) -> None:
     """Variants r and n: only the reading of a trace's ended spans into views, as the processor
     reads them at the root's end (``SpanReader.read_all``), ``traces`` times over one trace's
-    spans recorded through the processor (so with their code.* attributes): r by the Python
-    reader, n by the compiled one (csrc/sdkviews.c).  Nothing runs on a timer."""
-    spans = recorded_trace(workload, APMConfig(memory_monitor_enabled=False, console_enabled=False))
+    spans recorded through the processor (so with their code.* attributes, unless --set
+    code_location_enabled=false): r by the Python reader, n by the compiled one
+    (csrc/sdkviews.c).  Only the reads are counted (one reduce() call)."""
+    config = APMConfig(memory_monitor_enabled=False, console_enabled=False, **bp.overrides)
+    spans = recorded_trace(workload, config)
     reader = SpanReader(native() if variant == "n" else None)
     reader.read(spans[0], "bench")  # the probe: the compiled reader is used once it agreed
     if reader.compiled != (variant == "n"):

@@ -24,10 +24,9 @@ static inline PyDictValues **values_pointer(PyObject *obj) { return ((PyDictValu
  * class whose getattr is the generic one, with a valid version tag (so a later change to the
  * class shows), and either nothing by that name on the class (the instance's values, at the
  * name's index in the shared keys) or a __slots__ member.  Anything else leaves index -1 and
- * offset 0: getattr.  Runs no Python code. */
+ * offset 0: getattr.  Sets f->type to tp without a reference; changes no reference count. */
 static void learn(struct apm_field *f, PyTypeObject *tp) {
-    Py_INCREF(tp);
-    Py_XSETREF(f->type, tp);
+    f->type = tp;
     f->version = 0;
     f->keys = NULL;
     f->index = -1;
@@ -41,7 +40,8 @@ static void learn(struct apm_field *f, PyTypeObject *tp) {
     }
     f->version = tp->tp_version_tag;
     if (attr == NULL) {
-        if (!PyType_HasFeature(tp, Py_TPFLAGS_MANAGED_DICT) || !PyType_HasFeature(tp, Py_TPFLAGS_HEAPTYPE)) {
+        if (!PyType_HasFeature(tp, Py_TPFLAGS_MANAGED_DICT) ||
+            !PyType_HasFeature(tp, Py_TPFLAGS_HEAPTYPE)) {
             return;
         }
         PyDictKeysObject *keys = ((PyHeapTypeObject *)tp)->ht_cached_keys;
@@ -72,19 +72,24 @@ static void learn(struct apm_field *f, PyTypeObject *tp) {
 PyObject *apm_field_get(PyObject *obj, struct apm_field *f) {
 #ifdef APM_FIELDS_LAYOUT
     PyTypeObject *tp = Py_TYPE(obj);
-    if (tp != f->type || f->version != tp->tp_version_tag ||
+    struct apm_field at = *f; /* read from this copy: releasing a class below may run Python code */
+    if (tp != at.type || at.version != tp->tp_version_tag ||
         !PyType_HasFeature(tp, Py_TPFLAGS_VALID_VERSION_TAG)) {
-        learn(f, tp);
+        learn(&at, tp);
+        PyTypeObject *old = f->type;
+        Py_INCREF(tp);
+        *f = at; /* whole before the old class is released */
+        Py_XDECREF(old);
     }
     PyObject *value = NULL;
-    if (f->index >= 0) {
+    if (at.index >= 0) {
         /* NULL once the instance's __dict__ was made: then the dict holds the values. */
         PyDictValues *values = *values_pointer(obj);
-        if (values != NULL && ((PyHeapTypeObject *)tp)->ht_cached_keys == f->keys) {
-            value = values->values[f->index]; /* NULL: not set on this instance */
+        if (values != NULL && ((PyHeapTypeObject *)tp)->ht_cached_keys == at.keys) {
+            value = values->values[at.index]; /* NULL: not set on this instance */
         }
-    } else if (f->offset > 0) {
-        value = *(PyObject **)((char *)obj + f->offset);
+    } else if (at.offset > 0) {
+        value = *(PyObject **)((char *)obj + at.offset);
     }
     if (value != NULL) {
         Py_INCREF(value);
