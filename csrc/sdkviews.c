@@ -5,7 +5,8 @@
  *                  bounded_list) -> list[SpanView]
  *
  * A span's own fields (ids, parent, name, kind, times, status, scope) are read from the same
- * ReadableSpan internals _view_fields reads, and stored straight into a new view (view.h).
+ * ReadableSpan internals _view_fields reads, where the instances keep them (fields.h), and stored
+ * straight into a new view (view.h).
  *
  * The semantic conventions are NOT written here: semconv.filled_slots in Python is their one
  * definition.  What it sets depends only on the span's name, kind, error flag and the values of
@@ -41,7 +42,7 @@
 #define SHAPE_ATTRS_MAX 64
 #define SHAPE_ITEMS_MAX (3 + 3 * SHAPE_ATTRS_MAX)
 /* A longer string (a statement with its values inlined, say) is not made part of a shape: a
- * cache of fills_max shapes must not hold hundreds of megabytes of one-off statements.  An ORM's
+ * cache of sdk.FILLS_MAX shapes must not hold hundreds of megabytes of one-off statements.  An ORM's
  * statements are well under it. */
 #define SHAPE_STR_MAX 4096
 
