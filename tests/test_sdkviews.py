@@ -220,11 +220,27 @@ def client_span(attributes: dict[str, Any]) -> ReadableSpan:
     return make_span(SpanSpec("q", SpanKind.CLIENT, attributes, False, "none", None, False))
 
 
+def refreshed(value: Any) -> Any:
+    """An equal value in other objects where Python makes new ones (not the cached small ints,
+    the empty string or one-character strings), as an instrumentation may make them each span."""
+    if type(value) is str:
+        return "".join(list(value))
+    if type(value) is int:
+        return int(str(value))
+    if type(value) is tuple:
+        return tuple(refreshed(v) for v in value)
+    return value
+
+
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(st.lists(_SPECS, min_size=1, max_size=6))
 def test_views_of_odd_attributes_match(specs: list[SpanSpec]) -> None:
     sdk._FILLS = None
-    spans = [make_span(spec) for spec in specs + specs]  # each shape twice in the batch, too
+    again = [
+        SpanSpec(**{**vars(spec), "attributes": {k: refreshed(v) for k, v in spec.attributes.items()}})
+        for spec in specs
+    ]
+    spans = [make_span(spec) for spec in specs + specs + again]  # each shape thrice in the batch
     assert_same_views(spans)
 
 
@@ -337,6 +353,22 @@ def test_the_compiled_path_is_taken_only_once_it_agreed() -> None:
     assert reader.fast and not reader.compiled
     assert first.scope == "hypothesis"
     assert [v.scope for v in reader.read_all([span, span], SERVICE)] == [first.scope, first.scope]
+
+
+def test_the_keys_analyzed_are_those_of_the_set_given() -> None:
+    """The compiled reader remembers which attribute keys are analyzed, for the set it is given:
+    another set (or a mutable one) is answered afresh."""
+    module = require_native()
+    span = client_span({"db.system": "x", "db.statement": "SELECT 1"})
+
+    def category(keys: Any) -> str:
+        args = (SERVICE, keys, sdk._KIND, StatusCode.ERROR, module.Fills(10), sdk.filled_slots)
+        views = module.read_sdk_spans([span], *args, sdk._read_exception, sdk._view_fields, BoundedList)
+        return str(views[0].category)
+
+    # A span with no key in the set is not filled at all; one with any is filled from all its keys.
+    for keys in (ANALYZED_KEYS, frozenset({"http.route"}), set(ANALYZED_KEYS), frozenset(), ANALYZED_KEYS):
+        assert category(keys) == (model.DB if "db.system" in keys else model.INTERNAL)
 
 
 def test_odd_input_raises_python_exceptions() -> None:
