@@ -22,7 +22,7 @@ from flask.typing import ResponseReturnValue
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, StatusCode, TraceFlags
 from opentelemetry.trace import Status as ApiStatus
@@ -293,6 +293,25 @@ def test_equal_values_in_other_objects_are_one_shape() -> None:
     views = assert_same_views(spans)
     assert {v.statement for v in views} == {statements[0]}
     assert len(sdk._FILLS) == 1
+
+
+def test_attributes_set_again_or_evicted_are_read_from_what_is_left() -> None:
+    """An attribute set again is removed and added anew, and a full span drops its oldest: the
+    SDK's dict then holds removed entries, which the compiled walk of it skips."""
+    tracer = TracerProvider(span_limits=SpanLimits(max_span_attributes=3)).get_tracer("limits")
+    spans = []
+    for i in range(3):
+        first = {"custom": 1, "db.system": "sqlite", "db.statement": f"SELECT {i}"}
+        span = tracer.start_span("q", kind=SpanKind.CLIENT, attributes=first)
+        span.set_attribute("db.statement", "SELECT 9")  # removed, then added last
+        span.set_attribute("server.address", "db.local")  # drops the oldest: custom
+        span.end()
+        assert isinstance(span, ReadableSpan)
+        spans.append(span)
+    views = assert_same_views(spans)
+    assert [(v.category, v.statement, v.server_address) for v in views] == [
+        (model.DB, "SELECT 9", "db.local")
+    ] * 3
 
 
 # -- where the fields are kept (csrc/fields.c) ---------------------------------------------------
