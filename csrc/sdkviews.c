@@ -765,8 +765,8 @@ int apm_sdkviews_init(PyObject *module) {
     int agrees = attrs_walk_agrees();
     if (agrees <= 0) {
         if (agrees == 0) {
-            PyErr_SetString(PyExc_ImportError, "otel_apm._native: csrc/sdkviews.c walks a dict otherwise than "
-                                               "PyDict_Next");
+            PyErr_SetString(PyExc_ImportError,
+                            "otel_apm._native: csrc/sdkviews.c walks a dict otherwise than PyDict_Next");
         }
         return -1;
     }
