@@ -19,6 +19,7 @@ static const part_init PARTS[] = {
     apm_view_init,
     apm_intake_init,
     apm_otlpviews_init, /* after apm_view_init: it makes SpanViews */
+    apm_fields_init,    /* before the parts that read fields.h's fields */
     apm_sdkviews_init,  /* after apm_view_init: it makes SpanViews */
     apm_callsite_init,
     apm_traceindex_init, /* after apm_view_init: it reads SpanViews */

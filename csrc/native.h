@@ -10,6 +10,8 @@ int apm_intake_init(PyObject *module);
 int apm_otlpviews_init(PyObject *module);
 /* csrc/sdkviews.c: read_sdk_spans, SDK spans -> SpanViews (otel_apm/ingest/sdk.py). */
 int apm_sdkviews_init(PyObject *module);
+/* csrc/fields.c: the load-time check of the instance layout fields.h reads (no functions). */
+int apm_fields_init(PyObject *module);
 /* csrc/callsite.c: CallSiteRecorder, the twin of otel_apm.ingest.callsite.CallSite.record. */
 int apm_callsite_init(PyObject *module);
 /* csrc/traceindex.c: index_trace and by_fingerprint, the twins of the per-trace index and the

@@ -22,7 +22,7 @@ from flask.typing import ResponseReturnValue
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, StatusCode, TraceFlags
 from opentelemetry.trace import Status as ApiStatus
@@ -42,7 +42,7 @@ SERVICE = "sdkviews-svc"
 @pytest.fixture(autouse=True)
 def fresh_fills(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test starts with an empty shape cache, so its first read fills it."""
-    monkeypatch.setattr(sdk, "_FILLS", {})
+    monkeypatch.setattr(sdk, "_FILLS", None)  # the first compiled reader makes a new one
 
 
 def compiled_reader(probe: ReadableSpan) -> SpanReader:
@@ -220,11 +220,27 @@ def client_span(attributes: dict[str, Any]) -> ReadableSpan:
     return make_span(SpanSpec("q", SpanKind.CLIENT, attributes, False, "none", None, False))
 
 
+def refreshed(value: Any) -> Any:
+    """An equal value in other objects where Python makes new ones (not the cached small ints,
+    the empty string or one-character strings), as an instrumentation may make them each span."""
+    if type(value) is str:
+        return "".join(list(value))
+    if type(value) is int:
+        return int(str(value))
+    if type(value) is tuple:
+        return tuple(refreshed(v) for v in value)
+    return value
+
+
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(st.lists(_SPECS, min_size=1, max_size=6))
 def test_views_of_odd_attributes_match(specs: list[SpanSpec]) -> None:
-    sdk._FILLS.clear()
-    spans = [make_span(spec) for spec in specs + specs]  # each shape twice in the batch, too
+    sdk._FILLS = None
+    again = [
+        SpanSpec(**{**vars(spec), "attributes": {k: refreshed(v) for k, v in spec.attributes.items()}})
+        for spec in specs
+    ]
+    spans = [make_span(spec) for spec in specs + specs + again]  # each shape thrice in the batch
     assert_same_views(spans)
 
 
@@ -265,7 +281,73 @@ def test_huge_strings_are_read_but_not_cached() -> None:
     statement = "SELECT 1 -- " + "x" * 10_000
     views = assert_same_views([client_span({"db.system": "x", "db.statement": statement})])
     assert views[0].statement == statement
-    assert sdk._FILLS == {}
+    assert len(sdk._FILLS) == 0
+
+
+def test_equal_values_in_other_objects_are_one_shape() -> None:
+    """The shapes are found by their values, not their objects: a statement made afresh for each
+    query (as Django's compiler makes it) takes the fill of the first."""
+    statements = ["".join(["SELECT * FROM t WHERE id = ", "%s"]) for _ in range(3)]
+    assert statements[0] is not statements[1]
+    spans = [client_span({"db.system": "pg", "db.statement": q, "code.lineno": 7}) for q in statements]
+    views = assert_same_views(spans)
+    assert {v.statement for v in views} == {statements[0]}
+    assert len(sdk._FILLS) == 1
+
+
+def test_attributes_set_again_or_evicted_are_read_from_what_is_left() -> None:
+    """An attribute set again is removed and added anew, and a full span drops its oldest: the
+    SDK's dict then holds removed entries, which the compiled walk of it skips."""
+    tracer = TracerProvider(span_limits=SpanLimits(max_span_attributes=3)).get_tracer("limits")
+    spans = []
+    for i in range(3):
+        first = {"custom": 1, "db.system": "sqlite", "db.statement": f"SELECT {i}"}
+        span = tracer.start_span("q", kind=SpanKind.CLIENT, attributes=first)
+        span.set_attribute("db.statement", "SELECT 9")  # removed, then added last
+        span.set_attribute("server.address", "db.local")  # drops the oldest: custom
+        span.end()
+        assert isinstance(span, ReadableSpan)
+        spans.append(span)
+    views = assert_same_views(spans)
+    assert [(v.category, v.statement, v.server_address) for v in views] == [
+        (model.DB, "SELECT 9", "db.local")
+    ] * 3
+
+
+# -- where the fields are kept (csrc/fields.c) ---------------------------------------------------
+
+
+def test_spans_whose_dict_was_made_are_read_from_it() -> None:
+    """``vars(span)`` moves an instance's attributes from the class's shared layout into a dict
+    of its own: the compiled reader then reads them as getattr does, changes included."""
+    spans = [client_span({"db.system": "sqlite", "db.statement": f"SELECT {i}"}) for i in range(4)]
+    assert_same_views(spans)
+    vars(spans[1])["_name"] = "renamed"
+    vars(spans[2])
+    views = assert_same_views(spans)
+    assert [v.name for v in views] == ["q", "renamed", "q", "q"]
+
+
+def test_a_span_class_changed_after_reading_is_read_as_changed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled reader learns where a class keeps its fields; a field the class then defines
+    itself (a property over the instance's value) is read through it, as getattr reads it."""
+    spans = [client_span({"db.system": "sqlite"}), client_span({"http.request.method": "GET"})]
+    assert [v.kind for v in assert_same_views(spans)] == [SpanKind.CLIENT.value] * 2
+    monkeypatch.setattr(type(spans[0]), "_kind", property(lambda span: SpanKind.PRODUCER), raising=False)
+    views = assert_same_views(spans)
+    assert [v.kind for v in views] == [SpanKind.PRODUCER.value] * 2
+    assert views[1].category == model.HTTP_SERVER  # not a client any more
+
+
+def test_a_field_missing_from_a_span_raises_attribute_error() -> None:
+    span = client_span({"db.system": "x"})
+    reader = compiled_reader(span)
+    assert reader.read_all([span], SERVICE)[0].scope == "hypothesis"
+    del span._instrumentation_scope  # type: ignore[attr-defined]
+    with pytest.raises(AttributeError):
+        reader.read_all([span], SERVICE)
+    with pytest.raises(AttributeError):
+        sdk._view_fields(span, SERVICE)
 
 
 # -- the probe rule and odd input ----------------------------------------------------------------
@@ -283,12 +365,29 @@ def test_the_compiled_path_is_taken_only_once_it_agreed() -> None:
         return views
 
     fake.read_sdk_spans = read_sdk_spans  # type: ignore[attr-defined]
+    fake.Fills = real.Fills  # type: ignore[attr-defined]
     span = client_span({"db.system": "x"})
     reader = SpanReader(fake)
     first = reader.read(span, SERVICE)
     assert reader.fast and not reader.compiled
     assert first.scope == "hypothesis"
     assert [v.scope for v in reader.read_all([span, span], SERVICE)] == [first.scope, first.scope]
+
+
+def test_the_keys_analyzed_are_those_of_the_set_given() -> None:
+    """The compiled reader remembers which attribute keys are analyzed, for the set it is given:
+    another set (or a mutable one) is answered afresh."""
+    module = require_native()
+    span = client_span({"db.system": "x", "db.statement": "SELECT 1"})
+
+    def category(keys: Any) -> str:
+        args = (SERVICE, keys, sdk._KIND, StatusCode.ERROR, module.Fills(10), sdk.filled_slots)
+        views = module.read_sdk_spans([span], *args, sdk._read_exception, sdk._view_fields, BoundedList)
+        return str(views[0].category)
+
+    # A span with no key in the set is not filled at all; one with any is filled from all its keys.
+    for keys in (ANALYZED_KEYS, frozenset({"http.route"}), set(ANALYZED_KEYS), frozenset(), ANALYZED_KEYS):
+        assert category(keys) == (model.DB if "db.system" in keys else model.INTERNAL)
 
 
 def test_odd_input_raises_python_exceptions() -> None:
@@ -302,8 +401,7 @@ def test_odd_input_raises_python_exceptions() -> None:
             "keys": ANALYZED_KEYS,
             "kinds": {k: k.value for k in SpanKind},
             "error": StatusCode.ERROR,
-            "fills": {},
-            "fills_max": 10,
+            "fills": module.Fills(10),
             "fill": lambda view, attrs: (),
             "read_exception": lambda view, events: None,
             "read_one": lambda span, service: (_ for _ in ()).throw(AttributeError("not a span")),
@@ -330,6 +428,7 @@ def test_odd_input_raises_python_exceptions() -> None:
         module.read_sdk_spans(*args(fill=lambda view, attrs: None))
     with pytest.raises(ZeroDivisionError):
         module.read_sdk_spans(*args(fill=lambda view, attrs: 1 / 0))
-    shape = ("q", 2, False, "db.system", "x")
+    with pytest.raises(TypeError):
+        module.read_sdk_spans(*args(fills={}))
     with pytest.raises(ValueError):
-        module.read_sdk_spans(*args(fills={shape: (99, "bad slot")}))
+        module.Fills(0)

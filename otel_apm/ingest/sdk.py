@@ -18,9 +18,10 @@ _KIND = {kind: kind.value for kind in SpanKind}  # Enum.value is a descriptor ca
 _EMPTY: Mapping[str, Any] = {}
 
 # The compiled reader's fills by span shape (name, kind, error and the analyzed attributes'
-# values; see csrc/sdkviews.c), across spans and threads: flat (slot number, value, ...) tuples.
-# Bounded as otlp.py's are: emptied when full, so unique statements cost a few MiB at most.
-_FILLS: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+# values; see csrc/sdkviews.c), across spans and threads: a native Fills, made with the first
+# compiled reader.  Bounded as otlp.py's are: emptied when full, so unique statements cost a few
+# MiB at most.
+_FILLS: Any = None
 FILLS_MAX = 4096
 
 
@@ -144,7 +145,7 @@ class SpanReader:
         self.read_all: Callable[[Sequence[ReadableSpan], str], list[model.SpanView]] = self._read_each
         self.fast = False
         self.compiled = False
-        self._compiled = None if native is None else _compiled_reader(native.read_sdk_spans)
+        self._compiled = None if native is None else _compiled_reader(native.read_sdk_spans, native.Fills)
 
     def _probe(self, span: ReadableSpan, service: str) -> model.SpanView:
         view = _view_public(span, service)
@@ -163,10 +164,14 @@ class SpanReader:
 
 
 def _compiled_reader(
-    read_sdk_spans: Callable[..., list[model.SpanView]],
+    read_sdk_spans: Callable[..., list[model.SpanView]], fills_type: Callable[[int], Any]
 ) -> Callable[[Sequence[ReadableSpan], str], list[model.SpanView]]:
     """``read_all`` by csrc/sdkviews.c: _view_fields in C, with semconv.filled_slots remembered
     per span shape in :data:`_FILLS`, and the Python functions it falls back on."""
+    global _FILLS
+    if _FILLS is None:
+        _FILLS = fills_type(FILLS_MAX)
+    fills = _FILLS
 
     def read_all(spans: Sequence[ReadableSpan], service: str) -> list[model.SpanView]:
         return read_sdk_spans(
@@ -175,8 +180,7 @@ def _compiled_reader(
             ANALYZED_KEYS,
             _KIND,
             _ERROR,
-            _FILLS,
-            FILLS_MAX,
+            fills,
             filled_slots,
             _read_exception,
             _view_fields,
