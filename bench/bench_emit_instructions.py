@@ -1,6 +1,7 @@
 """What the statistics and the metrics reporter cost per trace, in instructions (callgrind).
 
     .venv/bin/python bench/bench_emit_instructions.py [--workload clean|nplusone] [--parts LIST]
+        [--set NAME=VALUE]
 
 bench_instructions.py's ablation (variant b with ``--set stats_enabled=false`` or
 ``--set reporters=``) cannot resolve them: the batch processors' threads wake by the clock, and
@@ -11,7 +12,8 @@ then the next 200 inside one ``functools.reduce`` call (nothing else calls it), 
 --tool=callgrind --toggle-collect=*functools_reduce*`` counts only that call: one thread,
 nothing timed, the garbage collector paused, hash and address randomization off.  The
 statistics' clock moves a sixtieth of a second a trace, so their ticks and minutes close as
-under load.
+under load.  ``--set`` gives the reporters' APMConfig a setting, as in bench_processor.py
+(``--set native_enabled=false``: their Python versions).
 
 Parts, joined by ``+`` to run together (the shared grouping is made by the first that asks):
 
@@ -32,6 +34,7 @@ from functools import reduce
 
 from bench_detectors import record_views
 from bench_instructions import callgrind_count
+from bench_processor import add_set_argument, override, overrides
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from workload import FINDINGS_PER_TRACE
@@ -72,7 +75,7 @@ def steps(part: str, config: APMConfig) -> list[Step]:
 
 def child(part: str, workload: str) -> None:
     """Record, analyze, warm up, then run the part over COUNTED traces inside reduce()."""
-    config = APMConfig(memory_monitor_enabled=False, console_enabled=False)
+    config = APMConfig(memory_monitor_enabled=False, console_enabled=False, **overrides)
     analyzer = Analyzer(config)
     traces = [
         Trace(trace_id, views, root) for trace_id, views, root in record_views(workload, WARMUP + COUNTED)
@@ -92,9 +95,10 @@ def child(part: str, workload: str) -> None:
     os._exit(0)
 
 
-def instructions(part: str, workload: str) -> int:
+def instructions(part: str, workload: str, settings: Sequence[str]) -> int:
+    given = [f"--set={item}" for item in settings]
     return callgrind_count(
-        [__file__, "--workload", workload, "--child", part], ["--toggle-collect=*functools_reduce*"]
+        [__file__, "--workload", workload, *given, "--child", part], ["--toggle-collect=*functools_reduce*"]
     )
 
 
@@ -107,12 +111,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--parts", default="group,stats,metrics,group+stats+metrics", help="comma-separated (see above)"
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    add_set_argument(parser)
     args = parser.parse_args(argv)
+    override(args.set)
     if args.child:
         child(args.child, args.workload)
     print(f"Instructions per trace ({COUNTED} traces, workload {args.workload})")
     for part in args.parts.split(","):
-        print(f"  {part:<24} {instructions(part, args.workload) / COUNTED:>10,.0f}", flush=True)
+        print(f"  {part:<24} {instructions(part, args.workload, args.set) / COUNTED:>10,.0f}", flush=True)
     return 0
 
 
