@@ -21,6 +21,7 @@ static const part_init PARTS[] = {
     apm_otlpviews_init, /* after apm_view_init: it makes SpanViews */
     apm_sdkviews_init,  /* after apm_view_init: it makes SpanViews */
     apm_callsite_init,
+    apm_sketch_init, /* after apm_view_init: it reads SpanViews */
     NULL, /* the list ends here */
 };
 

@@ -12,5 +12,7 @@ int apm_otlpviews_init(PyObject *module);
 int apm_sdkviews_init(PyObject *module);
 /* csrc/callsite.c: CallSiteRecorder, the twin of otel_apm.ingest.callsite.CallSite.record. */
 int apm_callsite_init(PyObject *module);
+/* csrc/sketch.c: sketch_add and tally_add_spans, the twins of DDSketch.add and Tally.add_spans. */
+int apm_sketch_init(PyObject *module);
 
 #endif

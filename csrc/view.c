@@ -24,15 +24,41 @@ static PyObject *slot_by_name = NULL;           /* name -> slot number, for apm_
 static Py_ssize_t member_offset(PyTypeObject *type, const char *name) {
     PyObject *descr = PyDict_GetItemString(type->tp_dict, name); /* borrowed */
     if (descr == NULL || !Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
-        PyErr_Format(PyExc_ImportError, "otel_apm._native: SpanView has no slot %s", name);
+        PyErr_Format(PyExc_ImportError, "otel_apm._native: %s has no slot %s", type->tp_name, name);
         return -1;
     }
     PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
     if (member->type != T_OBJECT_EX) {
-        PyErr_Format(PyExc_ImportError, "otel_apm._native: SpanView.%s is not an object slot", name);
+        PyErr_Format(PyExc_ImportError, "otel_apm._native: %s.%s is not an object slot", type->tp_name,
+                     name);
         return -1;
     }
     return member->offset;
+}
+
+int apm_slot_offsets(PyTypeObject *type, const char *const *names, int count, Py_ssize_t *out) {
+    /* Every slot known to the caller, and no other: a slot added to the class needs adding in C. */
+    PyObject *slots = PyObject_GetAttrString((PyObject *)type, "__slots__");
+    if (slots == NULL) {
+        return -1;
+    }
+    Py_ssize_t found = PySequence_Size(slots);
+    Py_DECREF(slots);
+    if (found < 0) {
+        return -1;
+    }
+    if (found != count) {
+        PyErr_Format(PyExc_ImportError, "otel_apm._native: %s has %zd slots, csrc knows %d", type->tp_name,
+                     found, count);
+        return -1;
+    }
+    for (int i = 0; i < count; i++) {
+        out[i] = member_offset(type, names[i]);
+        if (out[i] < 0) {
+            return -1;
+        }
+    }
+    return 0;
 }
 
 int apm_view_init(PyObject *module) {
@@ -52,17 +78,7 @@ int apm_view_init(PyObject *module) {
         return -1;
     }
     view_type = (PyTypeObject *)cls;
-    /* Every slot known here, and no other: a slot added to SpanView needs adding in view.h. */
-    PyObject *slots = PyObject_GetAttrString(cls, "__slots__");
-    if (slots == NULL) {
-        return -1;
-    }
-    Py_ssize_t count = PySequence_Size(slots);
-    Py_DECREF(slots);
-    if (count != APM_VIEW_SLOT_COUNT) {
-        PyErr_Format(PyExc_ImportError,
-                     "otel_apm._native: SpanView has %zd slots, csrc/view.h knows %d", count,
-                     (int)APM_VIEW_SLOT_COUNT);
+    if (apm_slot_offsets(view_type, APM_VIEW_SLOT_NAMES, APM_VIEW_SLOT_COUNT, offsets) < 0) {
         return -1;
     }
     slot_by_name = PyDict_New();
@@ -70,10 +86,6 @@ int apm_view_init(PyObject *module) {
         return -1;
     }
     for (int slot = 0; slot < APM_VIEW_SLOT_COUNT; slot++) {
-        offsets[slot] = member_offset(view_type, APM_VIEW_SLOT_NAMES[slot]);
-        if (offsets[slot] < 0) {
-            return -1;
-        }
         PyObject *number = PyLong_FromLong(slot);
         if (number == NULL || PyDict_SetItemString(slot_by_name, APM_VIEW_SLOT_NAMES[slot], number) < 0) {
             Py_XDECREF(number);

@@ -42,6 +42,11 @@ enum apm_view_slot {
     APM_VIEW_SLOT_COUNT
 };
 
+/* The byte offsets of the object slots of ``type``, whose __slots__ must be exactly the ``count``
+ * ``names`` (in any order), written to ``out`` in the order of ``names``: 0, or -1 with an
+ * ImportError set, so that the extension refuses to load when a class it writes into changed. */
+int apm_slot_offsets(PyTypeObject *type, const char *const *names, int count, Py_ssize_t *out);
+
 /* The part's init (module.c PARTS): load SpanView's layout.  0, or -1 with an exception set. */
 int apm_view_init(PyObject *module);
 

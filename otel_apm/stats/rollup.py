@@ -23,6 +23,7 @@ from otel_apm.contain import in_forked_children
 from otel_apm.detectors.base import Finding
 from otel_apm.detectors.dbshape import StatementGroups, statements_of
 from otel_apm.model import DB, HTTP_CLIENT, SpanView, Trace, endpoint_of
+from otel_apm.native import native
 from otel_apm.sql import SqlShape
 from otel_apm.stats.sketch import DDSketch
 
@@ -63,7 +64,7 @@ class Tally:
     def add_spans(self, spans: Sequence[SpanView], slow_ms: float) -> None:
         """Count the runs ``spans`` stand for (a request's root, or a statement's queries): their
         durations, errors, and runs at or over ``slow_ms``.  The reference and fallback of the
-        compiled ``otel_apm._native.tally_add_spans``."""
+        compiled ``otel_apm._native.tally_add_spans``, which Statistics calls instead when built."""
         self.count += len(spans)
         add = self.duration.add
         errors = slows = 0  # counted here, stored once: an attribute write costs more
@@ -308,7 +309,10 @@ class Statistics:
         self._slow_request_ms = config.slow_request_threshold_ms
         self._slow_query_ms = config.slow_query_threshold_ms
         self._clock = clock
-        self._add_spans: Callable[[Tally, Sequence[SpanView], float], None] = Tally.add_spans
+        compiled = native(config.native_enabled)
+        self._add_spans: Callable[[Tally, Sequence[SpanView], float], None] = (
+            Tally.add_spans if compiled is None else compiled.tally_add_spans
+        )
         self._fresh()
         in_forked_children(self._fresh)
 
