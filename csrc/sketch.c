@@ -9,6 +9,10 @@
  * and collapses.  A tally's values are summed in C doubles in the order Python adds them, and
  * stored once per call, which is where the time goes in Python (a new float per addition).
  *
+ * tally_statements runs Statistics.emit's loop over a trace's statement groups (rollup.py
+ * _tally_statements): the entry lookup, the tally update and the endpoint names, in C, calling
+ * back into Python only to file a new entry or advance one whose tick closed.
+ *
  * The Python methods stay the reference: whenever an argument or a slot is not what this path
  * handles exactly (an int value, a min an int made, counters or an offset past 64 bits, span
  * times that are not ints, a subclass), the call goes to the Python method, before anything was
@@ -35,8 +39,13 @@ static const char *const TALLY_SLOT_NAMES[TA_SLOT_COUNT] = {
     "count", "db_ms", "db_queries", "duration", "endpoints", "errors", "external_ms", "slow",
 };
 
-static PyTypeObject *sketch_type, *tally_type, *array_type; /* strong references */
-static Py_ssize_t sketch_offsets[SK_SLOT_COUNT], tally_offsets[TA_SLOT_COUNT];
+/* rollup._Rolling.__slots__ */
+enum { RO_RINGS, RO_TICK, RO_TICK_INDEX, RO_TOTAL, RO_SLOT_COUNT };
+static const char *const ROLLING_SLOT_NAMES[RO_SLOT_COUNT] = {"rings", "tick", "tick_index", "total"};
+
+static PyTypeObject *sketch_type, *tally_type, *rolling_type, *array_type; /* strong references */
+static Py_ssize_t sketch_offsets[SK_SLOT_COUNT], tally_offsets[TA_SLOT_COUNT], rolling_offsets[RO_SLOT_COUNT];
+static PyObject *python_tally_statements; /* rollup._tally_statements, the reference (strong) */
 static double min_value;                                /* otel_apm.stats.sketch.MIN_VALUE */
 static PyObject *str_add, *str_add_spans, *str_reserve; /* method names, interned */
 
@@ -346,32 +355,157 @@ static int add_spans(PyObject *tally, PyObject *spans, PyObject *slow_ms, double
     return 1;
 }
 
+/* Tally.add_spans, compiled when it can be, else the Python method: 0, or -1 with an exception. */
+static int tally_add(PyObject *tally, PyObject *spans, PyObject *slow_ms) {
+    if (PyList_CheckExact(spans) || PyTuple_CheckExact(spans)) {
+        double few[32];
+        Py_ssize_t n = PySequence_Fast_GET_SIZE(spans);
+        double *durations = n <= 32 ? few : PyMem_New(double, n);
+        if (durations == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        int done = add_spans(tally, spans, slow_ms, durations);
+        if (durations != few) {
+            PyMem_Free(durations);
+        }
+        if (done != 0) {
+            return done < 0 ? -1 : 0;
+        }
+    }
+    PyObject *result = PyObject_CallMethodObjArgs(tally, str_add_spans, spans, slow_ms, NULL);
+    Py_XDECREF(result);
+    return result == NULL ? -1 : 0;
+}
+
 static PyObject *tally_add_spans(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
     if (nargs != 3) {
         PyErr_SetString(PyExc_TypeError, "tally_add_spans(tally, spans, slow_ms) takes 3 arguments");
         return NULL;
     }
-    PyObject *tally = args[0], *spans = args[1], *slow_ms = args[2];
-    if (PyList_CheckExact(spans) || PyTuple_CheckExact(spans)) {
-        double few[32];
-        Py_ssize_t n = PySequence_Fast_GET_SIZE(spans);
-        double *durations = n <= 32 ? few : PyMem_New(double, n);
-        if (durations == NULL) {
-            return PyErr_NoMemory();
-        }
-        int done = add_spans(tally, spans, slow_ms, durations);
-        if (durations != few) {
-            PyMem_Free(durations);
-        }
-        if (done < 0) {
-            return NULL;
-        }
-        if (done) {
-            Py_RETURN_NONE;
-        }
+    if (tally_add(args[0], args[1], args[2]) < 0) {
+        return NULL;
     }
-    return PyObject_CallMethodObjArgs(tally, str_add_spans, spans, slow_ms, NULL);
+    Py_RETURN_NONE;
+}
+
+/* The _Rolling of a statements entry, (StatementInfo, _Rolling): borrowed, or NULL (no exception)
+ * when ``filed`` is not such a pair. */
+static PyObject *rolling_of(PyObject *filed) {
+    if (filed == NULL || !PyTuple_CheckExact(filed) || PyTuple_GET_SIZE(filed) != 2 ||
+        !Py_IS_TYPE(PyTuple_GET_ITEM(filed, 1), rolling_type)) {
+        return NULL;
+    }
+    return PyTuple_GET_ITEM(filed, 1);
+}
+
+/* Add ``name`` to the endpoint names unless there or the names are at ``cap``. */
+static int add_name(PyObject *names, PyObject *name, long long cap) {
+    int present = PyDict_Contains(names, name);
+    if (present != 0) {
+        return present < 0 ? -1 : 0;
+    }
+    return (long long)PyDict_GET_SIZE(names) < cap ? PyDict_SetItem(names, name, Py_None) : 0;
+}
+
+/* One group of _tally_statements: 0, or -1 with an exception set. */
+static int tally_group(PyObject *const *args, long long tick, long long cap, PyObject *key, PyObject *group) {
+    PyObject *statements = args[0], *tick_obj = args[2], *slow_ms = args[3], *endpoint = args[4];
+    PyObject *foreign = args[5], *refile = args[7];
+    PyObject *shape = PyTuple_GET_ITEM(group, 0), *spans = PyTuple_GET_ITEM(group, 1);
+    PyObject *filed = PyDict_GetItemWithError(statements, key); /* borrowed */
+    if (filed == NULL && PyErr_Occurred()) {
+        return -1;
+    }
+    PyObject *rolling = rolling_of(filed);
+    long long index;
+    if (rolling == NULL || !as_long_long(SLOT(rolling, rolling_offsets, RO_TICK_INDEX), &index) ||
+        tick > index) {
+        /* New, past the bound, or a tick closed: the Python method files or advances it (and
+         * takes any case this path does not, as it repeats the lookup and the comparison). */
+        filed = PyObject_CallFunctionObjArgs(refile, key, shape, spans, tick_obj, NULL);
+        if (filed == NULL) {
+            return -1;
+        }
+        rolling = rolling_of(filed);
+        if (rolling == NULL) {
+            Py_DECREF(filed);
+            PyErr_SetString(PyExc_TypeError, "a statement entry is not (StatementInfo, _Rolling)");
+            return -1;
+        }
+    } else {
+        Py_INCREF(filed);
+    }
+    PyObject *tally = SLOT(rolling, rolling_offsets, RO_TICK);
+    Py_XINCREF(tally);
+    Py_DECREF(filed);
+    if (tally == NULL || !Py_IS_TYPE(tally, tally_type)) {
+        Py_XDECREF(tally);
+        PyErr_SetString(PyExc_TypeError, "a statement entry's tick is not a Tally");
+        return -1;
+    }
+    int failed = tally_add(tally, spans, slow_ms) < 0;
+    PyObject *names = failed ? NULL : SLOT(tally, tally_offsets, TA_ENDPOINTS);
+    if (!failed && (names == NULL || !PyDict_CheckExact(names))) {
+        PyErr_SetString(PyExc_TypeError, "Tally.endpoints is not a dict");
+        failed = 1;
+    }
+    PyObject *theirs = NULL; /* another service's statement: the names foreign lists */
+    if (!failed && PyDict_GET_SIZE(foreign) > 0) {
+        theirs = PyDict_GetItemWithError(foreign, key);
+        failed = theirs == NULL && PyErr_Occurred();
+    }
+    if (!failed && theirs == NULL) {
+        failed = add_name(names, endpoint, cap) < 0;
+    } else if (!failed) {
+        PyObject *iterator = PyObject_GetIter(theirs), *name;
+        failed = iterator == NULL;
+        while (!failed && (name = PyIter_Next(iterator)) != NULL) {
+            failed = add_name(names, name, cap) < 0;
+            Py_DECREF(name);
+        }
+        failed = failed || PyErr_Occurred() != NULL;
+        Py_XDECREF(iterator);
+    }
+    Py_DECREF(tally);
+    return failed ? -1 : 0;
+}
+
+static PyObject *tally_statements(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 8) {
+        PyErr_SetString(PyExc_TypeError,
+                        "tally_statements(statements, groups, tick, slow_ms, endpoint, foreign, cap, refile) "
+                        "takes 8 arguments");
+        return NULL;
+    }
+    PyObject *groups = args[1], *key, *group;
+    long long tick, cap;
+    int handled = PyDict_CheckExact(args[0]) && PyDict_CheckExact(groups) && PyDict_CheckExact(args[5]) &&
+                  as_long_long(args[2], &tick) && as_long_long(args[6], &cap);
+    /* Every group a (shape, spans) pair, checked before the first is counted. */
+    for (Py_ssize_t pos = 0; handled && PyDict_Next(groups, &pos, &key, &group);) {
+        handled = PyTuple_CheckExact(group) && PyTuple_GET_SIZE(group) == 2;
+    }
+    if (!handled) {
+        return PyObject_Vectorcall(python_tally_statements, args, (size_t)nargs, NULL);
+    }
+    Py_INCREF(groups); /* the groups and their items held across the Python calls */
+    Py_ssize_t pos = 0;
+    int failed = 0;
+    while (!failed && PyDict_Next(groups, &pos, &key, &group)) {
+        Py_INCREF(key);
+        Py_INCREF(group);
+        failed = tally_group(args, tick, cap, key, group) < 0;
+        Py_DECREF(key);
+        Py_DECREF(group);
+    }
+    Py_DECREF(groups);
+    if (failed) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
 }
 
 static PyMethodDef sketch_methods[] = {
@@ -379,6 +513,9 @@ static PyMethodDef sketch_methods[] = {
      "sketch_add(sketch, value): DDSketch.add compiled (otel_apm/stats/sketch.py is the reference)."},
     {"tally_add_spans", (PyCFunction)(void (*)(void))tally_add_spans, METH_FASTCALL,
      "tally_add_spans(tally, spans, slow_ms): Tally.add_spans compiled (otel_apm/stats/rollup.py)."},
+    {"tally_statements", (PyCFunction)(void (*)(void))tally_statements, METH_FASTCALL,
+     "tally_statements(statements, groups, tick, slow_ms, endpoint, foreign, cap, refile): "
+     "rollup._tally_statements compiled."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -400,10 +537,21 @@ static PyTypeObject *class_of(const char *module_name, const char *name) {
 int apm_sketch_init(PyObject *module) {
     sketch_type = class_of("otel_apm.stats.sketch", "DDSketch");
     tally_type = sketch_type == NULL ? NULL : class_of("otel_apm.stats.rollup", "Tally");
-    array_type = tally_type == NULL ? NULL : class_of("array", "array");
+    rolling_type = tally_type == NULL ? NULL : class_of("otel_apm.stats.rollup", "_Rolling");
+    array_type = rolling_type == NULL ? NULL : class_of("array", "array");
     if (array_type == NULL ||
         apm_slot_offsets(sketch_type, SKETCH_SLOT_NAMES, SK_SLOT_COUNT, sketch_offsets) < 0 ||
-        apm_slot_offsets(tally_type, TALLY_SLOT_NAMES, TA_SLOT_COUNT, tally_offsets) < 0) {
+        apm_slot_offsets(tally_type, TALLY_SLOT_NAMES, TA_SLOT_COUNT, tally_offsets) < 0 ||
+        apm_slot_offsets(rolling_type, ROLLING_SLOT_NAMES, RO_SLOT_COUNT, rolling_offsets) < 0) {
+        return -1;
+    }
+    PyObject *rollup = PyImport_ImportModule("otel_apm.stats.rollup");
+    if (rollup == NULL) {
+        return -1;
+    }
+    python_tally_statements = PyObject_GetAttrString(rollup, "_tally_statements");
+    Py_DECREF(rollup);
+    if (python_tally_statements == NULL) {
         return -1;
     }
     PyObject *sketch_module = PyImport_ImportModule("otel_apm.stats.sketch");

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections import deque
 from collections.abc import Callable
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -21,8 +22,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from otel_apm.config import APMConfig
+from otel_apm.detectors.dbshape import statements_of
 from otel_apm.model import DB, HTTP_SERVER, KIND_CLIENT, KIND_SERVER, SpanView, Trace
-from otel_apm.stats import DDSketch, Statistics, Tally
+from otel_apm.stats import DDSketch, Statistics, Tally, rollup
 from otel_apm.stats.sketch import MIN_VALUE
 
 EXAMPLES = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -280,3 +282,41 @@ def test_statistics_take_the_compiled_path_unless_turned_off(monkeypatch: pytest
     assert compiled.snapshot("minute").overall.count == 1
     with pytest.raises(AssertionError, match="reference"):
         Statistics(APMConfig(native_enabled=False)).emit(trace_of(1, "/a", 10**7, False, []), ())
+
+
+def test_tally_statements_hands_what_it_does_not_hold_to_the_python_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Groups in a mapping that is no dict, or a cap past 64 bits: the Python loop counts them
+    (its Tally.add_spans calls show it ran), to the same statistics as the compiled loop."""
+    compiled = require_native().tally_statements
+    reference = Tally.add_spans
+    ran: list[int] = []
+
+    def spy(self: Tally, spans: list[SpanView], slow_ms: float) -> None:
+        ran.append(len(spans))
+        reference(self, spans, slow_ms)
+
+    monkeypatch.setattr(Tally, "add_spans", spy)
+    now = 1_800_000_000.0
+    queries = [
+        (STATEMENTS[0], 10**6, True, False),
+        (STATEMENTS[0], 10**6, False, False),
+        (STATEMENTS[1], 5, False, True),
+    ]
+    groups = statements_of(trace_of(1, "/a", 10**7, False, queries))
+    foreign = {key: {"GET /inner": None} for key in groups if key[0] == "back"}
+    seen: set[str] = set()
+    for loop, mapping, cap, python in (
+        (compiled, groups, 20, False),
+        (compiled, MappingProxyType(groups), 20, True),
+        (compiled, groups, 2**70, True),
+        (rollup._tally_statements, groups, 20, True),
+    ):
+        ran.clear()
+        stats = Statistics(APMConfig(native_enabled=False), clock=lambda: now)
+        tick = math.floor(now / 10)
+        loop(stats._statements, mapping, tick, 100.0, "GET /a", foreign, cap, stats._rolling_statement)
+        assert ran == ([2, 1] if python else [])
+        seen.add(repr(stats.snapshot("minute").to_dict()))
+    assert len(seen) == 1

@@ -313,6 +313,9 @@ class Statistics:
         self._add_spans: Callable[[Tally, Sequence[SpanView], float], None] = (
             Tally.add_spans if compiled is None else compiled.tally_add_spans
         )
+        self._tally_statements: Callable[..., None] = (
+            _tally_statements if compiled is None else compiled.tally_statements
+        )
         self._fresh()
         in_forked_children(self._fresh)
 
@@ -341,8 +344,6 @@ class Statistics:
         endpoint = trace.endpoint
         groups = statements_of(trace) if queries else {}
         foreign = _foreign_endpoints(trace, root, endpoint, groups)  # not under the lock
-        own = (endpoint,)
-        add_spans = self._add_spans
         tick = math.floor(self._clock() / self._tick_s)
         with self._lock:
             # The key's entry is looked up here, and only a new key or a closed tick takes the
@@ -352,21 +353,21 @@ class Statistics:
             if rolling is None or tick > rolling.tick_index:
                 rolling = self._rolling_endpoint(key, tick)
             tally = rolling.tick
-            add_spans(tally, (root,), self._slow_request_ms)
+            self._add_spans(tally, (root,), self._slow_request_ms)
             tally.db_ms += db_ms
             tally.db_queries += queries
             tally.external_ms += external_ms
-            statements, slow, cap = self._statements, self._slow_query_ms, self._max_endpoints_per_statement
-            for key, (shape, spans) in groups.items():
-                filed = statements.get(key)
-                if filed is None or tick > filed[1].tick_index:
-                    filed = self._rolling_statement(key, shape, spans, tick)
-                tally = filed[1].tick
-                add_spans(tally, spans, slow)
-                names = tally.endpoints
-                for name in foreign.get(key, own) if foreign else own:
-                    if name not in names and len(names) < cap:
-                        names[name] = None
+            if groups:
+                self._tally_statements(
+                    self._statements,
+                    groups,
+                    tick,
+                    self._slow_query_ms,
+                    endpoint,
+                    foreign,
+                    self._max_endpoints_per_statement,
+                    self._rolling_statement,
+                )
 
     def _new_tally(self) -> Tally:
         return Tally(DDSketch(self._alpha, self._max_buckets))
@@ -514,6 +515,35 @@ class Statistics:
         """(endpoints, statements) held; each costs constant memory whatever the traffic."""
         with self._lock:
             return len(self._endpoints), len(self._statements)
+
+
+def _tally_statements(
+    statements: dict[tuple[str, str], tuple[StatementInfo, _Rolling]],
+    groups: StatementGroups,
+    tick: int,
+    slow_ms: float,
+    endpoint: str,
+    foreign: dict[tuple[str, str], dict[str, None]],
+    cap: int,
+    refile: Callable[[tuple[str, str], SqlShape, list[SpanView], int], tuple[StatementInfo, _Rolling]],
+) -> None:
+    """Count a trace's statement groups in the open ticks of their entries, each with the
+    endpoints that ran it (``foreign``'s for another service's statements, else ``endpoint``),
+    at most ``cap`` of them an entry.  A group whose entry is new or whose tick closed takes
+    ``refile`` (Statistics._rolling_statement), which files or advances it; the common one takes
+    one lookup.  The reference and fallback of the compiled ``otel_apm._native.tally_statements``,
+    which runs this loop without a Python step per group."""
+    own = (endpoint,)
+    for key, (shape, spans) in groups.items():
+        filed = statements.get(key)
+        if filed is None or tick > filed[1].tick_index:
+            filed = refile(key, shape, spans, tick)
+        tally = filed[1].tick
+        tally.add_spans(spans, slow_ms)
+        names = tally.endpoints
+        for name in foreign.get(key, own) if foreign else own:
+            if name not in names and len(names) < cap:
+                names[name] = None
 
 
 def _foreign_endpoints(
