@@ -105,30 +105,29 @@ typedef struct {
     Py_buffer counts; /* counts.obj is NULL while not held */
 } Adder;
 
-/* Hold the buffer of the sketch's current _counts array: 0, or -1 with an exception set. */
-static int hold_counts(Adder *a) {
-    PyObject *counts = SLOT(a->sketch, sketch_offsets, SK_COUNTS);
-    if (counts == NULL || !Py_IS_TYPE(counts, array_type)) {
-        PyErr_SetString(PyExc_TypeError, "DDSketch._counts is not an array");
-        return -1;
-    }
-    if (PyObject_GetBuffer(counts, &a->counts, PyBUF_WRITABLE | PyBUF_FORMAT | PyBUF_ND) < 0) {
-        return -1;
-    }
-    if (a->counts.itemsize != sizeof(long long) || strcmp(a->counts.format, "q") != 0) {
-        PyBuffer_Release(&a->counts);
-        a->counts.obj = NULL;
-        PyErr_SetString(PyExc_TypeError, "DDSketch._counts is not an array('q')");
-        return -1;
-    }
-    return 0;
-}
-
 static void release_counts(Adder *a) {
     if (a->counts.obj != NULL) {
         PyBuffer_Release(&a->counts);
         a->counts.obj = NULL;
     }
+}
+
+/* Hold the buffer of the sketch's current _counts array: 0; 1 when it is no array('q') (no
+ * exception set); -1 with an exception set. */
+static int hold_counts(Adder *a) {
+    PyObject *counts = SLOT(a->sketch, sketch_offsets, SK_COUNTS);
+    if (counts == NULL || !Py_IS_TYPE(counts, array_type)) {
+        return 1;
+    }
+    if (PyObject_GetBuffer(counts, &a->counts, PyBUF_WRITABLE | PyBUF_FORMAT | PyBUF_ND) < 0) {
+        a->counts.obj = NULL;
+        return -1;
+    }
+    if (a->counts.itemsize != sizeof(long long) || strcmp(a->counts.format, "q") != 0) {
+        release_counts(a);
+        return 1;
+    }
+    return 0;
 }
 
 /* Start adding ``n`` values to ``sketch``: 1; 0 when this path does not handle the sketch as it
@@ -144,10 +143,8 @@ static int adder_open(Adder *a, PyObject *sketch, Py_ssize_t n) {
     PyObject *sum = SLOT(sketch, sketch_offsets, SK_SUM);
     PyObject *min = SLOT(sketch, sketch_offsets, SK_MIN);
     PyObject *max = SLOT(sketch, sketch_offsets, SK_MAX);
-    PyObject *counts = SLOT(sketch, sketch_offsets, SK_COUNTS);
     if (ilg == NULL || !PyFloat_CheckExact(ilg) || sum == NULL || !PyFloat_CheckExact(sum) ||
         min == NULL || !PyFloat_CheckExact(min) || max == NULL || !PyFloat_CheckExact(max) ||
-        counts == NULL || !Py_IS_TYPE(counts, array_type) ||
         !as_long_long(SLOT(sketch, sketch_offsets, SK_OFFSET), &a->offset) ||
         !as_long_long(SLOT(sketch, sketch_offsets, SK_COUNT), &a->count) ||
         !as_long_long(SLOT(sketch, sketch_offsets, SK_ZERO_COUNT), &a->zero_count)) {
@@ -163,7 +160,8 @@ static int adder_open(Adder *a, PyObject *sketch, Py_ssize_t n) {
     a->sum = PyFloat_AS_DOUBLE(sum);
     a->min = PyFloat_AS_DOUBLE(min);
     a->max = PyFloat_AS_DOUBLE(max);
-    return hold_counts(a) < 0 ? -1 : 1;
+    int held = hold_counts(a);
+    return held < 0 ? -1 : !held;
 }
 
 /* Count one in bucket ``key``, widening the array through the sketch's _reserve when the key is
@@ -191,7 +189,11 @@ static int count_key(Adder *a, long long key) {
             PyErr_SetString(PyExc_OverflowError, "DDSketch._offset left the range of keys");
             return -1;
         }
-        if (hold_counts(a) < 0) {
+        int held = hold_counts(a);
+        if (held != 0) {
+            if (held > 0) {
+                PyErr_SetString(PyExc_TypeError, "DDSketch._reserve left _counts no array('q')");
+            }
             return -1;
         }
         length = (long long)(a->counts.len / (Py_ssize_t)sizeof(long long));

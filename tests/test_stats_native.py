@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+from array import array
 from collections import deque
 from collections.abc import Callable
 from types import MappingProxyType
@@ -92,7 +93,10 @@ def test_sketch_add_is_compiled_for_floats_and_python_for_the_rest(monkeypatch: 
         {**DDSketch(0.01, 4).to_dict(), "count": 1, "bins": [[2**70, 1]], "min": 1.0, "max": 1.0}
     )
     compiled(far, 2.0)  # an offset past 64 bits
-    assert called == [7, 2.0, 2.0]
+    doubles = DDSketch()
+    doubles._counts = array("d")
+    compiled(doubles, 3.0)  # counts of another type
+    assert called == [7, 2.0, 2.0, 3.0]
     assert far.to_dict()["bins"] == [[2**70 - 3, 1], [2**70, 1]]  # 2.0 folded into the lowest kept
 
 
