@@ -521,47 +521,22 @@ static PyMethodDef sketch_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-/* A class of a module, checked to be one: a new reference, or NULL with an exception set. */
-static PyTypeObject *class_of(const char *module_name, const char *name) {
-    PyObject *module = PyImport_ImportModule(module_name);
-    if (module == NULL) {
-        return NULL;
-    }
-    PyObject *cls = PyObject_GetAttrString(module, name);
-    Py_DECREF(module);
-    if (cls != NULL && !PyType_Check(cls)) {
-        PyErr_Format(PyExc_ImportError, "otel_apm._native: %s.%s is not a class", module_name, name);
-        Py_CLEAR(cls);
-    }
-    return (PyTypeObject *)cls;
-}
-
 int apm_sketch_init(PyObject *module) {
-    sketch_type = class_of("otel_apm.stats.sketch", "DDSketch");
-    tally_type = sketch_type == NULL ? NULL : class_of("otel_apm.stats.rollup", "Tally");
-    rolling_type = tally_type == NULL ? NULL : class_of("otel_apm.stats.rollup", "_Rolling");
-    array_type = rolling_type == NULL ? NULL : class_of("array", "array");
+    sketch_type = apm_class_of("otel_apm.stats.sketch", "DDSketch");
+    tally_type = sketch_type == NULL ? NULL : apm_class_of("otel_apm.stats.rollup", "Tally");
+    rolling_type = tally_type == NULL ? NULL : apm_class_of("otel_apm.stats.rollup", "_Rolling");
+    array_type = rolling_type == NULL ? NULL : apm_class_of("array", "array");
     if (array_type == NULL ||
         apm_slot_offsets(sketch_type, SKETCH_SLOT_NAMES, SK_SLOT_COUNT, sketch_offsets) < 0 ||
         apm_slot_offsets(tally_type, TALLY_SLOT_NAMES, TA_SLOT_COUNT, tally_offsets) < 0 ||
         apm_slot_offsets(rolling_type, ROLLING_SLOT_NAMES, RO_SLOT_COUNT, rolling_offsets) < 0) {
         return -1;
     }
-    PyObject *rollup = PyImport_ImportModule("otel_apm.stats.rollup");
-    if (rollup == NULL) {
-        return -1;
-    }
-    python_tally_statements = PyObject_GetAttrString(rollup, "_tally_statements");
-    Py_DECREF(rollup);
+    python_tally_statements = apm_attr_of("otel_apm.stats.rollup", "_tally_statements");
     if (python_tally_statements == NULL) {
         return -1;
     }
-    PyObject *sketch_module = PyImport_ImportModule("otel_apm.stats.sketch");
-    if (sketch_module == NULL) {
-        return -1;
-    }
-    PyObject *floor = PyObject_GetAttrString(sketch_module, "MIN_VALUE");
-    Py_DECREF(sketch_module);
+    PyObject *floor = apm_attr_of("otel_apm.stats.sketch", "MIN_VALUE");
     if (floor == NULL) {
         return -1;
     }

@@ -61,23 +61,32 @@ int apm_slot_offsets(PyTypeObject *type, const char *const *names, int count, Py
     return 0;
 }
 
+PyObject *apm_attr_of(const char *module_name, const char *name) {
+    PyObject *module = PyImport_ImportModule(module_name);
+    if (module == NULL) {
+        return NULL;
+    }
+    PyObject *value = PyObject_GetAttrString(module, name);
+    Py_DECREF(module);
+    return value;
+}
+
+PyTypeObject *apm_class_of(const char *module_name, const char *name) {
+    PyObject *cls = apm_attr_of(module_name, name);
+    if (cls != NULL && !PyType_Check(cls)) {
+        PyErr_Format(PyExc_ImportError, "otel_apm._native: %s.%s is not a class", module_name, name);
+        Py_CLEAR(cls);
+    }
+    return (PyTypeObject *)cls;
+}
+
 int apm_view_init(PyObject *module) {
     (void)module;
-    PyObject *model = PyImport_ImportModule("otel_apm.model");
-    if (model == NULL) {
+    view_type = apm_class_of("otel_apm.model", "SpanView");
+    if (view_type == NULL) {
         return -1;
     }
-    PyObject *cls = PyObject_GetAttrString(model, "SpanView");
-    Py_DECREF(model);
-    if (cls == NULL) {
-        return -1;
-    }
-    if (!PyType_Check(cls)) {
-        Py_DECREF(cls);
-        PyErr_SetString(PyExc_ImportError, "otel_apm._native: otel_apm.model.SpanView is not a class");
-        return -1;
-    }
-    view_type = (PyTypeObject *)cls;
+    PyObject *cls = (PyObject *)view_type;
     if (apm_slot_offsets(view_type, APM_VIEW_SLOT_NAMES, APM_VIEW_SLOT_COUNT, offsets) < 0) {
         return -1;
     }

@@ -47,6 +47,13 @@ enum apm_view_slot {
  * ImportError set, so that the extension refuses to load when a class it writes into changed. */
 int apm_slot_offsets(PyTypeObject *type, const char *const *names, int count, Py_ssize_t *out);
 
+/* ``module_name``'s attribute ``name``, importing the module: a new reference, or NULL with an
+ * exception set. */
+PyObject *apm_attr_of(const char *module_name, const char *name);
+
+/* The same when it is a class; else NULL with an ImportError set. */
+PyTypeObject *apm_class_of(const char *module_name, const char *name);
+
 /* The part's init (module.c PARTS): load SpanView's layout.  0, or -1 with an exception set. */
 int apm_view_init(PyObject *module);
 

@@ -142,10 +142,9 @@ def test_compiled_tally_add_spans_counts_as_python(
         assert state(ours.duration) == state(python.duration)
 
 
-def test_tally_add_spans_is_compiled_for_views_and_python_for_the_rest(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    compiled = require_native().tally_add_spans
+@pytest.fixture
+def python_tallies(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes of the span lists the Python Tally.add_spans counts from now on (it still does)."""
     reference = Tally.add_spans
     called: list[int] = []
 
@@ -154,6 +153,12 @@ def test_tally_add_spans_is_compiled_for_views_and_python_for_the_rest(
         reference(self, spans, slow_ms)
 
     monkeypatch.setattr(Tally, "add_spans", spy)
+    return called
+
+
+def test_tally_add_spans_is_compiled_for_views_and_python_for_the_rest(python_tallies: list[int]) -> None:
+    compiled = require_native().tally_add_spans
+    called = python_tallies
     tally = Tally(DDSketch())
     compiled(tally, [view(0, 5_000_000, True), view(10, 0, False)], 1.0)
     compiled(tally, (view(0, 7_000_000, False),), 5)
@@ -288,20 +293,11 @@ def test_statistics_take_the_compiled_path_unless_turned_off(monkeypatch: pytest
         Statistics(APMConfig(native_enabled=False)).emit(trace_of(1, "/a", 10**7, False, []), ())
 
 
-def test_tally_statements_hands_what_it_does_not_hold_to_the_python_loop(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_tally_statements_hands_what_it_does_not_hold_to_the_python_loop(python_tallies: list[int]) -> None:
     """Groups in a mapping that is no dict, or a cap past 64 bits: the Python loop counts them
     (its Tally.add_spans calls show it ran), to the same statistics as the compiled loop."""
     compiled = require_native().tally_statements
-    reference = Tally.add_spans
-    ran: list[int] = []
-
-    def spy(self: Tally, spans: list[SpanView], slow_ms: float) -> None:
-        ran.append(len(spans))
-        reference(self, spans, slow_ms)
-
-    monkeypatch.setattr(Tally, "add_spans", spy)
+    ran = python_tallies
     now = 1_800_000_000.0
     queries = [
         (STATEMENTS[0], 10**6, True, False),
