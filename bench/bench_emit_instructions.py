@@ -14,7 +14,8 @@ then the next 200 inside one ``functools.reduce`` call (nothing else calls it), 
 --tool=callgrind --toggle-collect=*functools_reduce*`` counts only that call: one thread,
 nothing timed, the garbage collector paused, hash and address randomization off.  The
 statistics' clock moves a sixtieth of a second a trace, so their ticks and minutes close as
-under load.
+under load.  ``--set`` gives the reporters' APMConfig a setting, as in bench_processor.py
+(``--set native_enabled=false``: their Python versions).
 
 Parts, joined by ``+`` to run together (the shared grouping is made by the first that asks):
 

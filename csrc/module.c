@@ -23,6 +23,7 @@ static const part_init PARTS[] = {
     apm_sdkviews_init,  /* after apm_view_init: it makes SpanViews */
     apm_callsite_init,
     apm_traceindex_init, /* after apm_view_init: it reads SpanViews */
+    apm_sketch_init,     /* after apm_view_init: it reads SpanViews */
     NULL, /* the list ends here */
 };
 

@@ -35,34 +35,58 @@ Py_ssize_t apm_member_offset(PyTypeObject *type, const char *name) {
     return member->offset;
 }
 
-int apm_view_init(PyObject *module) {
-    (void)module;
-    PyObject *model = PyImport_ImportModule("otel_apm.model");
-    if (model == NULL) {
-        return -1;
-    }
-    PyObject *cls = PyObject_GetAttrString(model, "SpanView");
-    Py_DECREF(model);
-    if (cls == NULL) {
-        return -1;
-    }
-    if (!PyType_Check(cls)) {
-        Py_DECREF(cls);
-        PyErr_SetString(PyExc_ImportError, "otel_apm._native: otel_apm.model.SpanView is not a class");
-        return -1;
-    }
-    view_type = (PyTypeObject *)cls;
-    /* Every slot known here, and no other: a slot added to SpanView needs adding in view.h. */
-    PyObject *slots = PyObject_GetAttrString(cls, "__slots__");
+int apm_slot_offsets(PyTypeObject *type, const char *const *names, int count, Py_ssize_t *out) {
+    /* Every slot known to the caller, and no other: a slot added to the class needs adding in C. */
+    PyObject *slots = PyObject_GetAttrString((PyObject *)type, "__slots__");
     if (slots == NULL) {
         return -1;
     }
-    Py_ssize_t count = PySequence_Size(slots);
+    Py_ssize_t found = PySequence_Size(slots);
     Py_DECREF(slots);
-    if (count != APM_VIEW_SLOT_COUNT) {
-        PyErr_Format(PyExc_ImportError,
-                     "otel_apm._native: SpanView has %zd slots, csrc/view.h knows %d", count,
-                     (int)APM_VIEW_SLOT_COUNT);
+    if (found < 0) {
+        return -1;
+    }
+    if (found != count) {
+        PyErr_Format(PyExc_ImportError, "otel_apm._native: %s has %zd slots, csrc knows %d", type->tp_name,
+                     found, count);
+        return -1;
+    }
+    for (int i = 0; i < count; i++) {
+        out[i] = apm_member_offset(type, names[i]);
+        if (out[i] < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+PyObject *apm_attr_of(const char *module_name, const char *name) {
+    PyObject *module = PyImport_ImportModule(module_name);
+    if (module == NULL) {
+        return NULL;
+    }
+    PyObject *value = PyObject_GetAttrString(module, name);
+    Py_DECREF(module);
+    return value;
+}
+
+PyTypeObject *apm_class_of(const char *module_name, const char *name) {
+    PyObject *cls = apm_attr_of(module_name, name);
+    if (cls != NULL && !PyType_Check(cls)) {
+        PyErr_Format(PyExc_ImportError, "otel_apm._native: %s.%s is not a class", module_name, name);
+        Py_CLEAR(cls);
+    }
+    return (PyTypeObject *)cls;
+}
+
+int apm_view_init(PyObject *module) {
+    (void)module;
+    view_type = apm_class_of("otel_apm.model", "SpanView");
+    if (view_type == NULL) {
+        return -1;
+    }
+    PyObject *cls = (PyObject *)view_type;
+    if (apm_slot_offsets(view_type, APM_VIEW_SLOT_NAMES, APM_VIEW_SLOT_COUNT, offsets) < 0) {
         return -1;
     }
     slot_by_name = PyDict_New();
@@ -70,10 +94,6 @@ int apm_view_init(PyObject *module) {
         return -1;
     }
     for (int slot = 0; slot < APM_VIEW_SLOT_COUNT; slot++) {
-        offsets[slot] = apm_member_offset(view_type, APM_VIEW_SLOT_NAMES[slot]);
-        if (offsets[slot] < 0) {
-            return -1;
-        }
         PyObject *number = PyLong_FromLong(slot);
         if (number == NULL || PyDict_SetItemString(slot_by_name, APM_VIEW_SLOT_NAMES[slot], number) < 0) {
             Py_XDECREF(number);

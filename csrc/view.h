@@ -42,6 +42,18 @@ enum apm_view_slot {
     APM_VIEW_SLOT_COUNT
 };
 
+/* The byte offsets of the object slots of ``type``, whose __slots__ must be exactly the ``count``
+ * ``names`` (in any order), written to ``out`` in the order of ``names``: 0, or -1 with an
+ * ImportError set, so that the extension refuses to load when a class it writes into changed. */
+int apm_slot_offsets(PyTypeObject *type, const char *const *names, int count, Py_ssize_t *out);
+
+/* ``module_name``'s attribute ``name``, importing the module: a new reference, or NULL with an
+ * exception set. */
+PyObject *apm_attr_of(const char *module_name, const char *name);
+
+/* The same when it is a class; else NULL with an ImportError set. */
+PyTypeObject *apm_class_of(const char *module_name, const char *name);
+
 /* The part's init (module.c PARTS): load SpanView's layout.  0, or -1 with an exception set. */
 int apm_view_init(PyObject *module);
 
@@ -59,8 +71,8 @@ void apm_view_set(PyObject *view, enum apm_view_slot slot, PyObject *value);
 PyObject *apm_view_get(PyObject *view, enum apm_view_slot slot);
 
 /* The byte offset of the slot ``name`` (a T_OBJECT_EX member descriptor in the class's own
- * __dict__) in instances of ``type``, or -1 with ImportError set: how a part reads and writes a
- * Python class's slots directly and refuses to load when the class no longer has them. */
+ * __dict__) in instances of ``type``, or -1 with ImportError set: how a part reads and writes some
+ * of a Python class's slots directly and refuses to load when the class no longer has them. */
 Py_ssize_t apm_member_offset(PyTypeObject *type, const char *name);
 
 /* The slot a name (a str) stands for, or -1 when it names none (no exception set). */

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Sequence
 
 import pytest
-from conftest import SERVICE_NAME, OTel, in_forked_child, wait_until
+from conftest import SERVICE_NAME, OTel, in_forked_child, require_native, wait_until
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
@@ -30,6 +30,15 @@ __all__ = ["start_collector"]  # a fixture, defined with the collector's tests
 USERS = "SELECT * FROM users WHERE id = %s"
 ORDERS = "SELECT id, total FROM orders WHERE user_id = %s"
 INSERT = "INSERT INTO orders (user_id, total) VALUES (%s, %s)"
+
+
+@pytest.fixture(params=[True, False], ids=["native", "python"])
+def native_enabled(request: pytest.FixtureRequest) -> bool:
+    """Every pipeline test here counts through the compiled tally update (csrc/sketch.c) and
+    through the Python one."""
+    if request.param:
+        require_native()
+    return bool(request.param)
 
 
 def request(
@@ -172,10 +181,12 @@ class Clock:
         return self.now
 
 
-def test_windows_roll_and_closed_minutes_merge_back(make_otel: Callable[..., OTel]) -> None:
+def test_windows_roll_and_closed_minutes_merge_back(
+    make_otel: Callable[..., OTel], native_enabled: bool
+) -> None:
     t0 = 1_800_000_000.0 - 1_800_000_000.0 % 86400  # a day's start: the rings are aligned on it
     clock = Clock(t0)
-    stats = Statistics(APMConfig(), clock=clock)
+    stats = Statistics(APMConfig(native_enabled=native_enabled), clock=clock)
     otel = make_otel(emitters=[stats])
     assert otel.processor.statistics is stats
     base = time.time_ns()  # span times are the spans' own; the windows follow the clock

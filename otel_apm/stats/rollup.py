@@ -21,8 +21,9 @@ from typing import Any, Literal, get_args
 from otel_apm.config import APMConfig
 from otel_apm.contain import in_forked_children
 from otel_apm.detectors.base import Finding
-from otel_apm.detectors.dbshape import statements_of
+from otel_apm.detectors.dbshape import StatementGroups, statements_of
 from otel_apm.model import DB, HTTP_CLIENT, SpanView, Trace, endpoint_of
+from otel_apm.native import native
 from otel_apm.sql import SqlShape
 from otel_apm.stats.sketch import DDSketch
 
@@ -36,6 +37,7 @@ _MINUTE_S = 60.0
 _PENDING_MINUTES = 5
 #: The key of everything past the bound on endpoints or statements, as spanmetrics does.
 OVERFLOW = "otel.metric.overflow"
+_NOTHING = (0, 0.0)  # a category's (spans, milliseconds) when the trace has none
 
 
 class Tally:
@@ -58,6 +60,21 @@ class Tally:
         self.db_queries = 0
         self.external_ms = 0.0
         self.endpoints: dict[str, None] = {}
+
+    def add_spans(self, spans: Sequence[SpanView], slow_ms: float) -> None:
+        """Count the runs ``spans`` stand for (a request's root, or a statement's queries): their
+        durations, errors, and runs at or over ``slow_ms``.  The reference and fallback of the
+        compiled ``otel_apm._native.tally_add_spans``, which Statistics calls instead when built."""
+        self.count += len(spans)
+        add = self.duration.add
+        errors = slows = 0  # counted here, stored once: an attribute write costs more
+        for s in spans:
+            duration_ms = (s.end_ns - s.start_ns) / 1e6
+            add(duration_ms)
+            errors += s.error
+            slows += duration_ms >= slow_ms
+        self.errors += errors
+        self.slow += slows
 
     def merge(self, other: Tally, max_endpoints: int) -> None:
         self.count += other.count
@@ -292,6 +309,13 @@ class Statistics:
         self._slow_request_ms = config.slow_request_threshold_ms
         self._slow_query_ms = config.slow_query_threshold_ms
         self._clock = clock
+        compiled = native(config.native_enabled)
+        self._add_spans: Callable[[Tally, Sequence[SpanView], float], None] = (
+            Tally.add_spans if compiled is None else compiled.tally_add_spans
+        )
+        self._tally_statements: Callable[..., None] = (
+            _tally_statements if compiled is None else compiled.tally_statements
+        )
         self._fresh()
         in_forked_children(self._fresh)
 
@@ -315,37 +339,35 @@ class Statistics:
         if trace is None or root is None:
             return  # findings about the process, or a trace cut short before its root
         breakdown = trace.breakdown()
-        queries, db_ms = breakdown.get(DB, (0, 0.0))
-        external_ms = breakdown.get(HTTP_CLIENT, (0, 0.0))[1]
+        queries, db_ms = breakdown.get(DB, _NOTHING)
+        external_ms = breakdown.get(HTTP_CLIENT, _NOTHING)[1]
         endpoint = trace.endpoint
-        statements = _statements(trace, root, endpoint) if queries else []
+        groups = statements_of(trace) if queries else {}
+        foreign = _foreign_endpoints(trace, root, endpoint, groups)  # not under the lock
         tick = math.floor(self._clock() / self._tick_s)
         with self._lock:
-            tally = self._rolling_endpoint((root.service, endpoint), tick).tick
-            tally.count += 1
-            tally.errors += root.error
-            duration_ms = (root.end_ns - root.start_ns) / 1e6
-            tally.slow += duration_ms >= self._slow_request_ms
-            tally.duration.add(duration_ms)
+            # The key's entry is looked up here, and only a new key or a closed tick takes the
+            # method that files or advances it: the common trace makes no call for it.
+            key = (root.service, endpoint)
+            rolling = self._endpoints.get(key)
+            if rolling is None or tick > rolling.tick_index:
+                rolling = self._rolling_endpoint(key, tick)
+            tally = rolling.tick
+            self._add_spans(tally, (root,), self._slow_request_ms)
             tally.db_ms += db_ms
             tally.db_queries += queries
             tally.external_ms += external_ms
-            for service, shape, spans, endpoints in statements:
-                tally = self._rolling_statement(service, shape, spans[0].db_system or "", tick).tick
-                tally.count += len(spans)
-                add, slow = tally.duration.add, self._slow_query_ms
-                errors = slows = 0  # counted here, stored once: an attribute write costs more
-                for s in spans:
-                    duration_ms = (s.end_ns - s.start_ns) / 1e6
-                    add(duration_ms)
-                    errors += s.error
-                    slows += duration_ms >= slow
-                tally.errors += errors
-                tally.slow += slows
-                names = tally.endpoints
-                for name in endpoints:
-                    if name not in names and len(names) < self._max_endpoints_per_statement:
-                        names[name] = None
+            if groups:
+                self._tally_statements(
+                    self._statements,
+                    groups,
+                    tick,
+                    self._slow_query_ms,
+                    endpoint,
+                    foreign,
+                    self._max_endpoints_per_statement,
+                    self._rolling_statement,
+                )
 
     def _new_tally(self) -> Tally:
         return Tally(DDSketch(self._alpha, self._max_buckets))
@@ -362,8 +384,11 @@ class Statistics:
             self._advance("endpoint", key, None, rolling, tick)
         return rolling
 
-    def _rolling_statement(self, service: str, shape: SqlShape, db_system: str, tick: int) -> _Rolling:
-        key = (service, shape.fingerprint)
+    def _rolling_statement(
+        self, key: tuple[str, str], shape: SqlShape, spans: Sequence[SpanView], tick: int
+    ) -> tuple[StatementInfo, _Rolling]:
+        """The entry of statement ``key`` (service, fingerprint) ready for ``tick``: filed when new
+        (under the overflow key past the bound), advanced when a later tick opened."""
         filed = self._statements.get(key)
         if filed is None:
             if len(self._statements) >= self._max_statements:
@@ -371,14 +396,15 @@ class Statistics:
                 info = StatementInfo(OVERFLOW, "", "", (), "")
                 filed = self._statements.get(key)
             else:
+                system = spans[0].db_system or ""
                 info = StatementInfo(
-                    shape.fingerprint, shape.normalized, shape.operation, shape.tables, db_system
+                    shape.fingerprint, shape.normalized, shape.operation, shape.tables, system
                 )
             if filed is None:
                 filed = self._statements[key] = (info, self._new_rolling(tick))
         if tick > filed[1].tick_index:  # once a tick and key, not each trace
             self._advance("statement", key, filed[0], filed[1], tick)
-        return filed[1]
+        return filed
 
     def _new_rolling(self, tick: int) -> _Rolling:
         return _Rolling(self._new_tally(), tick, self._new_tally(), self._slots)
@@ -491,21 +517,49 @@ class Statistics:
             return len(self._endpoints), len(self._statements)
 
 
-def _statements(
-    trace: Trace, root: SpanView, endpoint: str
-) -> list[tuple[str, SqlShape, list[SpanView], dict[str, None]]]:
-    """The trace's statements by service with the endpoints that ran them: the trace's own, or
-    in a cross-service trace the entry of the statement's service."""
-    out = []
-    for (service, _), (shape, spans) in statements_of(trace).items():
-        if service == root.service:
-            endpoints = {endpoint: None}
-        else:
-            endpoints = {}
+def _tally_statements(
+    statements: dict[tuple[str, str], tuple[StatementInfo, _Rolling]],
+    groups: StatementGroups,
+    tick: int,
+    slow_ms: float,
+    endpoint: str,
+    foreign: dict[tuple[str, str], dict[str, None]],
+    cap: int,
+    refile: Callable[[tuple[str, str], SqlShape, list[SpanView], int], tuple[StatementInfo, _Rolling]],
+) -> None:
+    """Count a trace's statement groups in the open ticks of their entries, each with the
+    endpoints that ran it (``foreign``'s for another service's statements, else ``endpoint``),
+    at most ``cap`` of them an entry.  A group whose entry is new or whose tick closed takes
+    ``refile`` (Statistics._rolling_statement), which files or advances it; the common one takes
+    one lookup.  The reference and fallback of the compiled ``otel_apm._native.tally_statements``,
+    which runs this loop without a Python step per group."""
+    own = (endpoint,)
+    for key, (shape, spans) in groups.items():
+        filed = statements.get(key)
+        if filed is None or tick > filed[1].tick_index:
+            filed = refile(key, shape, spans, tick)
+        tally = filed[1].tick
+        tally.add_spans(spans, slow_ms)
+        names = tally.endpoints
+        for name in foreign.get(key, own) if foreign else own:
+            if name not in names and len(names) < cap:
+                names[name] = None
+
+
+def _foreign_endpoints(
+    trace: Trace, root: SpanView, endpoint: str, groups: StatementGroups
+) -> dict[tuple[str, str], dict[str, None]]:
+    """The endpoints that ran each statement of another service than the root's, in a
+    cross-service trace: the entry of the statement's service.  The root's own statements, all
+    of them in-process, were run by the trace's endpoint and are not listed."""
+    out: dict[tuple[str, str], dict[str, None]] = {}
+    service = root.service
+    for key, (_, spans) in groups.items():
+        if key[0] != service:
+            names = out[key] = {}
             for span in spans:
                 entry = trace.entry_of(span)
-                endpoints[endpoint_of(entry) if entry is not None else endpoint] = None
-        out.append((service, shape, spans, endpoints))
+                names[endpoint_of(entry) if entry is not None else endpoint] = None
     return out
 
 
