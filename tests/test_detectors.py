@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from otel_apm.analyze import Analyzer
@@ -60,6 +62,19 @@ def test_a_finding_is_named_after_the_service_and_endpoint_where_it_happens() ->
     assert in_collector.fingerprint == in_process.fingerprint
     assert in_collector.services == ("shop", "storefront")
     assert in_process.services == ("shop",)
+
+
+def test_a_detectors_finding_is_the_finding_the_dataclass_makes_of_its_fields() -> None:
+    """Detector.finding() fills the instance without calling __init__: every field is there, with
+    the value __init__ would store, so equality, replace() and asdict() behave alike."""
+    spans = shop_request(10, 0)
+    (finding,) = Analyzer(APMConfig()).analyze(Trace(7, spans, spans[0]))
+    assert set(vars(finding)) == {f.name for f in dataclasses.fields(Finding)}
+    made = Finding(**{f.name: getattr(finding, f.name) for f in dataclasses.fields(Finding)})
+    assert made == finding
+    assert dataclasses.asdict(made) == dataclasses.asdict(finding)
+    assert finding.span_ids == tuple(s.span_id for s in spans[1:])
+    assert finding.rate_per_min > 0  # ranked: rated() copied it with its recurrence rate
 
 
 def test_without_the_entry_span_the_endpoint_is_unknown() -> None:
