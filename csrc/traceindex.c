@@ -437,35 +437,18 @@ static PyMethodDef traceindex_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-/* ``module.name`` (new reference), or NULL with an exception set. */
-static PyObject *imported(const char *module, const char *name) {
-    PyObject *mod = PyImport_ImportModule(module);
-    if (mod == NULL) {
-        return NULL;
-    }
-    PyObject *value = PyObject_GetAttrString(mod, name);
-    Py_DECREF(mod);
-    return value;
-}
-
 int apm_traceindex_init(PyObject *module) {
-    PyObject *cls = imported("otel_apm.model", "Trace");
-    if (cls == NULL) {
+    trace_type = apm_class_of("otel_apm.model", "Trace");
+    if (trace_type == NULL) {
         return -1;
     }
-    if (!PyType_Check(cls)) {
-        Py_DECREF(cls);
-        PyErr_SetString(PyExc_ImportError, "otel_apm._native: otel_apm.model.Trace is not a class");
-        return -1;
-    }
-    trace_type = (PyTypeObject *)cls;
     for (int slot = 0; slot < TRACE_SLOTS; slot++) {
         trace_offsets[slot] = apm_member_offset(trace_type, TRACE_SLOT_NAMES[slot]);
         if (trace_offsets[slot] < 0) {
             return -1;
         }
     }
-    PyObject *max_chars = imported("otel_apm.sql", "MAX_STATEMENT_CHARS");
+    PyObject *max_chars = apm_attr_of("otel_apm.sql", "MAX_STATEMENT_CHARS");
     if (max_chars == NULL) {
         return -1;
     }
@@ -475,10 +458,10 @@ int apm_traceindex_init(PyObject *module) {
         PyErr_SetString(PyExc_ImportError, "otel_apm._native: otel_apm.sql.MAX_STATEMENT_CHARS is not a size");
         return -1;
     }
-    db_category = imported("otel_apm.model", "DB");
-    parse_cached = imported("otel_apm.sql", "_parse_sql_cached");
-    db_shape = imported("otel_apm.detectors.dbshape", "db_shape");
-    s_db_texts = imported("otel_apm.detectors.dbshape", "DB_TEXTS");
+    db_category = apm_attr_of("otel_apm.model", "DB");
+    parse_cached = apm_attr_of("otel_apm.sql", "_parse_sql_cached");
+    db_shape = apm_attr_of("otel_apm.detectors.dbshape", "db_shape");
+    s_db_texts = apm_attr_of("otel_apm.detectors.dbshape", "DB_TEXTS");
     s_fingerprint = PyUnicode_InternFromString("fingerprint");
     s_tables = PyUnicode_InternFromString("tables");
     if (db_category == NULL || parse_cached == NULL || db_shape == NULL || s_db_texts == NULL ||

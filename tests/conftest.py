@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -94,6 +96,17 @@ def require_native() -> ModuleType:
             pytest.fail(reason, pytrace=False)
         pytest.skip(reason)
     return module
+
+
+def native_load_error(patch: str) -> str:
+    """What importing the extension says in a fresh interpreter after ``patch`` (Python source)
+    changed a class it relies on: the extension must refuse to load (so otel_apm.native falls
+    back to Python) rather than misread the class.  The stderr of that import, which must fail."""
+    require_native()
+    script = patch + "from otel_apm.native import native\nassert native() is None\nimport otel_apm._native\n"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert done.returncode == 1, done.stderr
+    return done.stderr
 
 
 def _probe_postgres() -> str:
