@@ -11,7 +11,7 @@ import re
 from collections.abc import Container
 
 from otel_apm.detectors.base import by_start
-from otel_apm.detectors.dbshape import db_shape
+from otel_apm.detectors.dbshape import db_shapes
 from otel_apm.model import SpanView, Trace
 from otel_apm.sql import SqlShape
 
@@ -32,22 +32,11 @@ def db_sequence(trace: Trace, siblings: list[SpanView]) -> tuple[list[SpanView],
 
 
 def _sequence(siblings: list[SpanView]) -> tuple[list[SpanView], list[SqlShape]]:
-    """One loop over the sorted siblings (this runs for every parent with enough DB children),
-    each distinct text's shape looked up once, as :func:`db_shapes` does."""
     siblings.sort(key=by_start)
+    paid = [s for s in siblings if not s.cached]
     spans: list[SpanView] = []
     shapes: list[SqlShape] = []
-    by_text: dict[str, SqlShape] = {}
-    for s in siblings:
-        if s.cached:
-            continue
-        text = s.statement
-        if text:
-            shape = by_text.get(text)
-            if shape is None:
-                shape = by_text[text] = db_shape(s)
-        else:  # without a text the shape comes from operation and table, which vary
-            shape = db_shape(s)
+    for s, shape in zip(paid, db_shapes(paid), strict=True):
         if not shape.truncated:
             spans.append(s)
             shapes.append(shape)
