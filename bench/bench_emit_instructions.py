@@ -105,7 +105,7 @@ def steps(part: str, config: APMConfig, analyzer: Analyzer) -> list[Step]:
         direct.record_new("GET /orders/{id}", 0.01, {**attributes, "http.request.method": "GET"})
         out.append(lambda *_: direct.record("GET /orders/{id}", 0.01))
     if "history" in names:
-        history = History()
+        history = History(native(config.native_enabled))
         out.append(lambda t, _: SlowQueryOutlierDetector.on_skip(config, TraceSummary.of(t), history))
     return out
 

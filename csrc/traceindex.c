@@ -25,6 +25,17 @@
  * TypeError otherwise).  A group's shape is parse_sql's, called through its lru_cache directly;
  * db_shape (Python) makes the shapes parse_sql alone does not give: no text, an over-long one,
  * a table to add to a shape without one.
+ *
+ *   add_trips(by_key, groups, max_keys) -> True, or None
+ *
+ * The twin of QueryHistory.add_trips in otel_apm/detectors/history.py (which holds the history's
+ * lock around it): each group's durations in milliseconds appended to its _Samples ring in
+ * by_key, the key moved last (least recently updated first), the oldest key evicted for a new one
+ * past max_keys.  None, having changed nothing, when a span is not a SpanView with int times, a
+ * duration is past 64 bits, or groups is not the {key: (shape, [span, ...])} dict that
+ * TraceSummary.round_trips makes: the caller runs the Python version.  A millisecond is the
+ * duration converted to a double and divided by 1e6, as Python's int / float does (the
+ * conversion rounds to nearest, as PyLong_AsDouble does).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -46,6 +57,9 @@ static PyObject *parse_cached = NULL;    /* otel_apm.sql._parse_sql_cached, the 
 static Py_ssize_t max_statement_chars;   /* otel_apm.sql.MAX_STATEMENT_CHARS */
 static PyObject *db_shape = NULL;        /* otel_apm.detectors.dbshape.db_shape */
 static PyObject *s_fingerprint = NULL, *s_tables = NULL;
+static PyTypeObject *samples_type = NULL; /* otel_apm.detectors.history._Samples */
+static Py_ssize_t samples_added_offset;   /* its slot ``added`` */
+static PyObject *deque_extend = NULL;     /* collections.deque.extend */
 
 #define TRACE_SLOT(trace, slot) (*(PyObject **)((char *)(trace) + trace_offsets[slot]))
 
@@ -424,6 +438,166 @@ static PyObject *by_fingerprint(PyObject *module, PyObject *by_text) {
     return out;
 }
 
+/* The durations in milliseconds of every span of groups ({key: (shape, [span, ...])}), in
+ * order, as one list of floats per group (a new list of lists), or NULL: DECLINED in *outcome
+ * for what add_trips leaves to Python, FAILED with an exception set. */
+static PyObject *trip_durations(PyObject *groups, int *outcome) {
+    PyObject *out = PyList_New(0);
+    if (out == NULL) {
+        *outcome = FAILED;
+        return NULL;
+    }
+    PyTypeObject *view_type = apm_view_type();
+    Py_ssize_t pos = 0;
+    PyObject *key, *entry; /* borrowed */
+    while (PyDict_Next(groups, &pos, &key, &entry)) {
+        PyObject *spans = PyTuple_CheckExact(entry) && PyTuple_GET_SIZE(entry) == 2 ? PyTuple_GET_ITEM(entry, 1)
+                                                                                   : NULL;
+        if (spans == NULL || !PyList_CheckExact(spans)) {
+            *outcome = DECLINED;
+            goto fail;
+        }
+        Py_ssize_t n = PyList_GET_SIZE(spans);
+        PyObject *ms = PyList_New(n);
+        if (ms == NULL || PyList_Append(out, ms) < 0) {
+            Py_XDECREF(ms);
+            *outcome = FAILED;
+            goto fail;
+        }
+        Py_DECREF(ms); /* out holds it */
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *span = PyList_GET_ITEM(spans, i);
+            PyObject *start = PyObject_TypeCheck(span, view_type) ? apm_view_get(span, APM_VIEW_START_NS) : NULL;
+            PyObject *end = start == NULL ? NULL : apm_view_get(span, APM_VIEW_END_NS);
+            long long duration;
+            /* Exactly ints: a subclass's subtraction may be its own. */
+            if (end == NULL || !PyLong_CheckExact(start) || !PyLong_CheckExact(end) ||
+                duration_of(span, &duration) != DONE) {
+                *outcome = DECLINED;
+                goto fail;
+            }
+            PyObject *value = PyFloat_FromDouble((double)duration / 1e6);
+            if (value == NULL) {
+                *outcome = FAILED;
+                goto fail;
+            }
+            PyList_SET_ITEM(ms, i, value);
+        }
+    }
+    return out;
+fail:
+    Py_DECREF(out);
+    return NULL;
+}
+
+/* by_key[key]'s _Samples taken out of by_key (a new reference), or a new one made, the oldest
+ * key evicted first when by_key holds max_keys already.  NULL with an exception set. */
+static PyObject *take_samples(PyObject *by_key, PyObject *key, Py_ssize_t max_keys) {
+    PyObject *samples = PyDict_GetItemWithError(by_key, key); /* borrowed */
+    if (samples != NULL) {
+        Py_INCREF(samples);
+        if (PyDict_DelItem(by_key, key) < 0) {
+            Py_CLEAR(samples);
+        }
+        return samples;
+    }
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    samples = PyObject_CallNoArgs((PyObject *)samples_type);
+    if (samples != NULL && PyDict_GET_SIZE(by_key) >= max_keys) {
+        Py_ssize_t pos = 0;
+        PyObject *oldest, *value; /* borrowed */
+        if (PyDict_Next(by_key, &pos, &oldest, &value)) {
+            Py_INCREF(oldest);
+            int rc = PyDict_DelItem(by_key, oldest);
+            Py_DECREF(oldest);
+            if (rc < 0) {
+                Py_CLEAR(samples);
+            }
+        }
+    }
+    return samples;
+}
+
+/* samples.added += n, through the slot when samples is exactly a _Samples.  0, or -1. */
+static int count_added(PyObject *samples, Py_ssize_t n) {
+    PyObject *count = PyLong_FromSsize_t(n);
+    if (count == NULL) {
+        return -1;
+    }
+    int rc = -1;
+    if (Py_IS_TYPE(samples, samples_type)) {
+        PyObject **slot = (PyObject **)((char *)samples + samples_added_offset);
+        PyObject *sum = *slot == NULL ? NULL : PyNumber_Add(*slot, count);
+        if (*slot == NULL) {
+            PyErr_SetString(PyExc_AttributeError, "added");
+        }
+        if (sum != NULL) {
+            Py_SETREF(*slot, sum);
+            rc = 0;
+        }
+    } else {
+        PyObject *added = PyObject_GetAttrString(samples, "added");
+        PyObject *sum = added == NULL ? NULL : PyNumber_Add(added, count);
+        rc = sum == NULL ? -1 : PyObject_SetAttrString(samples, "added", sum);
+        Py_XDECREF(added);
+        Py_XDECREF(sum);
+    }
+    Py_DECREF(count);
+    return rc;
+}
+
+static PyObject *add_trips(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 3 || !PyDict_CheckExact(args[0]) || !PyLong_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "add_trips() takes (by_key: dict, groups, max_keys: int)");
+        return NULL;
+    }
+    PyObject *by_key = args[0], *groups = args[1];
+    Py_ssize_t max_keys = PyLong_AsSsize_t(args[2]);
+    if (max_keys == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (!PyDict_CheckExact(groups)) {
+        Py_RETURN_NONE;
+    }
+    /* Every duration first: a trace declined leaves the history as it was. */
+    int outcome = DONE;
+    PyObject *durations = trip_durations(groups, &outcome);
+    if (durations == NULL) {
+        if (outcome == DECLINED) {
+            Py_RETURN_NONE;
+        }
+        return NULL;
+    }
+    Py_ssize_t pos = 0, index = 0;
+    PyObject *key, *entry; /* borrowed */
+    while (PyDict_Next(groups, &pos, &key, &entry) && index < PyList_GET_SIZE(durations)) {
+        PyObject *ms = PyList_GET_ITEM(durations, index++);
+        Py_INCREF(key); /* held: making a _Samples runs Python code */
+        PyObject *samples = take_samples(by_key, key, max_keys);
+        int rc = -1;
+        if (samples != NULL) {
+            PyObject *call[2] = {samples, ms};
+            PyObject *none = PyObject_Vectorcall(deque_extend, call, 2, NULL);
+            Py_XDECREF(none);
+            rc = none == NULL ? -1 : count_added(samples, PyList_GET_SIZE(ms));
+            if (rc == 0) {
+                rc = PyDict_SetItem(by_key, key, samples);
+            }
+            Py_DECREF(samples);
+        }
+        Py_DECREF(key);
+        if (rc < 0) {
+            Py_DECREF(durations);
+            return NULL;
+        }
+    }
+    Py_DECREF(durations);
+    Py_RETURN_TRUE;
+}
+
 PyDoc_STRVAR(index_trace_doc,
              "index_trace(trace) -> (by_category, texts, error, total_ns, longest_ns, has_cached) or None\n\n"
              "The twin of otel_apm.detectors.summary.index_trace; None leaves the trace to it.");
@@ -431,9 +605,15 @@ PyDoc_STRVAR(by_fingerprint_doc,
              "by_fingerprint(by_text) -> {(service, fingerprint): (shape, spans)}\n\n"
              "The twin of otel_apm.detectors.dbshape.by_fingerprint, for a dict of lists.");
 
+PyDoc_STRVAR(add_trips_doc,
+             "add_trips(by_key, groups, max_keys) -> True or None\n\n"
+             "The twin of otel_apm.detectors.history.QueryHistory.add_trips on its dict of\n"
+             "_Samples; None leaves the groups to it, the history unchanged.");
+
 static PyMethodDef traceindex_methods[] = {
     {"index_trace", (PyCFunction)index_trace, METH_O, index_trace_doc},
     {"by_fingerprint", (PyCFunction)by_fingerprint, METH_O, by_fingerprint_doc},
+    {"add_trips", (PyCFunction)(void (*)(void))add_trips, METH_FASTCALL, add_trips_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -466,6 +646,17 @@ int apm_traceindex_init(PyObject *module) {
     s_tables = PyUnicode_InternFromString("tables");
     if (db_category == NULL || parse_cached == NULL || db_shape == NULL || s_db_texts == NULL ||
         s_fingerprint == NULL || s_tables == NULL) {
+        return -1;
+    }
+    samples_type = apm_class_of("otel_apm.detectors.history", "_Samples");
+    PyObject *deque = apm_attr_of("collections", "deque");
+    deque_extend = deque == NULL ? NULL : PyObject_GetAttrString(deque, "extend");
+    Py_XDECREF(deque);
+    if (samples_type == NULL || deque_extend == NULL) {
+        return -1;
+    }
+    samples_added_offset = apm_member_offset(samples_type, "added");
+    if (samples_added_offset < 0) {
         return -1;
     }
     return PyModule_AddFunctions(module, traceindex_methods);

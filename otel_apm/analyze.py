@@ -43,11 +43,11 @@ class Analyzer:
         self.detectors = tuple(
             d for d in detectors if d.type not in config.disabled_detectors and d.enabled(config)
         )
-        self.history = History()
+        self._native = native(config.native_enabled)
+        self.history = History(self._native)
         self.failures = FailureLog(_log)
         self.suppressed = 0
         self._lock = threading.Lock()
-        self._native = native(config.native_enabled)
         # What analyze() asks of each detector class, looked up once rather than per trace: its
         # can_fire, its on_skip (None when it keeps the base class's, which does nothing), the
         # categories it visits.  Most traces end at the can_fire calls, so they are the loop.

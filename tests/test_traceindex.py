@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from otel_apm import APMConfig
 from otel_apm.analyze import Analyzer
 from otel_apm.detectors.dbshape import StatementGroups, by_fingerprint, db_texts, statements_of
+from otel_apm.detectors.history import QueryHistory
 from otel_apm.detectors.summary import TraceSummary, index_trace
 from otel_apm.evaluate import load_traces
 from otel_apm.model import (
@@ -241,3 +242,67 @@ def test_the_extension_refuses_to_load_when_trace_loses_a_slot_it_reads() -> Non
         "model.Trace = Trace\n"
     )
     assert "ImportError: otel_apm._native: Trace has no slot _derived" in stderr
+
+
+def history_state(history: QueryHistory) -> list[tuple[object, list[float], int]]:
+    """Each statement's samples in eviction order (least recently updated first), with its count."""
+    return [(key, list(samples), samples.added) for key, samples in history._samples.items()]
+
+
+def history_trips(batch: list[tuple[str, list[int]]]) -> StatementGroups:
+    """One trace's round trips: for each fingerprint, spans of the given durations in ns."""
+    groups: StatementGroups = {}
+    for fingerprint, durations in batch:
+        spans = [query(T0, T0 + ns) for ns in durations]
+        groups.setdefault(("orders", fingerprint), (shape_named(fingerprint), []))[1].extend(spans)
+    return groups
+
+
+def shape_named(fingerprint: str) -> SqlShape:
+    return SqlShape(f"select {fingerprint}", fingerprint, "SELECT", (), False, False)
+
+
+@FUZZ
+@given(
+    st.integers(1, 4),
+    st.lists(
+        st.lists(
+            st.tuples(st.sampled_from("abcdef"), st.lists(st.integers(0, 2**40), min_size=1, max_size=40)),
+            max_size=5,
+        ),
+        max_size=12,
+    ),
+)
+def test_the_history_write_matches_python(max_keys: int, batches: list[list[tuple[str, list[int]]]]) -> None:
+    """Samples, their order, counts, evictions and the p95s read back are Python's, trace after
+    trace, with a ring that wraps (256 samples) and keys past the bound."""
+    compiled = require_native()
+    fast, python = QueryHistory(max_keys, compiled), QueryHistory(max_keys)
+    for batch in batches:
+        groups = history_trips(batch)
+        assert compiled.add_trips({}, groups, max_keys) is True  # what it writes, not a decline
+        fast.add_trips(groups)
+        python.add_trips(groups)
+        assert history_state(fast) == history_state(python)
+        for key in fast._samples:
+            assert fast.p95(key, 1) == python.p95(key, 1)
+
+
+def test_a_history_write_it_cannot_read_exactly_is_left_to_python(compiled: ModuleType) -> None:
+    """A trace with a span whose times are not ints, or past 64 bits, changes nothing in C; the
+    Python version then writes it all."""
+    odd_time = query(0, 10)
+    odd_time.end_ns = 10.5  # type: ignore[assignment]
+    for odd in (odd_time, query(-(2**63), 2**63 - 1)):
+        groups: StatementGroups = {
+            ("orders", "a"): (shape_named("a"), [query(0, 5)]),
+            ("orders", "b"): (shape_named("b"), [query(0, 7), odd]),
+        }
+        fast, python = QueryHistory(compiled=compiled), QueryHistory()
+        fast.add_trips(history_trips([("z", [3])]))
+        python.add_trips(history_trips([("z", [3])]))
+        assert compiled.add_trips(fast._samples, groups, 10) is None
+        assert history_state(fast) == history_state(python)
+        fast.add_trips(groups)
+        python.add_trips(groups)
+        assert history_state(fast) == history_state(python)

@@ -13,6 +13,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from types import ModuleType
 
 from otel_apm.detectors.dbshape import StatementGroups
 
@@ -43,12 +44,17 @@ class _Samples(deque[float]):
 
 
 class QueryHistory:
-    """The last SAMPLES_PER_QUERY durations of each (service, statement fingerprint)."""
+    """The last SAMPLES_PER_QUERY durations of each (service, statement fingerprint).
 
-    def __init__(self, max_keys: int = MAX_KEYS) -> None:
+    ``compiled`` is otel_apm._native or None (otel_apm.native): whether a trace's round trips
+    are written by the compiled twin of :meth:`add_trips` (csrc/traceindex.c), which every
+    trace with DB spans pays for, or by Python."""
+
+    def __init__(self, max_keys: int = MAX_KEYS, compiled: ModuleType | None = None) -> None:
         self._max_keys = max_keys
         self._samples: dict[tuple[str, str], _Samples] = {}  # least recently updated first
         self._lock = threading.Lock()
+        self._compiled_add = None if compiled is None else compiled.add_trips
 
     def p95(self, key: tuple[str, str], min_samples: int) -> float | None:
         """The recent p95 of the statement, or None with fewer than ``min_samples`` known."""
@@ -63,9 +69,12 @@ class QueryHistory:
 
     def add_trips(self, groups: StatementGroups) -> None:
         """A trace's DB round trips by statement, every statement's durations under one lock,
-        each read straight from its spans (no list of durations made per statement first)."""
+        each read straight from its spans (no list of durations made per statement first).
+        The reference of the compiled twin, and its fallback for groups it declines."""
         with self._lock:
             by_key = self._samples
+            if self._compiled_add is not None and self._compiled_add(by_key, groups, self._max_keys):
+                return
             for key, (_, spans) in groups.items():
                 samples = by_key.pop(key, None)  # re-inserted last: the dict stays in LRU order
                 if samples is None:
@@ -117,8 +126,9 @@ class FindingRates:
 
 
 class History:
-    """Everything an Analyzer remembers between traces; one per Analyzer."""
+    """Everything an Analyzer remembers between traces; one per Analyzer, given its
+    ``compiled`` module (None: the Python versions)."""
 
-    def __init__(self) -> None:
-        self.queries = QueryHistory()
+    def __init__(self, compiled: ModuleType | None = None) -> None:
+        self.queries = QueryHistory(compiled=compiled)
         self.findings = FindingRates()
