@@ -26,6 +26,14 @@
  * db_shape (Python) makes the shapes parse_sql alone does not give: no text, an over-long one,
  * a table to add to a shape without one.
  *
+ *   db_sequence(siblings) -> (spans, shapes), or None
+ *
+ * The twin of _sequence in otel_apm/detectors/loops.py: one parent's DB spans sorted in place by
+ * start (stably, as list.sort), then those not cached with their shapes (db_shapes': one per
+ * distinct text, the first span's), less those whose shape is truncated.  None, having changed
+ * nothing, for a span that is not a SpanView, a start that is not an int within 64 bits, a cached
+ * flag that is not a bool, a statement that is neither None nor a str.
+ *
  *   add_trips(by_key, groups, max_keys) -> True, or None
  *
  * The twin of QueryHistory.add_trips in otel_apm/detectors/history.py (which holds the history's
@@ -57,6 +65,7 @@ static PyObject *parse_cached = NULL;    /* otel_apm.sql._parse_sql_cached, the 
 static Py_ssize_t max_statement_chars;   /* otel_apm.sql.MAX_STATEMENT_CHARS */
 static PyObject *db_shape = NULL;        /* otel_apm.detectors.dbshape.db_shape */
 static PyObject *s_fingerprint = NULL, *s_tables = NULL;
+static PyObject *s_truncated = NULL;
 static PyTypeObject *samples_type = NULL; /* otel_apm.detectors.history._Samples */
 static Py_ssize_t samples_added_offset;   /* its slot ``added`` */
 static PyObject *deque_extend = NULL;     /* collections.deque.extend */
@@ -438,6 +447,127 @@ static PyObject *by_fingerprint(PyObject *module, PyObject *by_text) {
     return out;
 }
 
+/* A span of a parent's sequence: its start, its place in the list (sorting by both is stable). */
+struct started {
+    long long start;
+    Py_ssize_t index;
+    PyObject *span; /* borrowed from the list */
+};
+
+static int by_start_then_index(const void *a, const void *b) {
+    const struct started *x = a, *y = b;
+    if (x->start != y->start) {
+        return x->start < y->start ? -1 : 1;
+    }
+    return x->index < y->index ? -1 : x->index > y->index;
+}
+
+/* The siblings sorted in place by start, stably, or DECLINED (nothing changed) for what
+ * db_sequence leaves to Python; FAILED with an exception set. */
+static int sort_by_start(PyObject *siblings) {
+    Py_ssize_t n = PyList_GET_SIZE(siblings);
+    struct started *order = PyMem_Malloc((size_t)(n > 0 ? n : 1) * sizeof *order);
+    if (order == NULL) {
+        PyErr_NoMemory();
+        return FAILED;
+    }
+    PyTypeObject *view_type = apm_view_type();
+    int sorted = 1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *span = PyList_GET_ITEM(siblings, i);
+        PyObject *start = PyObject_TypeCheck(span, view_type) ? apm_view_get(span, APM_VIEW_START_NS) : NULL;
+        PyObject *statement = start == NULL ? NULL : apm_view_get(span, APM_VIEW_STATEMENT);
+        PyObject *cached = start == NULL ? NULL : apm_view_get(span, APM_VIEW_CACHED);
+        int overflow = 1;
+        long long value = start != NULL && PyLong_CheckExact(start) ? PyLong_AsLongLongAndOverflow(start, &overflow) : 0;
+        if (overflow || statement == NULL || cached == NULL || flag(cached) == DECLINED ||
+            !(statement == Py_None || PyUnicode_CheckExact(statement))) {
+            PyMem_Free(order);
+            return DECLINED;
+        }
+        order[i] = (struct started){value, i, span};
+        sorted &= i == 0 || order[i - 1].start <= value;
+    }
+    if (!sorted) {
+        qsort(order, (size_t)n, sizeof *order, by_start_then_index);
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyList_SET_ITEM(siblings, i, order[i].span); /* a permutation: the references stay */
+        }
+    }
+    PyMem_Free(order);
+    return DONE;
+}
+
+static PyObject *db_sequence(PyObject *module, PyObject *siblings) {
+    (void)module;
+    if (!PyList_CheckExact(siblings)) {
+        PyErr_SetString(PyExc_TypeError, "db_sequence() takes a list of spans");
+        return NULL;
+    }
+    int outcome = sort_by_start(siblings);
+    if (outcome != DONE) {
+        if (outcome == DECLINED) {
+            Py_RETURN_NONE;
+        }
+        return NULL;
+    }
+    PyObject *spans = PyList_New(0), *shapes = PyList_New(0), *by_text = PyDict_New();
+    PyObject *result = NULL, *last_shape = NULL; /* held: its address must not come back */
+    int last_truncated = 0;
+    if (spans == NULL || shapes == NULL || by_text == NULL) {
+        goto done;
+    }
+    Py_INCREF(siblings); /* held: db_shape runs Python code */
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(siblings); i++) {
+        PyObject *span = PyList_GET_ITEM(siblings, i);
+        if (apm_view_get(span, APM_VIEW_CACHED) == Py_True) {
+            continue; /* no round trip */
+        }
+        Py_INCREF(span);
+        PyObject *text = apm_view_get(span, APM_VIEW_STATEMENT);
+        PyObject *shape = NULL;
+        if (text != Py_None && PyUnicode_GET_LENGTH(text) > 0) {
+            shape = Py_XNewRef(PyDict_GetItemWithError(by_text, text));
+            if (shape == NULL && !PyErr_Occurred() && (shape = shape_of(span)) != NULL &&
+                PyDict_SetItem(by_text, text, shape) < 0) {
+                Py_CLEAR(shape);
+            }
+        } else {
+            shape = shape_of(span); /* without a text the shape comes from operation and table */
+        }
+        int truncated = -1;
+        if (shape != NULL && shape == last_shape) {
+            truncated = last_truncated;
+        } else if (shape != NULL) {
+            PyObject *value = PyObject_GetAttr(shape, s_truncated);
+            truncated = value == NULL ? -1 : PyObject_IsTrue(value);
+            Py_XDECREF(value);
+        }
+        int rc = truncated;
+        if (truncated == 0) {
+            rc = PyList_Append(spans, span) < 0 || PyList_Append(shapes, shape) < 0 ? -1 : 0;
+        }
+        if (rc >= 0 && shape != last_shape) {
+            Py_XSETREF(last_shape, Py_NewRef(shape));
+            last_truncated = truncated;
+        }
+        Py_DECREF(span);
+        Py_XDECREF(shape);
+        if (rc < 0) {
+            Py_DECREF(siblings);
+            goto done;
+        }
+    }
+    Py_DECREF(siblings);
+    result = PyTuple_Pack(2, spans, shapes);
+done:
+    Py_XDECREF(last_shape);
+    Py_XDECREF(spans);
+    Py_XDECREF(shapes);
+    Py_XDECREF(by_text);
+    return result;
+}
+
 /* The durations in milliseconds of every span of groups ({key: (shape, [span, ...])}), in
  * order, as one list of floats per group (a new list of lists), or NULL: DECLINED in *outcome
  * for what add_trips leaves to Python, FAILED with an exception set. */
@@ -610,10 +740,15 @@ PyDoc_STRVAR(add_trips_doc,
              "The twin of otel_apm.detectors.history.QueryHistory.add_trips on its dict of\n"
              "_Samples; None leaves the groups to it, the history unchanged.");
 
+PyDoc_STRVAR(db_sequence_doc,
+             "db_sequence(siblings) -> (spans, shapes) or None\n\n"
+             "The twin of otel_apm.detectors.loops._sequence; None leaves the siblings to it.");
+
 static PyMethodDef traceindex_methods[] = {
     {"index_trace", (PyCFunction)index_trace, METH_O, index_trace_doc},
     {"by_fingerprint", (PyCFunction)by_fingerprint, METH_O, by_fingerprint_doc},
     {"add_trips", (PyCFunction)(void (*)(void))add_trips, METH_FASTCALL, add_trips_doc},
+    {"db_sequence", (PyCFunction)db_sequence, METH_O, db_sequence_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -644,8 +779,9 @@ int apm_traceindex_init(PyObject *module) {
     s_db_texts = apm_attr_of("otel_apm.detectors.dbshape", "DB_TEXTS");
     s_fingerprint = PyUnicode_InternFromString("fingerprint");
     s_tables = PyUnicode_InternFromString("tables");
+    s_truncated = PyUnicode_InternFromString("truncated");
     if (db_category == NULL || parse_cached == NULL || db_shape == NULL || s_db_texts == NULL ||
-        s_fingerprint == NULL || s_tables == NULL) {
+        s_fingerprint == NULL || s_tables == NULL || s_truncated == NULL) {
         return -1;
     }
     samples_type = apm_class_of("otel_apm.detectors.history", "_Samples");

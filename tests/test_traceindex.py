@@ -20,6 +20,7 @@ from otel_apm import APMConfig
 from otel_apm.analyze import Analyzer
 from otel_apm.detectors.dbshape import StatementGroups, by_fingerprint, db_texts, statements_of
 from otel_apm.detectors.history import QueryHistory
+from otel_apm.detectors.loops import _sequence
 from otel_apm.detectors.summary import TraceSummary, index_trace
 from otel_apm.evaluate import load_traces
 from otel_apm.model import (
@@ -242,6 +243,37 @@ def test_the_extension_refuses_to_load_when_trace_loses_a_slot_it_reads() -> Non
         "model.Trace = Trace\n"
     )
     assert "ImportError: otel_apm._native: Trace has no slot _derived" in stderr
+
+
+@FUZZ
+@given(st.lists(st.tuples(spans(), st.integers(0, 5)), max_size=30))
+def test_a_parents_statement_sequence_is_made_alike(drawn: list[tuple[SpanView, int]]) -> None:
+    """The compiled sequence sorts the siblings in place as list.sort does (stably: starts tie
+    here), and keeps the spans and shapes Python keeps."""
+    compiled = require_native()
+    for view, start in drawn:
+        view.start_ns = T0 + start
+    siblings = [view for view, _ in drawn]
+    python_siblings = list(siblings)
+    got = compiled.db_sequence(siblings)
+    assert got == _sequence(python_siblings, None)
+    assert [id(s) for s in siblings] == [id(s) for s in python_siblings]
+
+
+def test_a_sequence_it_cannot_read_exactly_is_left_to_python(compiled: ModuleType) -> None:
+    odd_time = query(0, 10)
+    odd_time.start_ns = 0.5  # type: ignore[assignment]
+    odd_flag = query(0, 10)
+    odd_flag.cached = 0  # type: ignore[assignment]
+    odd_text = query(0, 10)
+    odd_text.statement = type("Text", (str,), {})("SELECT 1")
+    for odd in (odd_time, odd_flag, odd_text, query(2**63, 2**63 + 5)):
+        siblings = [query(5, 10), odd, query(0, 3)]
+        before = list(siblings)
+        assert compiled.db_sequence(siblings) is None
+        assert siblings == before  # not sorted: Python sorts it
+        python_siblings = list(siblings)
+        assert _sequence(siblings, compiled) == _sequence(python_siblings, None)
 
 
 def history_state(history: QueryHistory) -> list[tuple[object, list[float], int]]:

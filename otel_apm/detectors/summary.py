@@ -47,15 +47,16 @@ class TraceSummary:
     and the trace's DB round trips (not cached) by service and statement text.
 
     ``compiled`` is otel_apm._native or None (otel_apm.native): whether the spans are indexed
-    and their statements regrouped by the compiled twins or by Python."""
+    and their statements regrouped by the compiled twins or by Python; the detectors' own
+    compiled steps (the per-parent statement sequence) follow it."""
 
     __slots__ = (
-        "_compiled",
         "_fingerprints",
         "_has_cached",
         "_round_trips",
         "_trace",
         "by_category",
+        "compiled",
         "error",
         "longest_ns",
         "root_ms",
@@ -79,7 +80,7 @@ class TraceSummary:
                 if trips:
                     self.statements[key] = trips
         self._trace = trace
-        self._compiled = compiled
+        self.compiled = compiled
         self._fingerprints: dict[str, int] | None = None
         self._round_trips: StatementGroups | None = None
 
@@ -109,7 +110,7 @@ class TraceSummary:
         """The DB round trips (not cached) by (service, statement fingerprint), made once: the
         trace's :func:`statements_of` itself when no span was a cache hit."""
         if self._round_trips is None:
-            regroup = by_fingerprint if self._compiled is None else self._compiled.by_fingerprint
+            regroup = by_fingerprint if self.compiled is None else self.compiled.by_fingerprint
             self._round_trips = (
                 regroup(self.statements) if self._has_cached else statements_of(self._trace, regroup)
             )
