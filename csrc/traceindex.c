@@ -34,6 +34,12 @@
  * nothing, for a span that is not a SpanView, a start that is not an int within 64 bits, a cached
  * flag that is not a bool, a statement that is neither None nor a str.
  *
+ *   repetitions(fingerprints, threshold) -> [(start, period, repetitions), ...], or None
+ *
+ * The twin of repetitions in otel_apm/detectors/mn_plus_one.py, over a list of str fingerprints
+ * (equal when Python's == says so: each is numbered by a dict first).  None for anything else,
+ * or a threshold under 1.
+ *
  *   add_trips(by_key, groups, max_keys) -> True, or None
  *
  * The twin of QueryHistory.add_trips in otel_apm/detectors/history.py (which holds the history's
@@ -568,6 +574,118 @@ done:
     return result;
 }
 
+#define MIN_PERIOD 2 /* mn_plus_one.MIN_PERIOD and MAX_PERIOD, checked at load */
+#define MAX_PERIOD 8
+
+/* mn_plus_one._repeat_at over the numbered fingerprints ``ids``: the period and repetitions at
+ * ``i``, or 0 in *period when none. */
+static void repeat_at(const Py_ssize_t *ids, const Py_ssize_t *other, Py_ssize_t n, Py_ssize_t i,
+                      Py_ssize_t threshold, Py_ssize_t *period, Py_ssize_t *reps) {
+    Py_ssize_t first = other[i] - i + 1 > MIN_PERIOD ? other[i] - i + 1 : MIN_PERIOD;
+    for (Py_ssize_t p = first; p <= MAX_PERIOD; p++) {
+        if (i + p * threshold > n) {
+            break;
+        }
+        Py_ssize_t end = i + p;
+        while (end < n && ids[end] == ids[end - p]) {
+            end++;
+        }
+        if ((end - i) / p >= threshold) {
+            *period = p;
+            *reps = (end - i) / p;
+            return;
+        }
+    }
+    *period = 0;
+}
+
+static PyObject *repetitions(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 2 || !PyList_CheckExact(args[0]) || !PyLong_CheckExact(args[1])) {
+        Py_RETURN_NONE;
+    }
+    PyObject *fingerprints = args[0];
+    int overflow;
+    long long threshold = PyLong_AsLongLongAndOverflow(args[1], &overflow);
+    Py_ssize_t n = PyList_GET_SIZE(fingerprints);
+    if (overflow || threshold < 1 || threshold > n + 1) {
+        if (!overflow && threshold > n + 1) {
+            return PyList_New(0); /* no fingerprint can occur threshold times */
+        }
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t *ids = PyMem_Malloc(3 * (size_t)(n > 0 ? n : 1) * sizeof *ids);
+    PyObject *numbers = PyDict_New();
+    PyObject *found = NULL;
+    if (ids == NULL || numbers == NULL) {
+        if (ids == NULL) {
+            PyErr_NoMemory();
+        }
+        goto done;
+    }
+    Py_ssize_t *other = ids + n, *counts = ids + 2 * n;
+    Py_ssize_t distinct = 0;
+    /* Each fingerprint numbered in order of first appearance, and counted. */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *fingerprint = PyList_GET_ITEM(fingerprints, i);
+        if (!PyUnicode_CheckExact(fingerprint)) {
+            Py_DECREF(numbers);
+            PyMem_Free(ids);
+            Py_RETURN_NONE;
+        }
+        PyObject *number = PyDict_GetItemWithError(numbers, fingerprint); /* borrowed */
+        if (number != NULL) {
+            ids[i] = PyLong_AsSsize_t(number);
+        } else {
+            PyObject *next = PyErr_Occurred() ? NULL : PyLong_FromSsize_t(distinct);
+            int rc = next == NULL ? -1 : PyDict_SetItem(numbers, fingerprint, next);
+            Py_XDECREF(next);
+            if (rc < 0) {
+                goto done;
+            }
+            counts[distinct] = 0;
+            ids[i] = distinct++;
+        }
+        counts[ids[i]]++;
+    }
+    Py_ssize_t frequent = 0;
+    for (Py_ssize_t k = 0; k < distinct; k++) {
+        frequent += counts[k] >= threshold;
+    }
+    found = PyList_New(0);
+    if (found == NULL || frequent < 2) {
+        goto done;
+    }
+    if (n > 0) {
+        other[n - 1] = n;
+    }
+    for (Py_ssize_t i = n - 2; i >= 0; i--) {
+        other[i] = ids[i + 1] != ids[i] ? i + 1 : other[i + 1];
+    }
+    for (Py_ssize_t i = 0; i + MIN_PERIOD * threshold <= n;) {
+        Py_ssize_t period = 0, reps = 0;
+        if (counts[ids[i]] >= threshold) {
+            repeat_at(ids, other, n, i, (Py_ssize_t)threshold, &period, &reps);
+        }
+        if (period == 0) {
+            i++;
+            continue;
+        }
+        PyObject *hit = Py_BuildValue("(nnn)", i, period, reps);
+        if (hit == NULL || PyList_Append(found, hit) < 0) {
+            Py_XDECREF(hit);
+            Py_CLEAR(found);
+            goto done;
+        }
+        Py_DECREF(hit);
+        i += period * reps;
+    }
+done:
+    Py_XDECREF(numbers);
+    PyMem_Free(ids);
+    return found;
+}
+
 /* The durations in milliseconds of every span of groups ({key: (shape, [span, ...])}), in
  * order, as one list of floats per group (a new list of lists), or NULL: DECLINED in *outcome
  * for what add_trips leaves to Python, FAILED with an exception set. */
@@ -744,11 +862,16 @@ PyDoc_STRVAR(db_sequence_doc,
              "db_sequence(siblings) -> (spans, shapes) or None\n\n"
              "The twin of otel_apm.detectors.loops._sequence; None leaves the siblings to it.");
 
+PyDoc_STRVAR(repetitions_doc,
+             "repetitions(fingerprints, threshold) -> [(start, period, repetitions), ...] or None\n\n"
+             "The twin of otel_apm.detectors.mn_plus_one.repetitions; None leaves it to it.");
+
 static PyMethodDef traceindex_methods[] = {
     {"index_trace", (PyCFunction)index_trace, METH_O, index_trace_doc},
     {"by_fingerprint", (PyCFunction)by_fingerprint, METH_O, by_fingerprint_doc},
     {"add_trips", (PyCFunction)(void (*)(void))add_trips, METH_FASTCALL, add_trips_doc},
     {"db_sequence", (PyCFunction)db_sequence, METH_O, db_sequence_doc},
+    {"repetitions", (PyCFunction)(void (*)(void))repetitions, METH_FASTCALL, repetitions_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -789,6 +912,19 @@ int apm_traceindex_init(PyObject *module) {
     deque_extend = deque == NULL ? NULL : PyObject_GetAttrString(deque, "extend");
     Py_XDECREF(deque);
     if (samples_type == NULL || deque_extend == NULL) {
+        return -1;
+    }
+    PyObject *min_period = apm_attr_of("otel_apm.detectors.mn_plus_one", "MIN_PERIOD");
+    PyObject *max_period = apm_attr_of("otel_apm.detectors.mn_plus_one", "MAX_PERIOD");
+    int periods_agree = min_period != NULL && max_period != NULL && PyLong_Check(min_period) &&
+                        PyLong_Check(max_period) && PyLong_AsLong(min_period) == MIN_PERIOD &&
+                        PyLong_AsLong(max_period) == MAX_PERIOD;
+    Py_XDECREF(min_period);
+    Py_XDECREF(max_period);
+    if (!periods_agree) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_ImportError, "otel_apm._native: mn_plus_one's periods are not 2..8");
+        }
         return -1;
     }
     samples_added_offset = apm_member_offset(samples_type, "added");

@@ -21,6 +21,7 @@ from otel_apm.analyze import Analyzer
 from otel_apm.detectors.dbshape import StatementGroups, by_fingerprint, db_texts, statements_of
 from otel_apm.detectors.history import QueryHistory
 from otel_apm.detectors.loops import _sequence
+from otel_apm.detectors.mn_plus_one import repetitions
 from otel_apm.detectors.summary import TraceSummary, index_trace
 from otel_apm.evaluate import load_traces
 from otel_apm.model import (
@@ -274,6 +275,28 @@ def test_a_sequence_it_cannot_read_exactly_is_left_to_python(compiled: ModuleTyp
         assert siblings == before  # not sorted: Python sorts it
         python_siblings = list(siblings)
         assert _sequence(siblings, compiled) == _sequence(python_siblings, None)
+
+
+@FUZZ
+@given(
+    st.lists(st.sampled_from(["a", "b", "c", "d"]), max_size=60).map(lambda picks: [p * 2 for p in picks]),
+    st.integers(1, 7),
+)
+def test_repeated_sequences_are_found_alike(fingerprints: list[str], threshold: int) -> None:
+    """Equal fingerprints that are not one object (made apart here) compare equal in C too."""
+    compiled = require_native()
+    got = compiled.repetitions(fingerprints, threshold)
+    assert got == repetitions(fingerprints, threshold)
+    assert repetitions(fingerprints, threshold, compiled) == got
+
+
+def test_repetitions_of_what_it_cannot_number_are_left_to_python(compiled: ModuleType) -> None:
+    odd = type("Fingerprint", (str,), {})
+    loop = ["a", "b"] * 5
+    assert compiled.repetitions([*loop[:-1], odd("b")], 5) is None
+    assert compiled.repetitions(loop, 0) is None
+    assert compiled.repetitions(tuple(loop), 5) is None
+    assert repetitions([*loop[:-1], odd("b")], 5, compiled) == [(0, 2, 5)]
 
 
 def history_state(history: QueryHistory) -> list[tuple[object, list[float], int]]:

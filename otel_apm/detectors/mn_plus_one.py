@@ -9,6 +9,7 @@ Over the same per-parent sequence the N+1 detector walks, the shortest period of
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import ModuleType
 
 from otel_apm.config import APMConfig
 from otel_apm.detectors.advice import Relation, eager_loading, guess_relation, stack_of
@@ -24,12 +25,22 @@ MIN_PERIOD = 2
 MAX_PERIOD = 8
 
 
-def repetitions(fingerprints: Sequence[str], threshold: int) -> list[tuple[int, int, int]]:
+def repetitions(
+    fingerprints: Sequence[str], threshold: int, compiled: ModuleType | None = None
+) -> list[tuple[int, int, int]]:
     """``(start, period, repetitions)`` of every stretch where a period of 2..8 fingerprints with
     at least two distinct ones repeats ``threshold`` times or more back to back; left to right,
     not overlapping, the shortest period at each start.  Linear in practice: each start tries at
     most seven periods, and a period is extended only while it keeps matching.
+
+    ``compiled`` (the trace summary's) has a twin of it (csrc/traceindex.c) that numbers the
+    fingerprints once and compares numbers; this stays the reference and the fallback.
     """
+    made: list[tuple[int, int, int]] | None = (
+        None if compiled is None else compiled.repetitions(fingerprints, threshold)
+    )
+    if made is not None:
+        return made
     n = len(fingerprints)
     # Every fingerprint of a period occurs at least ``threshold`` times: most sequences have
     # fewer than two such, and those that do are scanned only from where one stands.
@@ -86,10 +97,11 @@ class MNPlusOneQueryDetector(SiblingsDetector):
     def on_complete(self) -> list[Finding]:
         threshold = self.config.mn_plus_one_threshold
         findings = []
+        summary = TraceSummary.of(self.trace)
         for siblings in self.sibling_groups(MIN_PERIOD * threshold):
             spans, shapes = db_sequence(self.trace, siblings)
             fingerprints = [shape.fingerprint for shape in shapes]
-            for start, period, reps in repetitions(fingerprints, threshold):
+            for start, period, reps in repetitions(fingerprints, threshold, summary.compiled):
                 findings.append(self._finding(spans, shapes, start, period, reps))
         return findings
 

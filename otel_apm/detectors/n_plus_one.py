@@ -70,8 +70,10 @@ class NPlusOneQueryDetector(SiblingsDetector):
             return []
         fingerprints = [shape.fingerprint for shape in shapes]
         threshold = self.config.mn_plus_one_threshold
+        compiled = TraceSummary.of(self.trace).compiled
         return [
-            (first, first + period * reps) for first, period, reps in repetitions(fingerprints, threshold)
+            (first, first + period * reps)
+            for first, period, reps in repetitions(fingerprints, threshold, compiled)
         ]
 
     def _claimed_elsewhere(
