@@ -26,6 +26,11 @@
  * db_shape (Python) makes the shapes parse_sql alone does not give: no text, an over-long one,
  * a table to add to a shape without one.
  *
+ *   fingerprint_counts(groups) -> {fingerprint: round trips}, or None
+ *
+ * The twin of count_by_fingerprint in otel_apm/detectors/summary.py: None for
+ * anything but the {(service, fingerprint): (shape, [span, ...])} dict it makes.
+ *
  *   db_sequence(siblings) -> (spans, shapes), or None
  *
  * The twin of _sequence in otel_apm/detectors/loops.py: one parent's DB spans sorted in place by
@@ -453,6 +458,40 @@ static PyObject *by_fingerprint(PyObject *module, PyObject *by_text) {
     return out;
 }
 
+static PyObject *fingerprint_counts(PyObject *module, PyObject *groups) {
+    (void)module;
+    if (!PyDict_CheckExact(groups)) {
+        Py_RETURN_NONE;
+    }
+    PyObject *counts = PyDict_New();
+    if (counts == NULL) {
+        return NULL;
+    }
+    Py_ssize_t pos = 0;
+    PyObject *key, *entry; /* borrowed */
+    while (PyDict_Next(groups, &pos, &key, &entry)) {
+        if (!PyTuple_CheckExact(key) || PyTuple_GET_SIZE(key) != 2 || !PyTuple_CheckExact(entry) ||
+            PyTuple_GET_SIZE(entry) != 2 || !PyList_CheckExact(PyTuple_GET_ITEM(entry, 1))) {
+            Py_DECREF(counts);
+            Py_RETURN_NONE;
+        }
+        PyObject *fingerprint = PyTuple_GET_ITEM(key, 1);
+        PyObject *count = PyDict_GetItemWithError(counts, fingerprint); /* borrowed */
+        Py_ssize_t sum = PyList_GET_SIZE(PyTuple_GET_ITEM(entry, 1));
+        if (count != NULL) {
+            sum += PyLong_AsSsize_t(count); /* one this function stored */
+        }
+        PyObject *value = count == NULL && PyErr_Occurred() ? NULL : PyLong_FromSsize_t(sum);
+        if (value == NULL || PyDict_SetItem(counts, fingerprint, value) < 0) {
+            Py_XDECREF(value);
+            Py_DECREF(counts);
+            return NULL;
+        }
+        Py_DECREF(value);
+    }
+    return counts;
+}
+
 /* A span of a parent's sequence: its start, its place in the list (sorting by both is stable). */
 struct started {
     long long start;
@@ -866,11 +905,16 @@ PyDoc_STRVAR(repetitions_doc,
              "repetitions(fingerprints, threshold) -> [(start, period, repetitions), ...] or None\n\n"
              "The twin of otel_apm.detectors.mn_plus_one.repetitions; None leaves it to it.");
 
+PyDoc_STRVAR(fingerprint_counts_doc,
+             "fingerprint_counts(groups) -> {fingerprint: round trips} or None\n\n"
+             "The twin of otel_apm.detectors.summary.count_by_fingerprint; None leaves it to it.");
+
 static PyMethodDef traceindex_methods[] = {
     {"index_trace", (PyCFunction)index_trace, METH_O, index_trace_doc},
     {"by_fingerprint", (PyCFunction)by_fingerprint, METH_O, by_fingerprint_doc},
     {"add_trips", (PyCFunction)(void (*)(void))add_trips, METH_FASTCALL, add_trips_doc},
     {"db_sequence", (PyCFunction)db_sequence, METH_O, db_sequence_doc},
+    {"fingerprint_counts", (PyCFunction)fingerprint_counts, METH_O, fingerprint_counts_doc},
     {"repetitions", (PyCFunction)(void (*)(void))repetitions, METH_FASTCALL, repetitions_doc},
     {NULL, NULL, 0, NULL},
 };

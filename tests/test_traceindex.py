@@ -22,7 +22,7 @@ from otel_apm.detectors.dbshape import StatementGroups, by_fingerprint, db_texts
 from otel_apm.detectors.history import QueryHistory
 from otel_apm.detectors.loops import _sequence
 from otel_apm.detectors.mn_plus_one import repetitions
-from otel_apm.detectors.summary import TraceSummary, index_trace
+from otel_apm.detectors.summary import TraceSummary, count_by_fingerprint, index_trace
 from otel_apm.evaluate import load_traces
 from otel_apm.model import (
     CACHE,
@@ -288,6 +288,19 @@ def test_repeated_sequences_are_found_alike(fingerprints: list[str], threshold: 
     got = compiled.repetitions(fingerprints, threshold)
     assert got == repetitions(fingerprints, threshold)
     assert repetitions(fingerprints, threshold, compiled) == got
+
+
+def test_fingerprint_counts_of_other_groupings_are_left_to_python(compiled: ModuleType) -> None:
+    shape = shape_named("a")
+    assert compiled.fingerprint_counts([]) is None
+    assert compiled.fingerprint_counts({("orders", "a"): (shape, (query(0, 1),))}) is None
+    assert compiled.fingerprint_counts({"a": (shape, [query(0, 1)])}) is None
+    groups: StatementGroups = {
+        ("orders", "a"): (shape, [query(0, 1), query(1, 2)]),
+        ("users", "a"): (shape, [query(0, 1)]),
+        ("users", "b"): (shape_named("b"), [query(0, 1)]),
+    }
+    assert compiled.fingerprint_counts(groups) == count_by_fingerprint(groups) == {"a": 3, "b": 1}
 
 
 def test_repetitions_of_what_it_cannot_number_are_left_to_python(compiled: ModuleType) -> None:

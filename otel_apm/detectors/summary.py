@@ -42,6 +42,15 @@ def index_trace(trace: Trace) -> TraceIndex:
     return by_category, texts, error, total_ns, longest_ns, has_cached
 
 
+def count_by_fingerprint(groups: StatementGroups) -> dict[str, int]:
+    """Round trips per statement fingerprint, whatever the service: the reference of the compiled
+    ``fingerprint_counts`` (csrc/traceindex.c), and the fallback for groups it declines."""
+    counts: dict[str, int] = {}
+    for (_, fingerprint), (_, spans) in groups.items():
+        counts[fingerprint] = counts.get(fingerprint, 0) + len(spans)
+    return counts
+
+
 class TraceSummary:
     """Spans by category with their count, summed and longest duration, whether any span failed,
     and the trace's DB round trips (not cached) by service and statement text.
@@ -100,10 +109,9 @@ class TraceSummary:
         of one shape than this.  Counted from :meth:`round_trips`, which the outlier detector,
         the statistics and the metrics read too."""
         if self._fingerprints is None:
-            counts: dict[str, int] = {}
-            for (_, fingerprint), (_, spans) in self.round_trips().items():
-                counts[fingerprint] = counts.get(fingerprint, 0) + len(spans)
-            self._fingerprints = counts
+            groups = self.round_trips()
+            counted = None if self.compiled is None else self.compiled.fingerprint_counts(groups)
+            self._fingerprints = count_by_fingerprint(groups) if counted is None else counted
         return self._fingerprints
 
     def round_trips(self) -> StatementGroups:
@@ -132,7 +140,7 @@ class TraceSummary:
 
     def shapes_repeated(self, times: int) -> int:
         """How many statement shapes ran at least ``times`` times."""
-        return sum(1 for n in self.fingerprint_counts().values() if n >= times)
+        return len([n for n in self.fingerprint_counts().values() if n >= times])
 
     def largest_body(self, categories: tuple[str, ...]) -> int:
         """The largest HTTP request or response body recorded on spans of ``categories``."""
