@@ -31,6 +31,14 @@
  * The twin of count_by_fingerprint in otel_apm/detectors/summary.py: None for
  * anything but the {(service, fingerprint): (shape, [span, ...])} dict it makes.
  *
+ *   repeats_knowable(statements, threshold) -> bool, or None
+ *
+ * The twin of RepeatedIdenticalQueryDetector.can_fire (otel_apm/detectors/repeated_query.py)
+ * over the summary's statements ({(service, text): [span, ...]}): whether a text ran threshold
+ * times or more, whatever the service, with a shape not truncated and either no placeholders or
+ * a span with recorded parameters.  None for a text that is neither None nor a str, a span that
+ * is not a SpanView, a grouping of another form.
+ *
  *   db_sequence(siblings) -> (spans, shapes), or None
  *
  * The twin of _sequence in otel_apm/detectors/loops.py: one parent's DB spans sorted in place by
@@ -76,7 +84,8 @@ static PyObject *parse_cached = NULL;    /* otel_apm.sql._parse_sql_cached, the 
 static Py_ssize_t max_statement_chars;   /* otel_apm.sql.MAX_STATEMENT_CHARS */
 static PyObject *db_shape = NULL;        /* otel_apm.detectors.dbshape.db_shape */
 static PyObject *s_fingerprint = NULL, *s_tables = NULL;
-static PyObject *s_truncated = NULL;
+static PyObject *s_truncated = NULL, *s_placeholders = NULL;
+static PyObject *parse_sql = NULL; /* otel_apm.sql.parse_sql, for texts over MAX_STATEMENT_CHARS */
 static PyTypeObject *samples_type = NULL; /* otel_apm.detectors.history._Samples */
 static Py_ssize_t samples_added_offset;   /* its slot ``added`` */
 static PyObject *deque_extend = NULL;     /* collections.deque.extend */
@@ -490,6 +499,110 @@ static PyObject *fingerprint_counts(PyObject *module, PyObject *groups) {
         Py_DECREF(value);
     }
     return counts;
+}
+
+/* shape.<name> tested for truth: 1, 0, or -1 with an exception set. */
+static int shape_flag(PyObject *shape, PyObject *name) {
+    PyObject *value = PyObject_GetAttr(shape, name);
+    int truth = value == NULL ? -1 : PyObject_IsTrue(value);
+    Py_XDECREF(value);
+    return truth;
+}
+
+/* Whether a text's runs can be known alike (repeated_query.can_fire's test of one text that ran
+ * often enough): 1 when its shape has no placeholders, 0 when it is truncated, else 2 (only
+ * recorded parameters tell); -1 with an exception set. */
+static int text_verdict(PyObject *text) {
+    PyObject *shape = PyUnicode_GET_LENGTH(text) > max_statement_chars ? PyObject_CallOneArg(parse_sql, text)
+                                                                        : PyObject_CallOneArg(parse_cached, text);
+    if (shape == NULL) {
+        return -1;
+    }
+    int truncated = shape_flag(shape, s_truncated);
+    int placeholders = truncated != 0 ? 0 : shape_flag(shape, s_placeholders);
+    Py_DECREF(shape);
+    if (truncated != 0) {
+        return truncated < 0 ? -1 : 0;
+    }
+    return placeholders < 0 ? -1 : (placeholders ? 2 : 1);
+}
+
+static PyObject *repeats_knowable(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 2 || !PyDict_CheckExact(args[0]) || !PyLong_CheckExact(args[1])) {
+        Py_RETURN_NONE;
+    }
+    PyObject *statements = args[0];
+    int overflow;
+    long long threshold = PyLong_AsLongLongAndOverflow(args[1], &overflow);
+    if (overflow) {
+        Py_RETURN_NONE;
+    }
+    PyTypeObject *view_type = apm_view_type();
+    PyObject *counts = PyDict_New(); /* text -> its runs, over every service */
+    if (counts == NULL) {
+        return NULL;
+    }
+    PyObject *result = NULL;
+    Py_ssize_t pos = 0;
+    PyObject *key, *spans; /* borrowed */
+    while (PyDict_Next(statements, &pos, &key, &spans)) {
+        PyObject *text = PyTuple_CheckExact(key) && PyTuple_GET_SIZE(key) == 2 ? PyTuple_GET_ITEM(key, 1) : NULL;
+        if (text == NULL || !PyList_CheckExact(spans) || !(text == Py_None || PyUnicode_CheckExact(text))) {
+            result = Py_NewRef(Py_None);
+            goto done;
+        }
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(spans); i++) {
+            if (!PyObject_TypeCheck(PyList_GET_ITEM(spans, i), view_type)) {
+                result = Py_NewRef(Py_None);
+                goto done;
+            }
+        }
+        if (text == Py_None || PyUnicode_GET_LENGTH(text) == 0) {
+            continue; /* texts() leaves out the spans without one */
+        }
+        PyObject *count = PyDict_GetItemWithError(counts, text); /* borrowed */
+        Py_ssize_t runs = PyList_GET_SIZE(spans) + (count == NULL ? 0 : PyLong_AsSsize_t(count));
+        PyObject *value = count == NULL && PyErr_Occurred() ? NULL : PyLong_FromSsize_t(runs);
+        int rc = value == NULL ? -1 : PyDict_SetItem(counts, text, value);
+        Py_XDECREF(value);
+        if (rc < 0) {
+            goto done;
+        }
+    }
+    /* Each text that ran often enough, judged once; its spans looked at in each service's list. */
+    pos = 0;
+    while (PyDict_Next(statements, &pos, &key, &spans)) {
+        PyObject *text = PyTuple_GET_ITEM(key, 1);
+        PyObject *count = text == Py_None ? NULL : PyDict_GetItemWithError(counts, text); /* borrowed */
+        if (count == NULL) {
+            if (PyErr_Occurred()) {
+                goto done;
+            }
+            continue;
+        }
+        if (PyLong_AsSsize_t(count) < threshold) {
+            continue;
+        }
+        int verdict = text_verdict(text);
+        if (verdict < 0) {
+            goto done;
+        }
+        if (verdict == 1) {
+            result = Py_NewRef(Py_True);
+            goto done;
+        }
+        for (Py_ssize_t i = 0; verdict == 2 && i < PyList_GET_SIZE(spans); i++) {
+            if (apm_view_get(PyList_GET_ITEM(spans, i), APM_VIEW_DB_PARAMS) != Py_None) {
+                result = Py_NewRef(Py_True);
+                goto done;
+            }
+        }
+    }
+    result = Py_NewRef(Py_False);
+done:
+    Py_DECREF(counts);
+    return result;
 }
 
 /* A span of a parent's sequence: its start, its place in the list (sorting by both is stable). */
@@ -909,11 +1022,16 @@ PyDoc_STRVAR(fingerprint_counts_doc,
              "fingerprint_counts(groups) -> {fingerprint: round trips} or None\n\n"
              "The twin of otel_apm.detectors.summary.count_by_fingerprint; None leaves it to it.");
 
+PyDoc_STRVAR(repeats_knowable_doc,
+             "repeats_knowable(statements, threshold) -> bool or None\n\n"
+             "The twin of otel_apm.detectors.repeated_query.repeats_knowable; None leaves it to it.");
+
 static PyMethodDef traceindex_methods[] = {
     {"index_trace", (PyCFunction)index_trace, METH_O, index_trace_doc},
     {"by_fingerprint", (PyCFunction)by_fingerprint, METH_O, by_fingerprint_doc},
     {"add_trips", (PyCFunction)(void (*)(void))add_trips, METH_FASTCALL, add_trips_doc},
     {"db_sequence", (PyCFunction)db_sequence, METH_O, db_sequence_doc},
+    {"repeats_knowable", (PyCFunction)(void (*)(void))repeats_knowable, METH_FASTCALL, repeats_knowable_doc},
     {"fingerprint_counts", (PyCFunction)fingerprint_counts, METH_O, fingerprint_counts_doc},
     {"repetitions", (PyCFunction)(void (*)(void))repetitions, METH_FASTCALL, repetitions_doc},
     {NULL, NULL, 0, NULL},
@@ -947,8 +1065,11 @@ int apm_traceindex_init(PyObject *module) {
     s_fingerprint = PyUnicode_InternFromString("fingerprint");
     s_tables = PyUnicode_InternFromString("tables");
     s_truncated = PyUnicode_InternFromString("truncated");
+    s_placeholders = PyUnicode_InternFromString("placeholders");
+    parse_sql = apm_attr_of("otel_apm.sql", "parse_sql");
     if (db_category == NULL || parse_cached == NULL || db_shape == NULL || s_db_texts == NULL ||
-        s_fingerprint == NULL || s_tables == NULL || s_truncated == NULL) {
+        s_fingerprint == NULL || s_tables == NULL || s_truncated == NULL || s_placeholders == NULL ||
+        parse_sql == NULL) {
         return -1;
     }
     samples_type = apm_class_of("otel_apm.detectors.history", "_Samples");

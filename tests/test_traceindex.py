@@ -22,6 +22,7 @@ from otel_apm.detectors.dbshape import StatementGroups, by_fingerprint, db_texts
 from otel_apm.detectors.history import QueryHistory
 from otel_apm.detectors.loops import _sequence
 from otel_apm.detectors.mn_plus_one import repetitions
+from otel_apm.detectors.repeated_query import repeats_knowable
 from otel_apm.detectors.summary import TraceSummary, count_by_fingerprint, index_trace
 from otel_apm.evaluate import load_traces
 from otel_apm.model import (
@@ -288,6 +289,28 @@ def test_repeated_sequences_are_found_alike(fingerprints: list[str], threshold: 
     got = compiled.repetitions(fingerprints, threshold)
     assert got == repetitions(fingerprints, threshold)
     assert repetitions(fingerprints, threshold, compiled) == got
+
+
+@FUZZ
+@given(traces(), st.lists(st.booleans(), max_size=30), st.integers(1, 5))
+def test_whether_repeats_can_be_known_alike_is_answered_alike(
+    trace: Trace, recorded: list[bool], threshold: int
+) -> None:
+    """The repeated-query bound over the summary's statements, spans with recorded parameters
+    here and there, over-long (truncated) and placeholder-free texts among them."""
+    compiled = require_native()
+    for view, params in zip(trace.spans, recorded, strict=False):
+        view.db_params = "(1,)" if params else None
+    summary = TraceSummary(twin(trace))
+    assert compiled.repeats_knowable(summary.statements, threshold) is repeats_knowable(summary, threshold)
+
+
+def test_a_repeats_bound_it_cannot_read_is_left_to_python(compiled: ModuleType) -> None:
+    odd_text = type("Text", (str,), {})("SELECT 1")
+    assert compiled.repeats_knowable({("orders", odd_text): [query(0, 1)] * 3}, 3) is None
+    assert compiled.repeats_knowable({("orders", "SELECT 1"): [object()] * 3}, 3) is None
+    assert compiled.repeats_knowable({("orders", "SELECT 1"): (query(0, 1),) * 3}, 3) is None
+    assert compiled.repeats_knowable({("orders", "SELECT 1"): [query(0, 1)] * 3}, 3) is True
 
 
 def test_fingerprint_counts_of_other_groupings_are_left_to_python(compiled: ModuleType) -> None:

@@ -32,6 +32,23 @@ def identical_key(span: SpanView, shape: SqlShape) -> Key | None:
     return text, span.db_params
 
 
+def repeats_knowable(summary: TraceSummary, threshold: int) -> bool:
+    """Whether some text ran ``threshold`` times or more and its runs' values can be known
+    alike: recorded, or in the text (see :func:`identical_key`).  The reference of the compiled
+    ``repeats_knowable`` (csrc/traceindex.c), and the fallback for a summary it declines."""
+    for text, spans in summary.texts().items():
+        if len(spans) >= threshold:
+            shape = parse_sql(text)
+            if shape.truncated:
+                continue
+            if not shape.placeholders:
+                return True
+            for s in spans:  # a loop, not any() over a generator: a third of the cost
+                if s.db_params is not None:
+                    return True
+    return False
+
+
 class RepeatedIdenticalQueryDetector(Detector):
     """One finding per statement shape run with the same values APM_REPEATED_QUERY_THRESHOLD
     times or more in the trace, under any parents."""
@@ -41,20 +58,12 @@ class RepeatedIdenticalQueryDetector(Detector):
 
     @classmethod
     def can_fire(cls, config: APMConfig, summary: TraceSummary) -> bool:
-        """Some text ran often enough, and its runs' values can be known alike: recorded, or
-        in the text (see :func:`identical_key`)."""
+        """Some text ran often enough, and its runs' values can be known alike (see
+        :func:`repeats_knowable`, which the summary's compiled module has a twin of)."""
         threshold = config.repeated_query_threshold
-        for text, spans in summary.texts().items():
-            if len(spans) >= threshold:
-                shape = parse_sql(text)
-                if shape.truncated:
-                    continue
-                if not shape.placeholders:
-                    return True
-                for s in spans:  # a loop, not any() over a generator: a third of the cost
-                    if s.db_params is not None:
-                        return True
-        return False
+        compiled = summary.compiled
+        known = None if compiled is None else compiled.repeats_knowable(summary.statements, threshold)
+        return repeats_knowable(summary, threshold) if known is None else bool(known)
 
     def __init__(self, config: APMConfig, trace: Trace, history: History) -> None:
         super().__init__(config, trace, history)
