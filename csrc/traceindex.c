@@ -39,6 +39,11 @@
  * a span with recorded parameters.  None for a text that is neither None nor a str, a span that
  * is not a SpanView, a grouping of another form.
  *
+ *   by_parent(spans, category) -> {parent_id: [span, ...]}, or None
+ *
+ * The twin of the filing in Trace.siblings (otel_apm/model.py): the spans of the category by
+ * parent span id, in arrival order.  None for a list that is not exactly a list of SpanViews.
+ *
  *   db_sequence(siblings) -> (spans, shapes), or None
  *
  * The twin of _sequence in otel_apm/detectors/loops.py: one parent's DB spans sorted in place by
@@ -605,6 +610,68 @@ done:
     return result;
 }
 
+static PyObject *by_parent(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 2 || !PyList_CheckExact(args[0])) {
+        Py_RETURN_NONE;
+    }
+    PyObject *spans = args[0], *category = args[1];
+    PyTypeObject *view_type = apm_view_type();
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(spans); i++) {
+        if (!PyObject_TypeCheck(PyList_GET_ITEM(spans, i), view_type)) {
+            Py_RETURN_NONE;
+        }
+    }
+    PyObject *filed = PyDict_New();
+    if (filed == NULL) {
+        return NULL;
+    }
+    Py_INCREF(spans); /* held: comparing or hashing may run Python code */
+    Py_INCREF(category);
+    /* A parent's children mostly come one after another: a parent id equal to the last one's
+     * (the same object, or an int of the same value, which is the same dict key) is filed with
+     * it without a lookup.  Both are held, as is the last object found equal to the category. */
+    PyObject *last_parent = NULL, *last_group = NULL, *matching = Py_NewRef(category);
+    int rc = 0;
+    for (Py_ssize_t i = 0; rc == 0 && i < PyList_GET_SIZE(spans); i++) {
+        PyObject *span = PyList_GET_ITEM(spans, i);
+        PyObject *of = apm_view_get(span, APM_VIEW_CATEGORY);
+        int same = of == matching ? 1 : PyObject_RichCompareBool(of, category, Py_EQ);
+        if (same <= 0) {
+            rc = same;
+            continue;
+        }
+        Py_SETREF(matching, Py_NewRef(of));
+        PyObject *parent = apm_view_get(span, APM_VIEW_PARENT_ID);
+        if (last_group != NULL &&
+            (parent == last_parent || (PyLong_CheckExact(parent) && PyLong_CheckExact(last_parent) &&
+                                       PyObject_RichCompareBool(parent, last_parent, Py_EQ) == 1))) {
+            rc = PyList_Append(last_group, span);
+            continue;
+        }
+        PyObject *group = PyDict_GetItemWithError(filed, parent); /* borrowed: filed is ours alone */
+        if (group != NULL) {
+            rc = PyList_Append(group, span);
+        } else if (PyErr_Occurred() || (group = PyList_New(1)) == NULL) {
+            rc = -1;
+        } else {
+            PyList_SET_ITEM(group, 0, Py_NewRef(span));
+            rc = PyDict_SetItem(filed, parent, group);
+            Py_DECREF(group); /* the dict holds it */
+        }
+        Py_XSETREF(last_parent, Py_NewRef(parent));
+        last_group = group;
+    }
+    Py_XDECREF(last_parent);
+    Py_DECREF(matching);
+    Py_DECREF(spans);
+    Py_DECREF(category);
+    if (rc < 0) {
+        Py_CLEAR(filed);
+    }
+    return filed;
+}
+
 /* A span of a parent's sequence: its start, its place in the list (sorting by both is stable). */
 struct started {
     long long start;
@@ -1026,11 +1093,16 @@ PyDoc_STRVAR(repeats_knowable_doc,
              "repeats_knowable(statements, threshold) -> bool or None\n\n"
              "The twin of otel_apm.detectors.repeated_query.repeats_knowable; None leaves it to it.");
 
+PyDoc_STRVAR(by_parent_doc,
+             "by_parent(spans, category) -> {parent_id: [span, ...]} or None\n\n"
+             "The twin of the filing in otel_apm.model.Trace.siblings; None leaves it to it.");
+
 static PyMethodDef traceindex_methods[] = {
     {"index_trace", (PyCFunction)index_trace, METH_O, index_trace_doc},
     {"by_fingerprint", (PyCFunction)by_fingerprint, METH_O, by_fingerprint_doc},
     {"add_trips", (PyCFunction)(void (*)(void))add_trips, METH_FASTCALL, add_trips_doc},
     {"db_sequence", (PyCFunction)db_sequence, METH_O, db_sequence_doc},
+    {"by_parent", (PyCFunction)(void (*)(void))by_parent, METH_FASTCALL, by_parent_doc},
     {"repeats_knowable", (PyCFunction)(void (*)(void))repeats_knowable, METH_FASTCALL, repeats_knowable_doc},
     {"fingerprint_counts", (PyCFunction)fingerprint_counts, METH_O, fingerprint_counts_doc},
     {"repetitions", (PyCFunction)(void (*)(void))repetitions, METH_FASTCALL, repetitions_doc},

@@ -7,6 +7,7 @@ bytes per span rather than the SDK span with all its attributes and events.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterator
+from types import ModuleType
 from typing import Any, TypeVar, cast
 
 T = TypeVar("T")
@@ -145,13 +146,19 @@ class Trace:
         value = self._derived[key] = compute()
         return value
 
-    def siblings(self, category: str) -> dict[int, list[SpanView]]:
+    def siblings(self, category: str, compiled: ModuleType | None = None) -> dict[int, list[SpanView]]:
         """The spans of ``category`` by parent span id, in arrival order, computed once per category.
 
         Shared by every detector of repeated work under one parent; they may sort a parent's list
         by start time in place (all of them read it in that order), but never change its members.
+        ``compiled`` (otel_apm._native or None) files them with the compiled twin of the loop
+        below (csrc/traceindex.c by_parent), which stays the reference and the fallback.
         """
         filed = self._siblings.get(category)
+        if filed is None and compiled is not None:
+            filed = compiled.by_parent(self.spans, category)
+            if filed is not None:
+                self._siblings[category] = filed
         if filed is None:
             filed = self._siblings[category] = {}
             for s in self.spans:

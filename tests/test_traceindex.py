@@ -313,6 +313,32 @@ def test_a_repeats_bound_it_cannot_read_is_left_to_python(compiled: ModuleType) 
     assert compiled.repeats_knowable({("orders", "SELECT 1"): [query(0, 1)] * 3}, 3) is True
 
 
+@FUZZ
+@given(traces(), st.booleans())
+def test_siblings_are_filed_by_parent_alike(trace: Trace, big_ids: bool) -> None:
+    """Equal parent ids that are not one object (64-bit ids, made apart) are one parent in C too;
+    the lists and the parents come in arrival order."""
+    compiled = require_native()
+    if big_ids:
+        for view in trace.spans:
+            view.parent_id = int(str(2**63 + view.parent_id))
+    for category in (*CATEGORIES, "none of them"):
+        got = twin(trace).siblings(category, compiled)
+        expected = twin(trace).siblings(category)
+        assert list(got.items()) == list(expected.items())
+        assert [[id(s) for s in group] for group in got.values()] == [
+            [id(s) for s in group] for group in expected.values()
+        ]
+
+
+def test_siblings_it_cannot_read_are_left_to_python(compiled: ModuleType) -> None:
+    assert compiled.by_parent((query(0, 1),), DB) is None
+    assert compiled.by_parent([query(0, 1), object()], DB) is None
+    trace = Trace(1, [query(0, 1), object()], None)  # type: ignore[list-item]
+    with pytest.raises(AttributeError):  # Python reads it, and fails as it always did
+        trace.siblings(DB, compiled)
+
+
 def test_fingerprint_counts_of_other_groupings_are_left_to_python(compiled: ModuleType) -> None:
     shape = shape_named("a")
     assert compiled.fingerprint_counts([]) is None

@@ -235,7 +235,9 @@ class SiblingsDetector(Detector):
 
     @property
     def by_parent(self) -> dict[int, list[SpanView]]:
-        return self.trace.siblings(self.sibling_category)
+        """Filed by the compiled twin when the trace's summary was made with it."""
+        trace = self.trace
+        return trace.siblings(self.sibling_category, TraceSummary.of(trace).compiled)
 
     def sibling_groups(self, threshold: int) -> Iterator[list[SpanView]]:
         """The spans of each parent that has at least ``threshold`` of them."""
