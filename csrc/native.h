@@ -15,7 +15,8 @@ int apm_fields_init(PyObject *module);
 /* csrc/callsite.c: CallSiteRecorder, the twin of otel_apm.ingest.callsite.CallSite.record. */
 int apm_callsite_init(PyObject *module);
 /* csrc/traceindex.c: index_trace and by_fingerprint, the twins of the per-trace index and the
- * statement regrouping in otel_apm/detectors/summary.py and dbshape.py. */
+ * statement regrouping in otel_apm/detectors/summary.py and dbshape.py, and of the detectors'
+ * per-trace steps (bounds, sequences, siblings, the query history's write). */
 int apm_traceindex_init(PyObject *module);
 /* csrc/sketch.c: sketch_add and tally_add_spans, the twins of DDSketch.add and Tally.add_spans. */
 int apm_sketch_init(PyObject *module);

@@ -472,6 +472,19 @@ static PyObject *by_fingerprint(PyObject *module, PyObject *by_text) {
     return out;
 }
 
+/* counts[key] += n, counts[key] = n when new; the counts are ints this file stored.  0, or -1
+ * with an exception set. */
+static int count_under(PyObject *counts, PyObject *key, Py_ssize_t n) {
+    PyObject *count = PyDict_GetItemWithError(counts, key); /* borrowed */
+    if (count == NULL && PyErr_Occurred()) {
+        return -1;
+    }
+    PyObject *value = PyLong_FromSsize_t(n + (count == NULL ? 0 : PyLong_AsSsize_t(count)));
+    int rc = value == NULL ? -1 : PyDict_SetItem(counts, key, value);
+    Py_XDECREF(value);
+    return rc;
+}
+
 static PyObject *fingerprint_counts(PyObject *module, PyObject *groups) {
     (void)module;
     if (!PyDict_CheckExact(groups)) {
@@ -489,19 +502,10 @@ static PyObject *fingerprint_counts(PyObject *module, PyObject *groups) {
             Py_DECREF(counts);
             Py_RETURN_NONE;
         }
-        PyObject *fingerprint = PyTuple_GET_ITEM(key, 1);
-        PyObject *count = PyDict_GetItemWithError(counts, fingerprint); /* borrowed */
-        Py_ssize_t sum = PyList_GET_SIZE(PyTuple_GET_ITEM(entry, 1));
-        if (count != NULL) {
-            sum += PyLong_AsSsize_t(count); /* one this function stored */
-        }
-        PyObject *value = count == NULL && PyErr_Occurred() ? NULL : PyLong_FromSsize_t(sum);
-        if (value == NULL || PyDict_SetItem(counts, fingerprint, value) < 0) {
-            Py_XDECREF(value);
+        if (count_under(counts, PyTuple_GET_ITEM(key, 1), PyList_GET_SIZE(PyTuple_GET_ITEM(entry, 1))) < 0) {
             Py_DECREF(counts);
             return NULL;
         }
-        Py_DECREF(value);
     }
     return counts;
 }
@@ -518,8 +522,8 @@ static int shape_flag(PyObject *shape, PyObject *name) {
  * often enough): 1 when its shape has no placeholders, 0 when it is truncated, else 2 (only
  * recorded parameters tell); -1 with an exception set. */
 static int text_verdict(PyObject *text) {
-    PyObject *shape = PyUnicode_GET_LENGTH(text) > max_statement_chars ? PyObject_CallOneArg(parse_sql, text)
-                                                                        : PyObject_CallOneArg(parse_cached, text);
+    PyObject *parse = PyUnicode_GET_LENGTH(text) > max_statement_chars ? parse_sql : parse_cached;
+    PyObject *shape = PyObject_CallOneArg(parse, text);
     if (shape == NULL) {
         return -1;
     }
@@ -552,13 +556,15 @@ static PyObject *repeats_knowable(PyObject *module, PyObject *const *args, Py_ss
     Py_ssize_t pos = 0;
     PyObject *key, *spans; /* borrowed */
     while (PyDict_Next(statements, &pos, &key, &spans)) {
-        PyObject *text = PyTuple_CheckExact(key) && PyTuple_GET_SIZE(key) == 2 ? PyTuple_GET_ITEM(key, 1) : NULL;
+        int pair = PyTuple_CheckExact(key) && PyTuple_GET_SIZE(key) == 2;
+        PyObject *text = pair ? PyTuple_GET_ITEM(key, 1) : NULL;
         if (text == NULL || !PyList_CheckExact(spans) || !(text == Py_None || PyUnicode_CheckExact(text))) {
             result = Py_NewRef(Py_None);
             goto done;
         }
         for (Py_ssize_t i = 0; i < PyList_GET_SIZE(spans); i++) {
-            if (!PyObject_TypeCheck(PyList_GET_ITEM(spans, i), view_type)) {
+            PyObject *span = PyList_GET_ITEM(spans, i);
+            if (!PyObject_TypeCheck(span, view_type) || apm_view_get(span, APM_VIEW_DB_PARAMS) == NULL) {
                 result = Py_NewRef(Py_None);
                 goto done;
             }
@@ -566,12 +572,7 @@ static PyObject *repeats_knowable(PyObject *module, PyObject *const *args, Py_ss
         if (text == Py_None || PyUnicode_GET_LENGTH(text) == 0) {
             continue; /* texts() leaves out the spans without one */
         }
-        PyObject *count = PyDict_GetItemWithError(counts, text); /* borrowed */
-        Py_ssize_t runs = PyList_GET_SIZE(spans) + (count == NULL ? 0 : PyLong_AsSsize_t(count));
-        PyObject *value = count == NULL && PyErr_Occurred() ? NULL : PyLong_FromSsize_t(runs);
-        int rc = value == NULL ? -1 : PyDict_SetItem(counts, text, value);
-        Py_XDECREF(value);
-        if (rc < 0) {
+        if (count_under(counts, text, PyList_GET_SIZE(spans)) < 0) {
             goto done;
         }
     }
@@ -618,7 +619,9 @@ static PyObject *by_parent(PyObject *module, PyObject *const *args, Py_ssize_t n
     PyObject *spans = args[0], *category = args[1];
     PyTypeObject *view_type = apm_view_type();
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(spans); i++) {
-        if (!PyObject_TypeCheck(PyList_GET_ITEM(spans, i), view_type)) {
+        PyObject *span = PyList_GET_ITEM(spans, i);
+        if (!PyObject_TypeCheck(span, view_type) || apm_view_get(span, APM_VIEW_CATEGORY) == NULL ||
+            apm_view_get(span, APM_VIEW_PARENT_ID) == NULL) {
             Py_RETURN_NONE;
         }
     }
@@ -704,7 +707,10 @@ static int sort_by_start(PyObject *siblings) {
         PyObject *statement = start == NULL ? NULL : apm_view_get(span, APM_VIEW_STATEMENT);
         PyObject *cached = start == NULL ? NULL : apm_view_get(span, APM_VIEW_CACHED);
         int overflow = 1;
-        long long value = start != NULL && PyLong_CheckExact(start) ? PyLong_AsLongLongAndOverflow(start, &overflow) : 0;
+        long long value = 0;
+        if (start != NULL && PyLong_CheckExact(start)) {
+            value = PyLong_AsLongLongAndOverflow(start, &overflow);
+        }
         if (overflow || statement == NULL || cached == NULL || flag(cached) == DECLINED ||
             !(statement == Py_None || PyUnicode_CheckExact(statement))) {
             PyMem_Free(order);
@@ -918,8 +924,8 @@ static PyObject *trip_durations(PyObject *groups, int *outcome) {
     Py_ssize_t pos = 0;
     PyObject *key, *entry; /* borrowed */
     while (PyDict_Next(groups, &pos, &key, &entry)) {
-        PyObject *spans = PyTuple_CheckExact(entry) && PyTuple_GET_SIZE(entry) == 2 ? PyTuple_GET_ITEM(entry, 1)
-                                                                                   : NULL;
+        int pair = PyTuple_CheckExact(entry) && PyTuple_GET_SIZE(entry) == 2;
+        PyObject *spans = pair ? PyTuple_GET_ITEM(entry, 1) : NULL;
         if (spans == NULL || !PyList_CheckExact(spans)) {
             *outcome = DECLINED;
             goto fail;
@@ -934,12 +940,13 @@ static PyObject *trip_durations(PyObject *groups, int *outcome) {
         Py_DECREF(ms); /* out holds it */
         for (Py_ssize_t i = 0; i < n; i++) {
             PyObject *span = PyList_GET_ITEM(spans, i);
-            PyObject *start = PyObject_TypeCheck(span, view_type) ? apm_view_get(span, APM_VIEW_START_NS) : NULL;
-            PyObject *end = start == NULL ? NULL : apm_view_get(span, APM_VIEW_END_NS);
+            int view = PyObject_TypeCheck(span, view_type);
+            PyObject *start = view ? apm_view_get(span, APM_VIEW_START_NS) : NULL;
+            PyObject *end = view ? apm_view_get(span, APM_VIEW_END_NS) : NULL;
             long long duration;
             /* Exactly ints: a subclass's subtraction may be its own. */
-            if (end == NULL || !PyLong_CheckExact(start) || !PyLong_CheckExact(end) ||
-                duration_of(span, &duration) != DONE) {
+            if (start == NULL || end == NULL || !PyLong_CheckExact(start) ||
+                !PyLong_CheckExact(end) || duration_of(span, &duration) != DONE) {
                 *outcome = DECLINED;
                 goto fail;
             }

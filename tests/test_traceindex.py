@@ -331,6 +331,21 @@ def test_siblings_are_filed_by_parent_alike(trace: Trace, big_ids: bool) -> None
         ]
 
 
+def unset(name: str) -> SpanView:
+    """A query whose slot ``name`` was deleted: reading it raises AttributeError in Python."""
+    view = query(0, 1)
+    delattr(view, name)
+    return view
+
+
+def test_spans_with_a_slot_unset_are_left_to_python(compiled: ModuleType) -> None:
+    assert compiled.by_parent([query(0, 1), unset("parent_id")], DB) is None
+    assert compiled.by_parent([query(0, 1), unset("category")], DB) is None
+    assert compiled.repeats_knowable({("orders", "SELECT 1"): [unset("db_params")] * 3}, 3) is None
+    assert compiled.db_sequence([query(0, 1), unset("start_ns")]) is None
+    assert compiled.add_trips({}, {("orders", "a"): (shape_named("a"), [unset("end_ns")])}, 10) is None
+
+
 def test_siblings_it_cannot_read_are_left_to_python(compiled: ModuleType) -> None:
     assert compiled.by_parent((query(0, 1),), DB) is None
     assert compiled.by_parent([query(0, 1), object()], DB) is None
