@@ -327,7 +327,14 @@ class Emission:
             )
             reader = PeriodicExportingMetricReader(_metric_exporter(config))
             meter_provider = sdk_meter_provider = SDKMeterProvider(resource=resource, metric_readers=[reader])
-            self.emitters.append(FindingEvents(forwarder, resource.attributes, downstream.events_per_request))
+            self.emitters.append(
+                FindingEvents(
+                    forwarder,
+                    resource.attributes,
+                    downstream.events_per_request,
+                    config.analysis.native_enabled,
+                )
+            )
 
             def shutdown_metrics(timeout_s: float) -> None:
                 sdk_meter_provider.shutdown(int(timeout_s * 1000))  # a last collection and export
