@@ -188,7 +188,15 @@ static int len_field_kind(enum message message, uint32_t number) {
 }
 
 static int valid_utf8(const uint8_t *data, Py_ssize_t len) {
-    for (Py_ssize_t i = 0; i < len; i++) {
+    Py_ssize_t i = 0;
+    for (; i + 8 <= len; i += 8) { /* ASCII eight bytes at a time: most strings are */
+        uint64_t word;
+        memcpy(&word, data + i, 8);
+        if (word & 0x8080808080808080ULL) {
+            break;
+        }
+    }
+    for (; i < len; i++) {
         if (data[i] & 0x80) { /* not ASCII: let Python's strict decoder judge, as upb would */
             PyObject *text = PyUnicode_DecodeUTF8((const char *)data, len, NULL);
             if (text == NULL) {
@@ -880,6 +888,115 @@ done:
     return result;
 }
 
+/* -- the receiver's check: is a payload a request protobuf would parse? ----------------------
+ *
+ * With analysis on, the collector reads every trace payload twice: the receiver's full parse
+ * (protobuf's, checking the request as OTLP requires before it is forwarded) and otlp_views.
+ * otlp_check tells, without making any object, that protobuf's parse of ExportTraceServiceRequest
+ * would succeed, so the receiver can skip it: every field is one the installed schema declares
+ * (otel_apm/ingest/otlp.py _check_schema, from the generated descriptors) with its declared
+ * wire type, strings are UTF-8, sub-messages are checked alike, at most CHECK_DEPTH deep.  It
+ * may only err on the safe side: anything else (an unknown field, a group, another wire type, a
+ * deeper nesting), even what protobuf accepts, answers False, and the receiver parses the
+ * payload as before.  tests/test_otlp_native.py holds it to protobuf on mutated payloads. */
+
+#define CHECK_DEPTH 32   /* below upb's 100 */
+#define CHECK_FIELDS 32  /* field numbers below this; the schema's go to 16 */
+#define CHECK_MESSAGES 32
+enum { KIND_UNKNOWN = -1, KIND_BYTES = 2, KIND_STRING = 3, KIND_MESSAGE = 16 }; /* 0, 1, 5: scalars */
+
+typedef struct {
+    int count;
+    signed char kinds[CHECK_MESSAGES][CHECK_FIELDS];
+} check_schema;
+
+/* The schema from its Python form: per message, a tuple of kinds by field number.  0, or -1
+ * (not raised) for a schema beyond these tables. */
+static int load_schema(PyObject *messages, check_schema *schema) {
+    if (!PyTuple_Check(messages) || PyTuple_GET_SIZE(messages) > CHECK_MESSAGES) {
+        return -1;
+    }
+    schema->count = (int)PyTuple_GET_SIZE(messages);
+    for (int m = 0; m < schema->count; m++) {
+        PyObject *fields = PyTuple_GET_ITEM(messages, m);
+        if (!PyTuple_Check(fields) || PyTuple_GET_SIZE(fields) > CHECK_FIELDS) {
+            return -1;
+        }
+        for (Py_ssize_t n = 0; n < CHECK_FIELDS; n++) {
+            long kind = KIND_UNKNOWN;
+            if (n < PyTuple_GET_SIZE(fields)) {
+                kind = PyLong_AsLong(PyTuple_GET_ITEM(fields, n));
+                if (kind == -1 && PyErr_Occurred()) {
+                    PyErr_Clear();
+                    return -1;
+                }
+            }
+            int scalar = kind == 0 || kind == 1 || kind == 5 || kind == KIND_BYTES || kind == KIND_STRING;
+            if (!scalar && kind != KIND_UNKNOWN && !(kind >= KIND_MESSAGE && kind < KIND_MESSAGE + schema->count)) {
+                return -1;
+            }
+            schema->kinds[m][n] = (signed char)kind;
+        }
+    }
+    return schema->count > 0 ? 0 : -1;
+}
+
+/* 1 when protobuf would parse ``data`` as message ``message`` of the schema, 0 when not sure. */
+static int full_check(const check_schema *schema, const uint8_t *data, Py_ssize_t len, int message, int depth) {
+    reader r = {data, data + len};
+    while (r.p < r.end) {
+        field f;
+        if (read_tag(&r, &f.number, &f.wire) < 0 || f.number == 0 || f.number >= CHECK_FIELDS) {
+            return 0;
+        }
+        int kind = schema->kinds[message][f.number];
+        int wire = kind == KIND_BYTES || kind == KIND_STRING || kind >= KIND_MESSAGE ? WIRE_LEN : kind;
+        if (kind == KIND_UNKNOWN || f.wire != wire || read_value(&r, &f, depth) < 0) {
+            return 0;
+        }
+        if (kind == KIND_STRING) {
+            if (!valid_utf8(f.data, f.len)) {
+                return 0;
+            }
+        } else if (kind >= KIND_MESSAGE) {
+            if (depth + 1 > CHECK_DEPTH || !full_check(schema, f.data, f.len, kind - KIND_MESSAGE, depth + 1)) {
+                return 0;
+            }
+        }
+    }
+    return 1;
+}
+
+PyDoc_STRVAR(otlp_check_doc,
+             "otlp_check(payload, schema)\n"
+             "--\n\n"
+             "True when protobuf would parse payload as the schema's first message, False when\n"
+             "that is not sure: see otel_apm/ingest/otlp.py checked_request.");
+
+static PyObject *otlp_check(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "otlp_check takes 2 arguments, got %zd", nargs);
+        return NULL;
+    }
+    static PyObject *loaded; /* the schema object the table was loaded from (strong) */
+    static check_schema schema;
+    if (args[1] != loaded) {
+        Py_CLEAR(loaded);
+        if (load_schema(args[1], &schema) < 0) {
+            Py_RETURN_FALSE;
+        }
+        loaded = Py_NewRef(args[1]);
+    }
+    Py_buffer payload;
+    if (PyObject_GetBuffer(args[0], &payload, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    int valid = full_check(&schema, payload.buf, payload.len, 0, 0);
+    PyBuffer_Release(&payload);
+    return PyBool_FromLong(valid);
+}
+
 /* -- writing: the collector's finding events as OTLP log records ------------------------------
  *
  * The C twin of otel_apm/collector/findings.py FindingEvents._record: one LogRecord, written in
@@ -1149,6 +1266,7 @@ static PyObject *log_record(PyObject *module, PyObject *const *args, Py_ssize_t 
 static PyMethodDef otlpviews_methods[] = {
     {"otlp_views", (PyCFunction)(void (*)(void))otlp_views, METH_FASTCALL, otlp_views_doc},
     {"log_record", (PyCFunction)(void (*)(void))log_record, METH_FASTCALL, log_record_doc},
+    {"otlp_check", (PyCFunction)(void (*)(void))otlp_check, METH_FASTCALL, otlp_check_doc},
     {NULL, NULL, 0, NULL},
 };
 
