@@ -831,17 +831,17 @@ static int read_resource_spans(request_state *s, const uint8_t *data, Py_ssize_t
 }
 
 PyDoc_STRVAR(otlp_views_doc,
-             "otlp_views(payload, fills, fill, service_name, exception_type, decode_error)\n"
+             "otlp_views(payload, fills, fill, service_name, exception_type, decode_error, checked=False)\n"
              "--\n\n"
              "The SpanViews of a serialized ExportTraceServiceRequest and the number of spans\n"
              "skipped as malformed: otel_apm/ingest/otlp.py views_from_payload, which passes its\n"
              "_FILLS, _fill, _service_name, _exception_type and DecodeError (raised for a payload\n"
-             "that is not a request).");
+             "that is not a request); checked: otlp_check found it valid, so it is not checked again.");
 
 static PyObject *otlp_views(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
-    if (nargs != 6) {
-        PyErr_Format(PyExc_TypeError, "otlp_views takes 6 arguments, got %zd", nargs);
+    if (nargs != 6 && nargs != 7) {
+        PyErr_Format(PyExc_TypeError, "otlp_views takes 6 or 7 arguments, got %zd", nargs);
         return NULL;
     }
     if (!PyDict_Check(args[1])) {
@@ -856,7 +856,12 @@ static PyObject *otlp_views(PyObject *module, PyObject *const *args, Py_ssize_t 
     PyObject *result = NULL;
     request_state s = {.fills = args[1], .fill = args[2], .service_name = args[3], .exception_type = args[4]};
 
-    int status = check(data, payload.len, REQUEST, 0);
+    int checked = nargs == 7 ? PyObject_IsTrue(args[6]) : 0;
+    if (checked < 0) {
+        goto done;
+    }
+    /* otlp_check passed: protobuf parses the whole schema, so the reduced one too */
+    int status = checked ? OK : check(data, payload.len, REQUEST, 0);
     if (status < 0) {
         PyErr_SetString(args[5], status == BAD_UTF8 ? "Error parsing message: string field had bad UTF-8"
                                                     : "Error parsing message: wire format was corrupt");

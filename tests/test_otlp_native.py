@@ -416,9 +416,14 @@ def test_real_requests_are_checked_without_parsing() -> None:
         with tracer.start_as_current_span("linked", links=[Link(context, {"a": [1, 2]})]) as span:
             span.add_event("e", {"x": {"nested": "é"}.get("nested", "")})
 
-    assert assert_check_sure(sdk_payload(linked))
-    for path in JSON_PAYLOADS:
-        assert assert_check_sure(otlp_json_to_request(path.read_bytes()).SerializeToString()), path.name
+    payloads = [sdk_payload(linked)]
+    payloads += [otlp_json_to_request(path.read_bytes()).SerializeToString() for path in JSON_PAYLOADS]
+    for payload in payloads:
+        assert assert_check_sure(payload)
+        # read without the reader's own check of the bytes: the same views
+        counts = IngestCounts()
+        views = views_from_payload(payload, counts, checked=True)
+        assert ([slots(v) for v in views], counts.snapshot()) == outcome(payload, False)
 
 
 def test_the_check_is_not_sure_of_what_protobuf_refuses_or_it_does_not_know() -> None:

@@ -133,7 +133,7 @@ class Pipeline:
         if self.analyzing:
             counts = IngestCounts()
             try:
-                views = views_from_payload(payload, counts, self._native_enabled)
+                views = views_from_payload(payload, counts, self._native_enabled, checked=request is None)
             except Exception as exc:
                 self.failures.record("ingest", exc)
             else:

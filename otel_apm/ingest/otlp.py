@@ -122,21 +122,22 @@ def views_from_resource_spans(
 
 
 def views_from_payload(
-    payload: bytes, counts: IngestCounts | None = None, native_enabled: bool = True
+    payload: bytes, counts: IngestCounts | None = None, native_enabled: bool = True, checked: bool = False
 ) -> list[SpanView]:
     """Views of the spans of a serialized ExportTraceServiceRequest: what the collector received.
 
     Read by the compiled twin (csrc/otlpviews.c, which reads the wire format itself) when it is
     built and ``native_enabled`` (the config's), else by :func:`python_views`; both give the
     same views, counts and errors.  Raises ``DecodeError`` only for bytes that are not a
-    request, which the receivers have refused already.
+    request, which the receivers have refused already.  ``checked``: :func:`checked_request`
+    found the payload valid, so the compiled reader skips its own check of the bytes.
     """
     compiled = native(native_enabled)
     if compiled is None:
         views, malformed = python_views(payload)
     else:
         views, malformed = compiled.otlp_views(
-            payload, _FILLS, _fill, _service_name, _exception_type, DecodeError
+            payload, _FILLS, _fill, _service_name, _exception_type, DecodeError, checked
         )
     (COUNTS if counts is None else counts).add(len(views), malformed)
     return views
