@@ -2,7 +2,8 @@
 
 Both read the same payloads: real SDK spans through the real OTLP encoder, the labelled corpus,
 the OTLP/JSON test data, and random or mutated bytes (hypothesis).  Each must give the same
-views (every slot, with its type), the same counts, and refuse the same payloads.
+views (every slot, with its type), the same counts, and refuse the same payloads.  The
+compiled otlp_check may call a payload valid only when protobuf parses it.
 """
 
 from __future__ import annotations
@@ -331,6 +332,7 @@ FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCh
 @given(st.binary(max_size=200))
 def test_random_bytes_read_alike(payload: bytes) -> None:
     assert_same(payload)
+    assert_check_sure(payload)
 
 
 @FUZZ
@@ -343,12 +345,15 @@ def test_random_messages_read_alike(payload: bytes) -> None:
 @given(requests)
 def test_random_requests_read_alike(payload: bytes) -> None:
     assert_same(payload)
+    assert_check_sure(payload)
 
 
 @FUZZ
 @given(st.sampled_from(SEED_PAYLOADS), st.integers(0, 2**32), st.integers(1, 4))
 def test_mutated_payloads_read_alike(payload: bytes, seed: int, edits: int) -> None:
-    assert_same(mutate(payload, seed, edits))
+    mutated = mutate(payload, seed, edits)
+    assert_same(mutated)
+    assert_check_sure(mutated)
 
 
 def test_groups_nest_to_protobufs_limit_in_both() -> None:
@@ -448,21 +453,3 @@ def test_the_check_is_not_sure_of_what_protobuf_refuses_or_it_does_not_know() ->
     for taken in (payload + tagged(99, 0, b"\x01"), deep):
         ExportTraceServiceRequest.FromString(taken)
         assert not checked_request(taken)
-
-
-@FUZZ
-@given(st.binary(max_size=200))
-def test_random_bytes_are_checked_safely(payload: bytes) -> None:
-    assert_check_sure(payload)
-
-
-@FUZZ
-@given(requests)
-def test_random_requests_are_checked_safely(payload: bytes) -> None:
-    assert_check_sure(payload)
-
-
-@FUZZ
-@given(st.sampled_from(SEED_PAYLOADS), st.integers(0, 2**32), st.integers(1, 4))
-def test_mutated_payloads_are_checked_safely(payload: bytes, seed: int, edits: int) -> None:
-    assert_check_sure(mutate(payload, seed, edits))
