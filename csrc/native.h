@@ -10,6 +10,9 @@ int apm_intake_init(PyObject *module);
 int apm_otlpviews_init(PyObject *module);
 /* csrc/sdkviews.c: read_sdk_spans, SDK spans -> SpanViews (otel_apm/ingest/sdk.py). */
 int apm_sdkviews_init(PyObject *module);
+/* One span's view, as read_sdk_spans(spans, service, *setup) reads each (setup: SpanReader.setup);
+ * a new reference, or NULL with an exception set. */
+PyObject *apm_sdk_view(PyObject *span, PyObject *service, PyObject *setup);
 /* csrc/fields.c: the load-time check of the instance layout fields.h reads (no functions). */
 int apm_fields_init(PyObject *module);
 /* csrc/callsite.c: CallSiteRecorder, the twin of otel_apm.ingest.callsite.CallSite.record. */
