@@ -13,6 +13,9 @@
  * _tally_statements): the entry lookup, the tally update and the endpoint names, in C, calling
  * back into Python only to file a new entry or advance one whose tick closed.
  *
+ * statement_totals is the metrics reporter's loop over the same groups (otel_apm/emit/metrics.py
+ * _add_statements): each statement's nanoseconds and runs added to its totals.
+ *
  * The Python methods stay the reference: whenever an argument or a slot is not what this path
  * handles exactly (an int value, a min an int made, counters or an offset past 64 bits, span
  * times that are not ints, a subclass), the call goes to the Python method, before anything was
@@ -510,6 +513,107 @@ static PyObject *tally_statements(PyObject *module, PyObject *const *args, Py_ss
     Py_RETURN_NONE;
 }
 
+/* One group's runs and summed nanoseconds, read before any totals change. */
+typedef struct {
+    PyObject *key, *shape, *first; /* strong references, held across the calls to entry */
+    Py_ssize_t runs;
+    long long nanoseconds;
+} GroupSum;
+
+/* The spans' summed end_ns - start_ns: 1; 0 when a span is no SpanView with int times, or a sum
+ * leaves a long long (then Python sums them, without bound). */
+static int sum_spans(PyObject *spans, long long *out) {
+    PyTypeObject *view_type = apm_view_type();
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(spans);
+    PyObject **items = PySequence_Fast_ITEMS(spans);
+    long long total = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        long long start, end, spent;
+        if (!Py_IS_TYPE(items[i], view_type) || !as_long_long(apm_view_get(items[i], APM_VIEW_START_NS), &start) ||
+            !as_long_long(apm_view_get(items[i], APM_VIEW_END_NS), &end) ||
+            __builtin_sub_overflow(end, start, &spent) || __builtin_add_overflow(total, spent, &total)) {
+            return 0;
+        }
+    }
+    *out = total;
+    return 1;
+}
+
+/* ``entry[index] += amount``, as Python's augmented assignment does it: 0, or -1. */
+static int add_at(PyObject *entry, Py_ssize_t index, long long amount) {
+    PyObject *was = PySequence_GetItem(entry, index);
+    PyObject *number = was == NULL ? NULL : PyLong_FromLongLong(amount);
+    PyObject *sum = number == NULL ? NULL : PyNumber_InPlaceAdd(was, number);
+    int failed = sum == NULL || PySequence_SetItem(entry, index, sum) < 0;
+    Py_XDECREF(was);
+    Py_XDECREF(number);
+    Py_XDECREF(sum);
+    return failed ? -1 : 0;
+}
+
+static PyObject *statement_totals(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "statement_totals(totals, groups, entry) takes 3 arguments");
+        return NULL;
+    }
+    PyObject *totals = args[0], *groups = args[1], *entry = args[2], *key, *group;
+    if (!PyDict_CheckExact(totals) || !PyDict_CheckExact(groups)) {
+        Py_RETURN_FALSE;
+    }
+    Py_ssize_t count = PyDict_GET_SIZE(groups);
+    GroupSum few[16];
+    GroupSum *sums = count <= 16 ? few : PyMem_New(GroupSum, count);
+    if (sums == NULL) {
+        return PyErr_NoMemory();
+    }
+    /* Every group read first: a group this path does not hold leaves the whole trace to Python,
+     * before anything was added. */
+    Py_ssize_t pos = 0, n = 0;
+    int handled = 1;
+    while (handled && PyDict_Next(groups, &pos, &key, &group)) {
+        PyObject *spans = NULL;
+        handled = PyTuple_CheckExact(group) && PyTuple_GET_SIZE(group) == 2;
+        if (handled) {
+            spans = PyTuple_GET_ITEM(group, 1);
+            handled = (PyList_CheckExact(spans) || PyTuple_CheckExact(spans)) && PySequence_Fast_GET_SIZE(spans) > 0;
+        }
+        if (handled && (handled = sum_spans(spans, &sums[n].nanoseconds))) {
+            sums[n].key = Py_NewRef(key);
+            sums[n].shape = Py_NewRef(PyTuple_GET_ITEM(group, 0));
+            sums[n].first = Py_NewRef(PySequence_Fast_ITEMS(spans)[0]);
+            sums[n].runs = PySequence_Fast_GET_SIZE(spans);
+            n++;
+        }
+    }
+    int failed = 0;
+    if (handled) {
+        for (Py_ssize_t i = 0; i < n && !failed; i++) {
+            PyObject *filed = PyDict_GetItemWithError(totals, sums[i].key); /* borrowed */
+            if (filed != NULL) {
+                Py_INCREF(filed);
+            } else if (!PyErr_Occurred()) {
+                filed = PyObject_CallFunctionObjArgs(entry, sums[i].key, sums[i].shape, sums[i].first, NULL);
+            }
+            failed = filed == NULL || add_at(filed, 0, sums[i].nanoseconds) < 0 ||
+                     add_at(filed, 1, (long long)sums[i].runs) < 0;
+            Py_XDECREF(filed);
+        }
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_DECREF(sums[i].key);
+        Py_DECREF(sums[i].shape);
+        Py_DECREF(sums[i].first);
+    }
+    if (sums != few) {
+        PyMem_Free(sums);
+    }
+    if (failed) {
+        return NULL;
+    }
+    return PyBool_FromLong(handled);
+}
+
 static PyMethodDef sketch_methods[] = {
     {"sketch_add", (PyCFunction)(void (*)(void))sketch_add, METH_FASTCALL,
      "sketch_add(sketch, value): DDSketch.add compiled (otel_apm/stats/sketch.py is the reference)."},
@@ -518,6 +622,9 @@ static PyMethodDef sketch_methods[] = {
     {"tally_statements", (PyCFunction)(void (*)(void))tally_statements, METH_FASTCALL,
      "tally_statements(statements, groups, tick, slow_ms, endpoint, foreign, cap, refile): "
      "rollup._tally_statements compiled."},
+    {"statement_totals", (PyCFunction)(void (*)(void))statement_totals, METH_FASTCALL,
+     "statement_totals(totals, groups, entry): otel_apm/emit/metrics.py _add_statements compiled; "
+     "False when it declines (nothing added)."},
     {NULL, NULL, 0, NULL},
 };
 

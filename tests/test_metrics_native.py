@@ -1,0 +1,172 @@
+"""The metrics reporter compiled and in Python: ``statement_totals`` (csrc/sketch.c) adds each
+statement's nanoseconds and runs as ``_add_statements`` (otel_apm/emit/metrics.py, the
+reference) does, or declines before adding anything; and ``MetricsEmitter`` exports the same
+points either way, endpoints and statements past their bounds included.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import MappingProxyType
+from typing import Any
+
+import pytest
+from conftest import require_native
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from test_stats_native import STATEMENTS, Query, trace_of
+
+from otel_apm.config import APMConfig
+from otel_apm.detectors.base import Finding
+from otel_apm.detectors.dbshape import StatementGroups, statements_of
+from otel_apm.emit import metrics
+from otel_apm.emit.metrics import MetricsEmitter
+from otel_apm.model import SpanView
+
+TRACES = st.lists(
+    st.tuples(
+        st.sampled_from(["/a", "/b", "/c", "/d"]),
+        st.integers(min_value=0, max_value=5 * 10**9),  # the root's duration, ns
+        st.booleans(),
+        st.lists(
+            st.tuples(
+                st.sampled_from(STATEMENTS),
+                st.integers(min_value=0, max_value=10**9),
+                st.booleans(),
+                st.booleans(),  # run by another service the root called: the collector's case
+            ),
+            max_size=12,
+        ),
+        st.sampled_from([None, "ValueError", ""]),  # the root's exception type when it failed
+    ),
+    max_size=30,
+)
+
+
+def exported(reader: InMemoryMetricReader) -> list[tuple[str, Any]]:
+    """Every point the reader collects, by metric name, without time stamps."""
+    out = []
+    data = reader.get_metrics_data()
+    for resource_metrics in data.resource_metrics if data else ():
+        for scope_metrics in resource_metrics.scope_metrics:
+            for metric in scope_metrics.metrics:
+                for p in metric.data.data_points:  # type: ignore[union-attr]
+                    fields = {k: v for k, v in vars(p).items() if "time_unix_nano" not in k}
+                    fields["attributes"] = sorted((p.attributes or {}).items())
+                    out.append((metric.name, sorted(fields.items(), key=lambda kv: kv[0])))
+    return sorted(out, key=repr)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(traces=TRACES)
+def test_the_metrics_report_the_same_compiled_and_in_python(
+    traces: list[tuple[str, int, bool, list[Query], str | None]],
+) -> None:
+    """Three endpoints and three statements get series, the rest overflow; failed roots with
+    and without an exception type; a collection now and then between the traces."""
+    require_native()
+    bounds = {"metrics_max_endpoints": 3, "metrics_max_statements": 3}
+    readers = InMemoryMetricReader(), InMemoryMetricReader()
+    compiled, python = (
+        MetricsEmitter(MeterProvider(metric_readers=[reader]), APMConfig(native_enabled=enabled, **bounds))
+        for enabled, reader in zip((True, False), readers, strict=True)
+    )
+    for number, (route, spent_ns, error, queries, exception) in enumerate(traces):
+        for emitter in (compiled, python):
+            trace = trace_of(number, route, spent_ns, error, queries)
+            assert trace.root is not None
+            trace.root.exception_type = exception
+            emitter.emit(trace, ())
+        if number % 7 == 3:
+            assert exported(readers[0]) == exported(readers[1])
+    assert exported(readers[0]) == exported(readers[1])
+
+
+def add(
+    loop: Callable[..., object], groups: StatementGroups | MappingProxyType[Any, Any]
+) -> tuple[object, dict[Any, list[int]], list[Any]]:
+    """What ``loop`` returns and leaves in fresh totals, with the statements it was asked to file."""
+    totals: dict[Any, list[int]] = {}
+    filed: list[Any] = []
+
+    def entry(key: tuple[str, str], shape: Any, first: SpanView) -> list[int]:
+        filed.append((key, shape.fingerprint, first.span_id))
+        made = totals[key] = [0, 0]
+        return made
+
+    return loop(totals, groups, entry), totals, filed
+
+
+def groups_of(queries: list[Query]) -> StatementGroups:
+    return statements_of(trace_of(1, "/a", 10**7, False, queries))
+
+
+QUERIES: list[Query] = [
+    (STATEMENTS[0], 10**6, True, False),
+    (STATEMENTS[0], 3, False, False),
+    (STATEMENTS[1], 5, False, True),
+]
+
+
+def test_statement_totals_add_as_the_python_loop() -> None:
+    compiled = require_native().statement_totals
+    done, totals, filed = add(compiled, groups_of(QUERIES))
+    assert done is True
+    assert (totals, filed) == add(metrics._add_statements, groups_of(QUERIES))[1:]
+    assert sorted(totals.values()) == [[5, 1], [10**6 + 3, 2]]
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        lambda views: setattr(views[-1], "end_ns", float(views[-1].end_ns)),  # no int
+        lambda views: setattr(views[-1], "end_ns", 2**64),  # past a long long
+        lambda views: [setattr(v, "end_ns", 3 * 2**61) for v in views],  # their sum past a long long
+    ],
+)
+def test_statement_totals_decline_what_they_do_not_hold(spoil: Callable[[list[SpanView]], object]) -> None:
+    """Before adding anything, so the Python loop (run next by the emitter) counts the trace once."""
+    compiled = require_native().statement_totals
+    groups = groups_of(QUERIES)
+    spoil([s for _, spans in groups.values() for s in spans])
+    done, totals, filed = add(compiled, groups)
+    assert (done, totals, filed) == (False, {}, [])
+    assert add(metrics._add_statements, groups)[1]  # what the emitter counts instead
+
+
+def test_statement_totals_decline_a_mapping_that_is_no_dict() -> None:
+    compiled = require_native().statement_totals
+    assert add(compiled, MappingProxyType(groups_of(QUERIES)))[:2] == (False, {})
+
+
+def test_an_endpoint_a_finding_admitted_keeps_its_series_for_the_trace() -> None:
+    """With a bound of one endpoint, admitted by a finding first: the finding's endpoint keeps
+    its own series for its trace, and the next endpoint goes to the overflow series."""
+    reader = InMemoryMetricReader()
+    emitter = MetricsEmitter(MeterProvider(metric_readers=[reader]), APMConfig(metrics_max_endpoints=1))
+    finding = Finding(
+        type="n_plus_one",
+        title="N+1",
+        severity="warning",
+        fingerprint="f",
+        service="front",
+        endpoint="GET /b",
+        trace_id=1,
+        span_ids=(),
+        count=1,
+        total_duration_ms=1.0,
+        max_duration_ms=1.0,
+        recommendation="batch it",
+    )
+    emitter.emit(trace_of(1, "/b", 10**7, False, []), [finding])
+    emitter.emit(trace_of(2, "/a", 10**7, False, []), ())
+    emitter.emit(trace_of(3, "/b", 10**7, False, []), ())
+    counts = {
+        (attributes.get("otel_apm.endpoint") or "overflow", fields["count"])
+        for name, fields in map(lambda point: (point[0], dict(point[1])), exported(reader))
+        if name == "otel_apm.transaction.duration"
+        for attributes in [dict(fields["attributes"])]
+    }
+    assert counts == {("GET /b", 2), ("overflow", 1)}
