@@ -98,10 +98,16 @@ def test_sketch_add_is_compiled_for_floats_and_python_for_the_rest(monkeypatch: 
     assert far.to_dict()["bins"] == [[2**70 - 3, 1], [2**70, 1]]  # 2.0 folded into the lowest kept
 
 
+# Where an int's digits end (30 bits each) and a long long's range, around both signs.
+EDGES = st.sampled_from([2**30, 2**60, 2**63, 2**90]).flatmap(
+    lambda edge: st.sampled_from([edge - 1, edge, edge + 1, -edge + 1, -edge, -edge - 1])
+)
 SPANS = st.lists(
     st.tuples(
         st.one_of(
-            st.integers(min_value=0, max_value=2**62), st.integers(min_value=-(2**70), max_value=2**70)
+            st.integers(min_value=0, max_value=2**62),
+            st.integers(min_value=-(2**70), max_value=2**70),
+            EDGES,
         ),
         st.one_of(
             st.integers(min_value=-(10**9), max_value=10**13),  # ns: negatives (skewed clocks), zero
