@@ -557,6 +557,19 @@ static int sum_spans(PyObject *spans, long long *out) {
 
 /* ``entry[index] += amount``, as Python's augmented assignment does it: 0, or -1. */
 static int add_at(PyObject *entry, Py_ssize_t index, long long amount) {
+    long long total;
+    if (PyList_CheckExact(entry) && index < PyList_GET_SIZE(entry) &&
+        as_long_long(PyList_GET_ITEM(entry, index), &total) && !__builtin_add_overflow(total, amount, &total)) {
+        /* The common case, an int list's int: the sum made once, in C. */
+        PyObject *sum = PyLong_FromLongLong(total);
+        if (sum == NULL) {
+            return -1;
+        }
+        PyObject *was = PyList_GET_ITEM(entry, index);
+        PyList_SET_ITEM(entry, index, sum);
+        Py_DECREF(was);
+        return 0;
+    }
     PyObject *was = PySequence_GetItem(entry, index);
     PyObject *number = was == NULL ? NULL : PyLong_FromLongLong(amount);
     PyObject *sum = number == NULL ? NULL : PyNumber_InPlaceAdd(was, number);

@@ -170,3 +170,20 @@ def test_an_endpoint_a_finding_admitted_keeps_its_series_for_the_trace() -> None
         for attributes in [dict(fields["attributes"])]
     }
     assert counts == {("GET /b", 2), ("overflow", 1)}
+
+
+def unfiled(key: tuple[str, str], shape: Any, first: SpanView) -> list[int]:
+    raise AssertionError(f"{key} has its totals: nothing is filed")
+
+
+def test_statement_totals_past_a_long_long_add_as_python_ints() -> None:
+    """A statement's totals near or past 2**63 (Python's ints have no bound) add the same."""
+    compiled = require_native().statement_totals
+    sums = []
+    for loop in (compiled, metrics._add_statements):
+        groups = groups_of(QUERIES)
+        totals: dict[Any, list[int]] = {key: [2**63 - 2, 2**64] for key in groups}
+        loop(totals, groups, unfiled)
+        sums.append(totals)
+    assert sums[0] == sums[1]
+    assert sorted(sums[0].values()) == [[2**63 + 3, 2**64 + 1], [2**63 - 2 + 10**6 + 3, 2**64 + 2]]
