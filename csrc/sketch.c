@@ -120,7 +120,7 @@ typedef struct {
     PyObject *sketch; /* borrowed */
     double inv_log_gamma, sum, min, max;
     long long offset, count, zero_count;
-    int min_changed, max_changed;
+    int min_changed, max_changed, zeros_changed;
     Py_buffer counts; /* counts.obj is NULL while not held */
 } Adder;
 
@@ -154,7 +154,7 @@ static int hold_counts(Adder *a) {
 static int adder_open(Adder *a, PyObject *sketch, Py_ssize_t n) {
     a->sketch = sketch;
     a->counts.obj = NULL;
-    a->min_changed = a->max_changed = 0;
+    a->min_changed = a->max_changed = a->zeros_changed = 0;
     if (!Py_IS_TYPE(sketch, sketch_type)) {
         return 0;
     }
@@ -241,6 +241,7 @@ static int adder_add(Adder *a, double value) {
             value = 0.0;
         }
         a->zero_count++;
+        a->zeros_changed = 1;
     }
     a->count++;
     a->sum += value;
@@ -263,7 +264,7 @@ static int adder_close(Adder *a) {
     PyErr_Fetch(&type, &value, &traceback);
     PyObject *s = a->sketch;
     if (set_count(s, sketch_offsets, SK_COUNT, a->count) < 0 ||
-        set_count(s, sketch_offsets, SK_ZERO_COUNT, a->zero_count) < 0 ||
+        (a->zeros_changed && set_count(s, sketch_offsets, SK_ZERO_COUNT, a->zero_count) < 0) ||
         set_double(s, sketch_offsets, SK_SUM, a->sum) < 0 ||
         (a->min_changed && set_double(s, sketch_offsets, SK_MIN, a->min) < 0) ||
         (a->max_changed && set_double(s, sketch_offsets, SK_MAX, a->max) < 0)) {
@@ -368,9 +369,10 @@ static int add_spans(PyObject *tally, PyObject *spans, PyObject *slow_ms, double
     if (ready <= 0 || failed) {
         return failed ? -1 : 0;
     }
+    /* A counter that did not change keeps its int (a store makes a new one past 256). */
     if (set_count(tally, tally_offsets, TA_COUNT, count + n) < 0 ||
-        set_count(tally, tally_offsets, TA_ERRORS, errors + new_errors) < 0 ||
-        set_count(tally, tally_offsets, TA_SLOW, slow + new_slow) < 0) {
+        (new_errors && set_count(tally, tally_offsets, TA_ERRORS, errors + new_errors) < 0) ||
+        (new_slow && set_count(tally, tally_offsets, TA_SLOW, slow + new_slow) < 0)) {
         return -1;
     }
     return 1;
@@ -433,7 +435,7 @@ static int add_name(PyObject *names, PyObject *name, long long cap) {
 /* One group of _tally_statements: 0, or -1 with an exception set. */
 static int tally_group(PyObject *const *args, long long tick, long long cap, PyObject *key, PyObject *group) {
     PyObject *statements = args[0], *tick_obj = args[2], *slow_ms = args[3], *endpoint = args[4];
-    PyObject *foreign = args[5], *refile = args[7];
+    PyObject *service = args[5], *names_of = args[6], *trace = args[7], *refile = args[9];
     PyObject *shape = PyTuple_GET_ITEM(group, 0), *spans = PyTuple_GET_ITEM(group, 1);
     PyObject *filed = PyDict_GetItemWithError(statements, key); /* borrowed */
     if (filed == NULL && PyErr_Occurred()) {
@@ -472,10 +474,14 @@ static int tally_group(PyObject *const *args, long long tick, long long cap, PyO
         PyErr_SetString(PyExc_TypeError, "Tally.endpoints is not a dict");
         failed = 1;
     }
-    PyObject *theirs = NULL; /* another service's statement: the names foreign lists */
-    if (!failed && PyDict_GET_SIZE(foreign) > 0) {
-        theirs = PyDict_GetItemWithError(foreign, key);
-        failed = theirs == NULL && PyErr_Occurred();
+    PyObject *theirs = NULL; /* another service's statement: the names names_of gives */
+    if (!failed) {
+        int same = PyObject_RichCompareBool(PyTuple_GET_ITEM(key, 0), service, Py_EQ);
+        failed = same < 0;
+        if (same == 0) {
+            theirs = PyObject_CallFunctionObjArgs(names_of, trace, endpoint, spans, NULL);
+            failed = theirs == NULL;
+        }
     }
     if (!failed && theirs == NULL) {
         failed = add_name(names, endpoint, cap) < 0;
@@ -489,25 +495,28 @@ static int tally_group(PyObject *const *args, long long tick, long long cap, PyO
         failed = failed || PyErr_Occurred() != NULL;
         Py_XDECREF(iterator);
     }
+    Py_XDECREF(theirs);
     Py_DECREF(tally);
     return failed ? -1 : 0;
 }
 
 static PyObject *tally_statements(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
-    if (nargs != 8) {
+    if (nargs != 10) {
         PyErr_SetString(PyExc_TypeError,
-                        "tally_statements(statements, groups, tick, slow_ms, endpoint, foreign, cap, refile) "
-                        "takes 8 arguments");
+                        "tally_statements(statements, groups, tick, slow_ms, endpoint, service, names_of, trace, "
+                        "cap, refile) takes 10 arguments");
         return NULL;
     }
     PyObject *groups = args[1], *key, *group;
     long long tick, cap;
-    int handled = PyDict_CheckExact(args[0]) && PyDict_CheckExact(groups) && PyDict_CheckExact(args[5]) &&
-                  as_long_long(args[2], &tick) && as_long_long(args[6], &cap);
-    /* Every group a (shape, spans) pair, checked before the first is counted. */
+    int handled = PyDict_CheckExact(args[0]) && PyDict_CheckExact(groups) && as_long_long(args[2], &tick) &&
+                  as_long_long(args[8], &cap);
+    /* Every group a (shape, spans) pair under a (service, ...) key, checked before the first is
+     * counted. */
     for (Py_ssize_t pos = 0; handled && PyDict_Next(groups, &pos, &key, &group);) {
-        handled = PyTuple_CheckExact(group) && PyTuple_GET_SIZE(group) == 2;
+        handled = PyTuple_CheckExact(group) && PyTuple_GET_SIZE(group) == 2 && PyTuple_CheckExact(key) &&
+                  PyTuple_GET_SIZE(key) > 0;
     }
     if (!handled) {
         return PyObject_Vectorcall(python_tally_statements, args, (size_t)nargs, NULL);
@@ -649,7 +658,7 @@ static PyMethodDef sketch_methods[] = {
     {"tally_add_spans", (PyCFunction)(void (*)(void))tally_add_spans, METH_FASTCALL,
      "tally_add_spans(tally, spans, slow_ms): Tally.add_spans compiled (otel_apm/stats/rollup.py)."},
     {"tally_statements", (PyCFunction)(void (*)(void))tally_statements, METH_FASTCALL,
-     "tally_statements(statements, groups, tick, slow_ms, endpoint, foreign, cap, refile): "
+     "tally_statements(statements, groups, tick, slow_ms, endpoint, service, names_of, trace, cap, refile): "
      "rollup._tally_statements compiled."},
     {"statement_totals", (PyCFunction)(void (*)(void))statement_totals, METH_FASTCALL,
      "statement_totals(totals, groups, entry): otel_apm/emit/metrics.py _add_statements compiled; "
