@@ -13,59 +13,29 @@ from typing import Any
 import pytest
 from conftest import require_native
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from test_stats_native import STATEMENTS, Query, trace_of
+from test_histogram import points
+from test_processor import process_finding
+from test_stats_native import REQUESTS, STATEMENTS, Query, trace_of
 
 from otel_apm.config import APMConfig
-from otel_apm.detectors.base import Finding
 from otel_apm.detectors.dbshape import StatementGroups, statements_of
 from otel_apm.emit import metrics
 from otel_apm.emit.metrics import MetricsEmitter
 from otel_apm.model import SpanView
 
-TRACES = st.lists(
-    st.tuples(
-        st.sampled_from(["/a", "/b", "/c", "/d"]),
-        st.integers(min_value=0, max_value=5 * 10**9),  # the root's duration, ns
-        st.booleans(),
-        st.lists(
-            st.tuples(
-                st.sampled_from(STATEMENTS),
-                st.integers(min_value=0, max_value=10**9),
-                st.booleans(),
-                st.booleans(),  # run by another service the root called: the collector's case
-            ),
-            max_size=12,
-        ),
-        st.sampled_from([None, "ValueError", ""]),  # the root's exception type when it failed
-    ),
-    max_size=30,
-)
-
-
-def exported(reader: InMemoryMetricReader) -> list[tuple[str, Any]]:
-    """Every point the reader collects, by metric name, without time stamps."""
-    out = []
-    data = reader.get_metrics_data()
-    for resource_metrics in data.resource_metrics if data else ():
-        for scope_metrics in resource_metrics.scope_metrics:
-            for metric in scope_metrics.metrics:
-                for p in metric.data.data_points:  # type: ignore[union-attr]
-                    fields = {k: v for k, v in vars(p).items() if "time_unix_nano" not in k}
-                    fields["attributes"] = sorted((p.attributes or {}).items())
-                    out.append((metric.name, sorted(fields.items(), key=lambda kv: kv[0])))
-    return sorted(out, key=repr)
+EXCEPTIONS = (None, "ValueError", "")  # a failed root's exception type, "" and None as "_OTHER"
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(traces=TRACES)
+@given(requests=REQUESTS)
 def test_the_metrics_report_the_same_compiled_and_in_python(
-    traces: list[tuple[str, int, bool, list[Query], str | None]],
+    requests: list[tuple[str, int, bool, list[Query], float]],
 ) -> None:
     """Three endpoints and three statements get series, the rest overflow; failed roots with
-    and without an exception type; a collection now and then between the traces."""
+    and without an exception type, negative durations (dropped alike); a collection now and
+    then between the traces."""
     require_native()
     bounds = {"metrics_max_endpoints": 3, "metrics_max_statements": 3}
     readers = InMemoryMetricReader(), InMemoryMetricReader()
@@ -73,15 +43,15 @@ def test_the_metrics_report_the_same_compiled_and_in_python(
         MetricsEmitter(MeterProvider(metric_readers=[reader]), APMConfig(native_enabled=enabled, **bounds))
         for enabled, reader in zip((True, False), readers, strict=True)
     )
-    for number, (route, spent_ns, error, queries, exception) in enumerate(traces):
+    for number, (route, spent_ns, error, queries, _) in enumerate(requests):
         for emitter in (compiled, python):
             trace = trace_of(number, route, spent_ns, error, queries)
             assert trace.root is not None
-            trace.root.exception_type = exception
+            trace.root.exception_type = EXCEPTIONS[number % 3]
             emitter.emit(trace, ())
         if number % 7 == 3:
-            assert exported(readers[0]) == exported(readers[1])
-    assert exported(readers[0]) == exported(readers[1])
+            assert points(readers[0]) == points(readers[1])
+    assert points(readers[0]) == points(readers[1])
 
 
 def add(
@@ -146,28 +116,14 @@ def test_an_endpoint_a_finding_admitted_keeps_its_series_for_the_trace() -> None
     its own series for its trace, and the next endpoint goes to the overflow series."""
     reader = InMemoryMetricReader()
     emitter = MetricsEmitter(MeterProvider(metric_readers=[reader]), APMConfig(metrics_max_endpoints=1))
-    finding = Finding(
-        type="n_plus_one",
-        title="N+1",
-        severity="warning",
-        fingerprint="f",
-        service="front",
-        endpoint="GET /b",
-        trace_id=1,
-        span_ids=(),
-        count=1,
-        total_duration_ms=1.0,
-        max_duration_ms=1.0,
-        recommendation="batch it",
-    )
-    emitter.emit(trace_of(1, "/b", 10**7, False, []), [finding])
+    emitter.emit(trace_of(1, "/b", 10**7, False, []), [process_finding(service="front", endpoint="GET /b")])
     emitter.emit(trace_of(2, "/a", 10**7, False, []), ())
     emitter.emit(trace_of(3, "/b", 10**7, False, []), ())
     counts = {
-        (attributes.get("otel_apm.endpoint") or "overflow", fields["count"])
-        for name, fields in map(lambda point: (point[0], dict(point[1])), exported(reader))
+        (fields["attributes"].get("otel_apm.endpoint", "overflow"), fields["count"])
+        for name, _, point in points(reader)
         if name == "otel_apm.transaction.duration"
-        for attributes in [dict(fields["attributes"])]
+        for fields in [dict(point)]
     }
     assert counts == {("GET /b", 2), ("overflow", 1)}
 
