@@ -258,7 +258,8 @@ class MetricsEmitter:
         return observe
 
     def emit(self, trace: Trace | None, findings: Sequence[Finding]) -> None:
-        with self._lock:
+        self._lock.acquire()  # not "with": see Statistics.emit
+        try:
             for finding in findings:
                 admitted = self._endpoints.admits((finding.service, finding.endpoint))
                 self._findings.add(
@@ -283,6 +284,8 @@ class MetricsEmitter:
             totals[1] += queries
             if queries and self._statement_metrics:
                 self._statements.add_all(statements_of(trace))
+        finally:
+            self._lock.release()
         seconds = (root.end_ns - root.start_ns) / 1e9
         if not self._duration.record(series, seconds):
             self._duration.record_new(series, seconds, series.attributes)
