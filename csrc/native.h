@@ -20,7 +20,8 @@ int apm_callsite_init(PyObject *module);
 /* csrc/traceindex.c: index_trace and by_fingerprint, the twins of the per-trace index and the
  * statement regrouping in otel_apm/detectors/summary.py and dbshape.py. */
 int apm_traceindex_init(PyObject *module);
-/* csrc/sketch.c: sketch_add and tally_add_spans, the twins of DDSketch.add and Tally.add_spans. */
+/* csrc/sketch.c: sketch_add, tally_add_spans, tally_statements and statement_totals, the twins of
+ * DDSketch.add, Tally.add_spans, rollup._tally_statements and metrics._add_statements. */
 int apm_sketch_init(PyObject *module);
 
 #endif
