@@ -25,6 +25,7 @@
 
 #include "fields.h"
 #include "native.h"
+#include "view.h"
 
 #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
 #define APM_CALLSITE_WALK 1
@@ -46,14 +47,19 @@ static Py_ssize_t max_sites;     /* callsite.MAX_SITES */
 
 /* The span's BoundedAttributes and what add_attributes() reads of it, read where the instances
  * keep them (fields.h): by getattr, these five cost 950 instructions a span (callgrind). */
-enum { F_ATTRIBUTES, F_DICT, F_IMMUTABLE, F_MAXLEN, F_MAX_VALUE_LEN, F_COUNT };
+enum { F_ATTRIBUTES, F_DICT, F_IMMUTABLE, F_MAXLEN, F_MAX_VALUE_LEN, F_END_TIME, F_COUNT };
 static struct apm_field fields[F_COUNT] = {
     [F_ATTRIBUTES] = {.text = "_attributes"},
     [F_DICT] = {.text = "_dict"},
     [F_IMMUTABLE] = {.text = "_immutable"},
     [F_MAXLEN] = {.text = "maxlen"},
     [F_MAX_VALUE_LEN] = {.text = "max_value_len"},
+    [F_END_TIME] = {.text = "_end_time"}, /* of the span: what the SDK's is_recording() returns */
 };
+
+/* The SDK's Span.is_recording, ``self._end_time is None``: a span whose class has it is
+ * asked by reading that field (a Python call cost 800 instructions a client span, callgrind). */
+static PyObject *sdk_is_recording;
 
 /* Interned attribute names. */
 static PyObject *str_is_recording, *str_is_app, *str_record, *str_is_app_memo;
@@ -329,6 +335,19 @@ static PyObject *plain_dict(PyObject *span, int *direct, Py_ssize_t *maxlen) {
     return inner;
 }
 
+/* ``span.is_recording()``: 1, 0, or -1 with an exception set. */
+static int is_recording(PyObject *span) {
+    if (sdk_is_recording != NULL && _PyType_Lookup(Py_TYPE(span), str_is_recording) == sdk_is_recording) {
+        PyObject *end = apm_field_get(span, &fields[F_END_TIME]);
+        Py_XDECREF(end); /* compared by identity only */
+        return end == NULL ? -1 : end == Py_None;
+    }
+    PyObject *answer = PyObject_CallMethodNoArgs(span, str_is_recording);
+    int recording = answer == NULL ? -1 : PyObject_IsTrue(answer);
+    Py_XDECREF(answer);
+    return recording;
+}
+
 /* record(span): CallSite.record (see the top of this file). */
 static PyObject *record(Recorder *self, PyObject *span) {
     int direct;
@@ -360,9 +379,7 @@ static PyObject *record(Recorder *self, PyObject *span) {
             result = Py_NewRef(Py_None);
             goto added;
         }
-        PyObject *answer = PyObject_CallMethodNoArgs(span, str_is_recording);
-        recording = answer == NULL ? -1 : PyObject_IsTrue(answer);
-        Py_XDECREF(answer);
+        recording = is_recording(span);
     }
     if (recording > 0) {
         result = PyDict_Update(inner, attrs) < 0 ? NULL : Py_NewRef(Py_None);
@@ -498,7 +515,14 @@ int apm_callsite_init(PyObject *module) {
     }
     add_attributes = PyObject_GetAttrString(sdk, "add_attributes");
     Py_DECREF(sdk);
-    if (add_attributes == NULL || PyType_Ready(&recorder_type) < 0) {
+    PyTypeObject *span_type = add_attributes ? apm_class_of("opentelemetry.sdk.trace", "Span") : NULL;
+    if (span_type == NULL) {
+        return -1;
+    }
+    sdk_is_recording = _PyType_Lookup(span_type, str_is_recording);
+    Py_XINCREF(sdk_is_recording); /* NULL (another SDK): every span is asked */
+    Py_DECREF(span_type);
+    if (PyType_Ready(&recorder_type) < 0) {
         return -1;
     }
     return PyModule_AddObjectRef(module, "CallSiteRecorder", (PyObject *)&recorder_type);

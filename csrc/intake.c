@@ -8,15 +8,22 @@
  * are made; this only repeats the condition of the common case (processors/apm.py ``_intake``
  * and assemble/local.py ``LocalAssembler._file``).
  *
+ * Once the processor's compiled reader has agreed with the Python one (read_from), a child that
+ * ends into a trace with nothing unread is read into its view here, by csrc/sdkviews.c, rather
+ * than filed and read in a batch at a checkpoint or the root's end as the Python path does: the
+ * same view in the same place, but the trace then holds no SDK span (about 2.8 kB each, against
+ * some 300 B a view), and the span is read while it is still in the cache.
+ *
  * Pass-through mode only: tail mode holds spans under a lock and stays in Python.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include "fields.h"
 #include "native.h"
 
 enum { NEXT_ON_START, NEXT_ON_ENDING, NEXT_ON_END, OPEN, ASSEMBLER, CLIENT_KIND, RECORD_CALLSITE,
-       CALLSITE_FAILED, SLOW_ON_START, SLOW_ON_END, FIELD_COUNT };
+       CALLSITE_FAILED, SLOW_ON_START, SLOW_ON_END, READ_SETUP, FIELD_COUNT };
 
 static char *FIELD_NAMES[FIELD_COUNT + 1] = {
     "next_on_start", /* the wrapped processor's bound methods, or None */
@@ -29,21 +36,43 @@ static char *FIELD_NAMES[FIELD_COUNT + 1] = {
     "callsite_failed", /* callable(exception): what record_callsite raised, contained */
     "slow_on_start",   /* the processor's Python work at a span start after next.on_start */
     "slow_on_end",     /* the processor's Python on_end, whole */
+    "read_setup",      /* SpanReader.setup: what csrc/sdkviews.c reads a span's view with */
     NULL,
 };
 
 typedef struct {
     PyObject_HEAD
     PyObject *f[FIELD_COUNT];
+    /* Set by read_from() once the processor's compiled reader has proved itself: spans of this
+     * resource are read into their views as they end, with this service (strong, or NULL). */
+    PyObject *resource;
+    PyObject *service;
 } Intake;
 
-static PyObject *s_parent, *s_context, *s_kind, *s_spans, *s_read, *s_check_at, *s_closed, *s_share;
+/* The fields read: the span's, its LocalTrace's and the assembler's, where the instances keep
+ * them (fields.h): by getattr, those a child span cost were about 1,200 instructions (callgrind).
+ * One entry per class read: the SDK starts a Span
+ * and ends a ReadableSpan made from it, so the span's fields at the start have entries of their
+ * own (one entry read on both classes would learn again at every call). */
+enum field_id {
+    F_START_PARENT, F_START_KIND, F_PARENT, F_CONTEXT, F_RESOURCE, F_SPANS, F_VIEWS, F_READ, F_CHECK_AT,
+    F_CLOSED, F_SHARE, F_COUNT
+};
+static struct apm_field fields[F_COUNT] = {
+    [F_START_PARENT] = {.text = "_parent"}, [F_START_KIND] = {.text = "_kind"},
+    [F_PARENT] = {.text = "_parent"},   [F_CONTEXT] = {.text = "_context"},
+    [F_RESOURCE] = {.text = "_resource"}, [F_SPANS] = {.text = "spans"},    [F_VIEWS] = {.text = "views"},
+    [F_READ] = {.text = "read"},        [F_CHECK_AT] = {.text = "check_at"}, [F_CLOSED] = {.text = "closed"},
+    [F_SHARE] = {.text = "_share"},
+};
 static PyObject *parent_context_kwnames; /* ("parent_context",) */
 
 static int intake_traverse(Intake *self, visitproc visit, void *arg) {
     for (int i = 0; i < FIELD_COUNT; i++) {
         Py_VISIT(self->f[i]);
     }
+    Py_VISIT(self->resource);
+    Py_VISIT(self->service);
     return 0;
 }
 
@@ -51,6 +80,8 @@ static int intake_clear(Intake *self) {
     for (int i = 0; i < FIELD_COUNT; i++) {
         Py_CLEAR(self->f[i]);
     }
+    Py_CLEAR(self->resource);
+    Py_CLEAR(self->service);
     return 0;
 }
 
@@ -62,9 +93,9 @@ static void intake_dealloc(Intake *self) {
 
 static int intake_init(Intake *self, PyObject *args, PyObject *kwargs) {
     PyObject *given[FIELD_COUNT];
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "$OOOOOOOOOO:Intake", FIELD_NAMES, &given[0],
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "$OOOOOOOOOOO:Intake", FIELD_NAMES, &given[0],
                                      &given[1], &given[2], &given[3], &given[4], &given[5],
-                                     &given[6], &given[7], &given[8], &given[9])) {
+                                     &given[6], &given[7], &given[8], &given[9], &given[10])) {
         return -1;
     }
     if (!PyDict_CheckExact(given[OPEN])) {
@@ -80,8 +111,8 @@ static int intake_init(Intake *self, PyObject *args, PyObject *kwargs) {
 
 /* span._parent when it is a local parent's SpanContext: 1; a root or remote child: 0; an object
  * this does not know: -1 (no exception left set), for the Python path to judge. */
-static int local_child(PyObject *span) {
-    PyObject *parent = PyObject_GetAttr(span, s_parent);
+static int local_child(PyObject *span, enum field_id parent_field) {
+    PyObject *parent = apm_field_get(span, &fields[parent_field]);
     if (parent == NULL) {
         PyErr_Clear();
         return -1;
@@ -137,7 +168,8 @@ static PyObject *intake_on_start(Intake *self, PyObject *const *args, Py_ssize_t
     if (nargs == 2) {
         parent_context = args[1];
     } else if (nkw == 1) {
-        if (PyUnicode_Compare(PyTuple_GET_ITEM(kwnames, 0), PyTuple_GET_ITEM(parent_context_kwnames, 0)) != 0) {
+        PyObject *keyword = PyTuple_GET_ITEM(kwnames, 0), *expected = PyTuple_GET_ITEM(parent_context_kwnames, 0);
+        if (keyword != expected && PyUnicode_Compare(keyword, expected) != 0) {
             PyErr_SetString(PyExc_TypeError, "on_start(span, parent_context=None)");
             return NULL;
         }
@@ -153,7 +185,7 @@ static PyObject *intake_on_start(Intake *self, PyObject *const *args, Py_ssize_t
         Py_DECREF(r);
     }
     if (self->f[RECORD_CALLSITE] != Py_None) {
-        PyObject *kind = PyObject_GetAttr(span, s_kind);
+        PyObject *kind = apm_field_get(span, &fields[F_START_KIND]);
         if (kind == NULL) {
             PyErr_Clear();
         } else {
@@ -174,7 +206,7 @@ static PyObject *intake_on_start(Intake *self, PyObject *const *args, Py_ssize_t
             }
         }
     }
-    if (local_child(span) == 1) {
+    if (local_child(span, F_START_PARENT) == 1) {
         Py_RETURN_NONE; /* filed by trace id when it ends */
     }
     return call1(self->f[SLOW_ON_START], span);
@@ -187,9 +219,9 @@ static PyObject *intake_on_ending(Intake *self, PyObject *span) {
     return call1(self->f[NEXT_ON_ENDING], span);
 }
 
-/* LocalTrace attribute ``name`` as a C long, or -1 with an exception set. */
-static long long_attr(PyObject *obj, PyObject *name) {
-    PyObject *value = PyObject_GetAttr(obj, name);
+/* A field of a LocalTrace or the assembler as a C long, or -1 with an exception set. */
+static long long_attr(PyObject *obj, enum field_id id) {
+    PyObject *value = apm_field_get(obj, &fields[id]);
     if (value == NULL) {
         return -1;
     }
@@ -198,10 +230,40 @@ static long long_attr(PyObject *obj, PyObject *name) {
     return n;
 }
 
-/* File a local child span whose trace is open and below its checkpoint: 1 filed, 0 not this
- * case (nothing changed), -1 an exception (nothing changed). */
+/* Whether the LocalTrace's field is still ``expected``: 1, or 0 (perhaps with an exception set). */
+static int still(PyObject *lt, enum field_id id, PyObject *expected) {
+    PyObject *now = apm_field_get(lt, &fields[id]);
+    Py_XDECREF(now); /* compared by identity only, and lt or the caller holds it */
+    return now == expected;
+}
+
+/* The span's view, read now if the intake reads this span's resource (read_from): a new
+ * reference, Py_None when it does not, or NULL with an exception set. */
+static PyObject *view_now(Intake *self, PyObject *span) {
+    if (self->service == NULL) {
+        Py_RETURN_NONE;
+    }
+    PyObject *resource = apm_field_get(span, &fields[F_RESOURCE]);
+    if (resource == NULL) {
+        return NULL;
+    }
+    Py_DECREF(resource); /* compared by identity only, and the span holds it */
+    if (resource != self->resource) {
+        Py_RETURN_NONE;
+    }
+    PyObject *service = Py_NewRef(self->service); /* read_from() may replace it meanwhile */
+    PyObject *view = apm_sdk_view(span, service, self->f[READ_SETUP]);
+    Py_DECREF(service);
+    return view;
+}
+
+/* File a local child span whose trace is open and below its checkpoint, the case
+ * LocalAssembler._file answers "added": 1 filed, 0 not this case (nothing changed), -1 an
+ * exception (nothing changed).  When nothing of the trace is unread, the span is read into its
+ * view now, while it is hot in the cache, rather than in a batch at the root's end (the same
+ * view, in the same place of ``views``); otherwise it joins the unread spans. */
 static int file_common_case(Intake *self, PyObject *span) {
-    PyObject *context = PyObject_GetAttr(span, s_context);
+    PyObject *context = apm_field_get(span, &fields[F_CONTEXT]);
     if (context == NULL) {
         return -1;
     }
@@ -216,8 +278,8 @@ static int file_common_case(Intake *self, PyObject *span) {
     }
     Py_INCREF(lt);
     int result = 0;
-    PyObject *closed = NULL, *spans = NULL;
-    closed = PyObject_GetAttr(lt, s_closed);
+    PyObject *closed = NULL, *spans = NULL, *views = NULL, *view = NULL;
+    closed = apm_field_get(lt, &fields[F_CLOSED]);
     if (closed == NULL) {
         result = -1;
         goto done;
@@ -225,35 +287,75 @@ static int file_common_case(Intake *self, PyObject *span) {
     if (closed != Py_False) {
         goto done;
     }
-    spans = PyObject_GetAttr(lt, s_spans);
-    if (spans == NULL) {
+    spans = apm_field_get(lt, &fields[F_SPANS]);
+    views = spans == NULL ? NULL : apm_field_get(lt, &fields[F_VIEWS]);
+    if (views == NULL) {
         result = -1;
         goto done;
     }
-    if (!PyList_CheckExact(spans)) {
+    if (!PyList_CheckExact(spans) || !PyList_CheckExact(views)) {
         goto done;
     }
-    long check_at = long_attr(lt, s_check_at);
-    long read = check_at == -1 && PyErr_Occurred() ? -1 : long_attr(lt, s_read);
-    long share = read == -1 && PyErr_Occurred() ? -1 : long_attr(self->f[ASSEMBLER], s_share);
+    long check_at = long_attr(lt, F_CHECK_AT);
+    long read = check_at == -1 && PyErr_Occurred() ? -1 : long_attr(lt, F_READ);
+    if (read == -1 && PyErr_Occurred()) {
+        result = -1;
+        goto done;
+    }
+    /* LocalAssembler._file's condition, for the lengths once the span is filed. */
+    Py_ssize_t unread = PyList_GET_SIZE(spans) - read + 1;
+    if (unread + PyList_GET_SIZE(views) >= check_at) {
+        goto done;
+    }
+    if (unread == 1) {
+        view = view_now(self, span);
+        if (view == NULL) {
+            result = -1;
+            goto done;
+        }
+        if (view != Py_None) {
+            /* A new shape's fill ran Python code: should the trace have moved meanwhile (its root
+             * ended, another span filed), the Python path decides.  Nothing runs Python code
+             * from this check to the append. */
+            int kept = still(lt, F_CLOSED, Py_False) + still(lt, F_SPANS, spans) + still(lt, F_VIEWS, views);
+            long check_now = kept == 3 ? long_attr(lt, F_CHECK_AT) : -1;
+            if (PyList_GET_SIZE(spans) == read && PyList_GET_SIZE(views) + 1 < check_now) {
+                result = PyList_Append(views, view) < 0 ? -1 : 1;
+            } else if (PyErr_Occurred()) {
+                result = -1;
+            }
+            goto done;
+        }
+    }
+    long share = long_attr(self->f[ASSEMBLER], F_SHARE);
     if (share == -1 && PyErr_Occurred()) {
         result = -1;
-        goto done;
-    }
-    /* LocalAssembler._file's condition, for the length the list has once the span is in. */
-    Py_ssize_t n = PyList_GET_SIZE(spans) + 1;
-    if (n < check_at && n - read < share) {
+    } else if (unread < share) {
         result = PyList_Append(spans, span) < 0 ? -1 : 1;
     }
 done:
+    Py_XDECREF(view);
+    Py_XDECREF(views);
     Py_XDECREF(spans);
     Py_XDECREF(closed);
     Py_DECREF(lt);
     return result;
 }
 
+/* read_from(resource, service): read the spans of ``resource`` into their views as they end, for
+ * ``service`` (the processor's, once its compiled reader has agreed with the Python one). */
+static PyObject *intake_read_from(Intake *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyUnicode_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "read_from(resource, service: str)");
+        return NULL;
+    }
+    Py_XSETREF(self->resource, Py_NewRef(args[0]));
+    Py_XSETREF(self->service, Py_NewRef(args[1]));
+    Py_RETURN_NONE;
+}
+
 static PyObject *intake_on_end(Intake *self, PyObject *span) {
-    if (local_child(span) == 1) {
+    if (local_child(span, F_PARENT) == 1) {
         int filed = file_common_case(self, span);
         if (filed == 1) {
             if (self->f[NEXT_ON_END] == Py_None) {
@@ -272,6 +374,8 @@ static PyMethodDef intake_methods[] = {
     {"on_start", (PyCFunction)(void (*)(void))intake_on_start, METH_FASTCALL | METH_KEYWORDS,
      "SpanProcessor.on_start: pass on, code location for CLIENT spans, local roots to Python."},
     {"_on_ending", (PyCFunction)intake_on_ending, METH_O, "SpanProcessor._on_ending: pass on."},
+    {"read_from", (PyCFunction)(void (*)(void))intake_read_from, METH_FASTCALL,
+     "read_from(resource, service): read that resource's spans into their views as they end."},
     {"on_end", (PyCFunction)intake_on_end, METH_O,
      "SpanProcessor.on_end: file a child of an open trace and pass it on; the rest to Python."},
     {NULL, NULL, 0, NULL},
@@ -292,21 +396,13 @@ static PyTypeObject IntakeType = {
 };
 
 int apm_intake_init(PyObject *module) {
-    struct {
-        PyObject **where;
-        const char *text;
-    } names[] = {
-        {&s_parent, "_parent"}, {&s_context, "_context"}, {&s_kind, "_kind"},
-        {&s_spans, "spans"},    {&s_read, "read"},        {&s_check_at, "check_at"},
-        {&s_closed, "closed"},  {&s_share, "_share"},
-    };
-    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-        *names[i].where = PyUnicode_InternFromString(names[i].text);
-        if (*names[i].where == NULL) {
-            return -1;
-        }
+    if (apm_fields_intern(fields, F_COUNT) < 0) {
+        return -1;
     }
-    parent_context_kwnames = Py_BuildValue("(s)", "parent_context");
+    /* interned, as the SDK's keyword is: on_start's check finds it by identity */
+    PyObject *keyword = PyUnicode_InternFromString("parent_context");
+    parent_context_kwnames = keyword == NULL ? NULL : PyTuple_Pack(1, keyword);
+    Py_XDECREF(keyword);
     if (parent_context_kwnames == NULL || PyType_Ready(&IntakeType) < 0) {
         return -1;
     }

@@ -188,7 +188,15 @@ static int len_field_kind(enum message message, uint32_t number) {
 }
 
 static int valid_utf8(const uint8_t *data, Py_ssize_t len) {
-    for (Py_ssize_t i = 0; i < len; i++) {
+    Py_ssize_t i = 0;
+    for (; i + 8 <= len; i += 8) { /* ASCII eight bytes at a time: most strings are */
+        uint64_t word;
+        memcpy(&word, data + i, 8);
+        if (word & 0x8080808080808080ULL) {
+            break;
+        }
+    }
+    for (; i < len; i++) {
         if (data[i] & 0x80) { /* not ASCII: let Python's strict decoder judge, as upb would */
             PyObject *text = PyUnicode_DecodeUTF8((const char *)data, len, NULL);
             if (text == NULL) {
@@ -823,17 +831,17 @@ static int read_resource_spans(request_state *s, const uint8_t *data, Py_ssize_t
 }
 
 PyDoc_STRVAR(otlp_views_doc,
-             "otlp_views(payload, fills, fill, service_name, exception_type, decode_error)\n"
+             "otlp_views(payload, fills, fill, service_name, exception_type, decode_error, checked=False)\n"
              "--\n\n"
              "The SpanViews of a serialized ExportTraceServiceRequest and the number of spans\n"
              "skipped as malformed: otel_apm/ingest/otlp.py views_from_payload, which passes its\n"
              "_FILLS, _fill, _service_name, _exception_type and DecodeError (raised for a payload\n"
-             "that is not a request).");
+             "that is not a request); checked: otlp_check found it valid, so it is not checked again.");
 
 static PyObject *otlp_views(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
-    if (nargs != 6) {
-        PyErr_Format(PyExc_TypeError, "otlp_views takes 6 arguments, got %zd", nargs);
+    if (nargs != 6 && nargs != 7) {
+        PyErr_Format(PyExc_TypeError, "otlp_views takes 6 or 7 arguments, got %zd", nargs);
         return NULL;
     }
     if (!PyDict_Check(args[1])) {
@@ -848,7 +856,12 @@ static PyObject *otlp_views(PyObject *module, PyObject *const *args, Py_ssize_t 
     PyObject *result = NULL;
     request_state s = {.fills = args[1], .fill = args[2], .service_name = args[3], .exception_type = args[4]};
 
-    int status = check(data, payload.len, REQUEST, 0);
+    int checked = nargs == 7 ? PyObject_IsTrue(args[6]) : 0;
+    if (checked < 0) {
+        goto done;
+    }
+    /* otlp_check passed: protobuf parses the whole schema, so the reduced one too */
+    int status = checked ? OK : check(data, payload.len, REQUEST, 0);
     if (status < 0) {
         PyErr_SetString(args[5], status == BAD_UTF8 ? "Error parsing message: string field had bad UTF-8"
                                                     : "Error parsing message: wire format was corrupt");
@@ -880,8 +893,385 @@ done:
     return result;
 }
 
+/* -- the receiver's check: is a payload a request protobuf would parse? ----------------------
+ *
+ * With analysis on, the collector reads every trace payload twice: the receiver's full parse
+ * (protobuf's, checking the request as OTLP requires before it is forwarded) and otlp_views.
+ * otlp_check tells, without making any object, that protobuf's parse of ExportTraceServiceRequest
+ * would succeed, so the receiver can skip it: every field is one the installed schema declares
+ * (otel_apm/ingest/otlp.py _check_schema, from the generated descriptors) with its declared
+ * wire type, strings are UTF-8, sub-messages are checked alike, at most CHECK_DEPTH deep.  It
+ * may only err on the safe side: anything else (an unknown field, a group, another wire type, a
+ * deeper nesting), even what protobuf accepts, answers False, and the receiver parses the
+ * payload as before.  tests/test_otlp_native.py holds it to protobuf on mutated payloads. */
+
+#define CHECK_DEPTH 32   /* below upb's 100 */
+#define CHECK_FIELDS 32  /* field numbers below this; the schema's go to 16 */
+#define CHECK_MESSAGES 32
+enum { KIND_UNKNOWN = -1, KIND_BYTES = 2, KIND_STRING = 3, KIND_MESSAGE = 16 }; /* 0, 1, 5: scalars */
+
+typedef struct {
+    int count;
+    signed char kinds[CHECK_MESSAGES][CHECK_FIELDS];
+} check_schema;
+
+/* The schema from its Python form: per message, a tuple of kinds by field number.  0, or -1
+ * (not raised) for a schema beyond these tables. */
+static int load_schema(PyObject *messages, check_schema *schema) {
+    if (!PyTuple_Check(messages) || PyTuple_GET_SIZE(messages) > CHECK_MESSAGES) {
+        return -1;
+    }
+    schema->count = (int)PyTuple_GET_SIZE(messages);
+    for (int m = 0; m < schema->count; m++) {
+        PyObject *fields = PyTuple_GET_ITEM(messages, m);
+        if (!PyTuple_Check(fields) || PyTuple_GET_SIZE(fields) > CHECK_FIELDS) {
+            return -1;
+        }
+        for (Py_ssize_t n = 0; n < CHECK_FIELDS; n++) {
+            long kind = KIND_UNKNOWN;
+            if (n < PyTuple_GET_SIZE(fields)) {
+                kind = PyLong_AsLong(PyTuple_GET_ITEM(fields, n));
+                if (kind == -1 && PyErr_Occurred()) {
+                    PyErr_Clear();
+                    return -1;
+                }
+            }
+            int scalar = kind == 0 || kind == 1 || kind == 5 || kind == KIND_BYTES || kind == KIND_STRING;
+            if (!scalar && kind != KIND_UNKNOWN && !(kind >= KIND_MESSAGE && kind < KIND_MESSAGE + schema->count)) {
+                return -1;
+            }
+            schema->kinds[m][n] = (signed char)kind;
+        }
+    }
+    return schema->count > 0 ? 0 : -1;
+}
+
+/* 1 when protobuf would parse ``data`` as message ``message`` of the schema, 0 when not sure. */
+static int full_check(const check_schema *schema, const uint8_t *data, Py_ssize_t len, int message, int depth) {
+    reader r = {data, data + len};
+    while (r.p < r.end) {
+        field f;
+        if (read_tag(&r, &f.number, &f.wire) < 0 || f.number == 0 || f.number >= CHECK_FIELDS) {
+            return 0;
+        }
+        int kind = schema->kinds[message][f.number];
+        int wire = kind == KIND_BYTES || kind == KIND_STRING || kind >= KIND_MESSAGE ? WIRE_LEN : kind;
+        if (kind == KIND_UNKNOWN || f.wire != wire || read_value(&r, &f, depth) < 0) {
+            return 0;
+        }
+        if (kind == KIND_STRING) {
+            if (!valid_utf8(f.data, f.len)) {
+                return 0;
+            }
+        } else if (kind >= KIND_MESSAGE) {
+            if (depth + 1 > CHECK_DEPTH || !full_check(schema, f.data, f.len, kind - KIND_MESSAGE, depth + 1)) {
+                return 0;
+            }
+        }
+    }
+    return 1;
+}
+
+PyDoc_STRVAR(otlp_check_doc,
+             "otlp_check(payload, schema)\n"
+             "--\n\n"
+             "True when protobuf would parse payload as the schema's first message, False when\n"
+             "that is not sure: see otel_apm/ingest/otlp.py checked_request.");
+
+static PyObject *otlp_check(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "otlp_check takes 2 arguments, got %zd", nargs);
+        return NULL;
+    }
+    static PyObject *loaded; /* the schema object the table was loaded from (strong) */
+    static check_schema schema;
+    if (args[1] != loaded) {
+        Py_CLEAR(loaded);
+        if (load_schema(args[1], &schema) < 0) {
+            Py_RETURN_FALSE;
+        }
+        loaded = Py_NewRef(args[1]);
+    }
+    Py_buffer payload;
+    if (PyObject_GetBuffer(args[0], &payload, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    int valid = full_check(&schema, payload.buf, payload.len, 0, 0);
+    PyBuffer_Release(&payload);
+    return PyBool_FromLong(valid);
+}
+
+/* -- writing: the collector's finding events as OTLP log records ------------------------------
+ *
+ * The C twin of otel_apm/collector/findings.py FindingEvents._record: one LogRecord, written in
+ * the wire format as protobuf writes it (the same field order, minimal varints), as its
+ * log_records field of a ScopeLogs.  Values are encoded as findings.py any_value encodes them;
+ * only the exact built-in types are taken (str, bool, int in int64, float, bytes, None, and
+ * lists, tuples and dicts of them, nested at most WRITE_DEPTH deep): for anything else, such as
+ * a subclass whose methods could differ, or an int out of range, the call declines (returns
+ * None) and the Python version encodes the record, raising what it raises.  Sizes are counted
+ * first and the bytes written into one bytes object of that size: no intermediate objects. */
+
+#define WRITE_DEPTH 32
+
+/* AnyValue's fields: string_value 1, bool_value 2, int_value 3, double_value 4, array_value 5,
+ * kvlist_value 6, bytes_value 7; ArrayValue / KeyValueList: values 1; KeyValue: key 1, value 2. */
+enum { ANY_STRING = 0x0a, ANY_BOOL = 0x10, ANY_INT = 0x18, ANY_DOUBLE = 0x21, ANY_ARRAY = 0x2a,
+       ANY_KVLIST = 0x32, ANY_BYTES = 0x3a, TAG_VALUES = 0x0a, TAG_KEY = 0x0a, TAG_VALUE = 0x12 };
+/* LogRecord: body 5, attributes 6; ScopeLogs: log_records 2. */
+enum { TAG_BODY = 0x2a, TAG_RECORD_ATTRIBUTE = 0x32, TAG_LOG_RECORDS = 0x12 };
+
+static inline Py_ssize_t varint_size(uint64_t n) {
+    Py_ssize_t size = 1;
+    while (n > 127) {
+        n >>= 7;
+        size++;
+    }
+    return size;
+}
+
+/* A length-delimited field's size: its one-byte tag, the length's varint, the payload. */
+static inline Py_ssize_t delimited_size(Py_ssize_t payload) {
+    return 1 + varint_size((uint64_t)payload) + payload;
+}
+
+static inline uint8_t *put_varint(uint8_t *out, uint64_t n) {
+    while (n > 127) {
+        *out++ = (uint8_t)((n & 127) | 128);
+        n >>= 7;
+    }
+    *out++ = (uint8_t)n;
+    return out;
+}
+
+static inline uint8_t *put_head(uint8_t *out, uint8_t tag, Py_ssize_t payload) {
+    *out++ = tag;
+    return put_varint(out, (uint64_t)payload);
+}
+
+static inline uint8_t *put_bytes(uint8_t *out, const void *data, Py_ssize_t len) {
+    memcpy(out, data, (size_t)len);
+    return out + len;
+}
+
+/* The UTF-8 of an exact str, or NULL with no error set when it declines (a subclass, or a str
+ * that cannot be encoded: Python's str.encode raises for it). */
+static const char *utf8_of(PyObject *text, Py_ssize_t *len) {
+    if (!PyUnicode_CheckExact(text)) {
+        return NULL;
+    }
+    const char *data = PyUnicode_AsUTF8AndSize(text, len);
+    if (data == NULL) {
+        PyErr_Clear();
+    }
+    return data;
+}
+
+static Py_ssize_t key_value_size(PyObject *key, PyObject *value, int depth);
+
+/* The size of ``value`` serialized as an AnyValue, or -1 to decline. */
+static Py_ssize_t any_size(PyObject *value, int depth) {
+    Py_ssize_t len;
+    if (PyUnicode_CheckExact(value)) {
+        return utf8_of(value, &len) == NULL ? -1 : delimited_size(len);
+    }
+    if (PyBool_Check(value)) {
+        return 2;
+    }
+    if (PyLong_CheckExact(value)) {
+        int overflow;
+        long long n = PyLong_AsLongLongAndOverflow(value, &overflow);
+        if (overflow || (n == -1 && PyErr_Occurred())) {
+            PyErr_Clear();
+            return -1; /* Python raises ValueError: out of int64 */
+        }
+        return 1 + varint_size((uint64_t)n);
+    }
+    if (PyFloat_CheckExact(value)) {
+        return 9;
+    }
+    if (PyBytes_CheckExact(value)) {
+        return delimited_size(PyBytes_GET_SIZE(value));
+    }
+    if (value == Py_None) {
+        return 0;
+    }
+    if (depth >= WRITE_DEPTH) {
+        return -1;
+    }
+    Py_ssize_t inner = 0;
+    if (PyDict_CheckExact(value)) {
+        Py_ssize_t pos = 0;
+        PyObject *k, *v;
+        while (PyDict_Next(value, &pos, &k, &v)) {
+            Py_ssize_t size = key_value_size(k, v, depth + 1);
+            if (size < 0) {
+                return -1;
+            }
+            inner += delimited_size(size);
+        }
+        return delimited_size(inner);
+    }
+    if (PyList_CheckExact(value) || PyTuple_CheckExact(value)) {
+        Py_ssize_t n = PySequence_Fast_GET_SIZE(value);
+        PyObject **items = PySequence_Fast_ITEMS(value);
+        for (Py_ssize_t i = 0; i < n; i++) {
+            Py_ssize_t size = any_size(items[i], depth + 1);
+            if (size < 0) {
+                return -1;
+            }
+            inner += delimited_size(size);
+        }
+        return delimited_size(inner);
+    }
+    return -1;
+}
+
+/* The size of a KeyValue, or -1 to decline (a key that is not an exact str). */
+static Py_ssize_t key_value_size(PyObject *key, PyObject *value, int depth) {
+    Py_ssize_t key_len;
+    if (utf8_of(key, &key_len) == NULL) {
+        return -1;
+    }
+    Py_ssize_t size = any_size(value, depth);
+    if (size < 0) {
+        return -1;
+    }
+    return (key_len ? delimited_size(key_len) : 0) + delimited_size(size); /* proto3: no empty key */
+}
+
+static uint8_t *write_key_value(uint8_t *out, PyObject *key, PyObject *value, int depth);
+
+/* Write what any_size counted; only called after any_size accepted ``value``. */
+static uint8_t *write_any(uint8_t *out, PyObject *value, int depth) {
+    Py_ssize_t len;
+    if (PyUnicode_CheckExact(value)) {
+        const char *data = PyUnicode_AsUTF8AndSize(value, &len);
+        out = put_head(out, ANY_STRING, len);
+        return put_bytes(out, data, len);
+    }
+    if (PyBool_Check(value)) {
+        *out++ = ANY_BOOL;
+        *out++ = value == Py_True;
+        return out;
+    }
+    if (PyLong_CheckExact(value)) {
+        *out++ = ANY_INT;
+        return put_varint(out, (uint64_t)PyLong_AsLongLong(value)); /* two's complement */
+    }
+    if (PyFloat_CheckExact(value)) {
+        *out++ = ANY_DOUBLE;
+        PyFloat_Pack8(PyFloat_AS_DOUBLE(value), (char *)out, 1);
+        return out + 8;
+    }
+    if (PyBytes_CheckExact(value)) {
+        out = put_head(out, ANY_BYTES, PyBytes_GET_SIZE(value));
+        return put_bytes(out, PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value));
+    }
+    if (value == Py_None) {
+        return out;
+    }
+    if (PyDict_CheckExact(value)) {
+        Py_ssize_t pos = 0;
+        PyObject *k, *v;
+        Py_ssize_t inner = 0;
+        while (PyDict_Next(value, &pos, &k, &v)) {
+            inner += delimited_size(key_value_size(k, v, depth + 1));
+        }
+        out = put_head(out, ANY_KVLIST, inner);
+        pos = 0;
+        while (PyDict_Next(value, &pos, &k, &v)) {
+            out = put_head(out, TAG_VALUES, key_value_size(k, v, depth + 1));
+            out = write_key_value(out, k, v, depth + 1);
+        }
+        return out;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(value);
+    PyObject **items = PySequence_Fast_ITEMS(value);
+    Py_ssize_t inner = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        inner += delimited_size(any_size(items[i], depth + 1));
+    }
+    out = put_head(out, ANY_ARRAY, inner);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        out = put_head(out, TAG_VALUES, any_size(items[i], depth + 1));
+        out = write_any(out, items[i], depth + 1);
+    }
+    return out;
+}
+
+static uint8_t *write_key_value(uint8_t *out, PyObject *key, PyObject *value, int depth) {
+    Py_ssize_t key_len;
+    const char *key_data = PyUnicode_AsUTF8AndSize(key, &key_len);
+    if (key_len) {
+        out = put_head(out, TAG_KEY, key_len);
+        out = put_bytes(out, key_data, key_len);
+    }
+    out = put_head(out, TAG_VALUE, any_size(value, depth));
+    return write_any(out, value, depth);
+}
+
+PyDoc_STRVAR(log_record_doc,
+             "log_record(head, severity, body, attributes, link, tail)\n"
+             "--\n\n"
+             "One finding's LogRecord as the log_records field of a ScopeLogs: the bytes head\n"
+             "and severity, body as an AnyValue, each item of the dict attributes as an\n"
+             "attributes field, then the bytes link and tail.  None when a value is not one of\n"
+             "the types written here: otel_apm/collector/findings.py FindingEvents._record, the\n"
+             "Python version, writes that record.");
+
+static PyObject *log_record(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 6) {
+        PyErr_Format(PyExc_TypeError, "log_record takes 6 arguments, got %zd", nargs);
+        return NULL;
+    }
+    PyObject *head = args[0], *severity = args[1], *body = args[2], *attributes = args[3];
+    PyObject *link = args[4], *tail = args[5];
+    if (!PyBytes_Check(head) || !PyBytes_Check(severity) || !PyBytes_Check(link) || !PyBytes_Check(tail) ||
+        !PyDict_CheckExact(attributes)) {
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t body_size = any_size(body, 0);
+    if (body_size < 0) {
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t size = PyBytes_GET_SIZE(head) + PyBytes_GET_SIZE(severity) + delimited_size(body_size) +
+                      PyBytes_GET_SIZE(link) + PyBytes_GET_SIZE(tail);
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(attributes, &pos, &key, &value)) {
+        Py_ssize_t kv = key_value_size(key, value, 0);
+        if (kv < 0) {
+            Py_RETURN_NONE;
+        }
+        size += delimited_size(kv);
+    }
+    PyObject *record = PyBytes_FromStringAndSize(NULL, delimited_size(size));
+    if (record == NULL) {
+        return NULL;
+    }
+    uint8_t *out = (uint8_t *)PyBytes_AS_STRING(record);
+    out = put_head(out, TAG_LOG_RECORDS, size);
+    out = put_bytes(out, PyBytes_AS_STRING(head), PyBytes_GET_SIZE(head));
+    out = put_bytes(out, PyBytes_AS_STRING(severity), PyBytes_GET_SIZE(severity));
+    out = put_head(out, TAG_BODY, body_size);
+    out = write_any(out, body, 0);
+    pos = 0;
+    while (PyDict_Next(attributes, &pos, &key, &value)) {
+        out = put_head(out, TAG_RECORD_ATTRIBUTE, key_value_size(key, value, 0));
+        out = write_key_value(out, key, value, 0);
+    }
+    out = put_bytes(out, PyBytes_AS_STRING(link), PyBytes_GET_SIZE(link));
+    put_bytes(out, PyBytes_AS_STRING(tail), PyBytes_GET_SIZE(tail));
+    return record;
+}
+
 static PyMethodDef otlpviews_methods[] = {
     {"otlp_views", (PyCFunction)(void (*)(void))otlp_views, METH_FASTCALL, otlp_views_doc},
+    {"log_record", (PyCFunction)(void (*)(void))log_record, METH_FASTCALL, log_record_doc},
+    {"otlp_check", (PyCFunction)(void (*)(void))otlp_check, METH_FASTCALL, otlp_check_doc},
     {NULL, NULL, 0, NULL},
 };
 

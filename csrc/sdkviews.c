@@ -114,6 +114,7 @@ static struct apm_field fields[F_COUNT] = {
 #define FIELD(obj, id) apm_field_get((obj), &fields[id])
 
 /* The arguments after spans and service, borrowed from the call. */
+#define SETUP_COUNT 8
 struct setup {
     PyObject *keys;           /* frozenset of the attribute keys analysis reads */
     PyObject *kinds;          /* dict SpanKind -> int */
@@ -686,26 +687,48 @@ done:
     return view;
 }
 
+/* ``s`` from read_sdk_spans' arguments after the spans and the service (borrowed).  0, or -1
+ * with a TypeError set. */
+static int setup_of(PyObject *const *args, struct setup *s) {
+    *s = (struct setup){
+        .keys = args[0],
+        .kinds = args[1],
+        .error = args[2],
+        .fills = (struct fills *)args[3],
+        .fill = args[4],
+        .read_exception = args[5],
+        .read_one = args[6],
+        .bounded_list = args[7],
+    };
+    if (!PyAnySet_Check(s->keys) || !PyDict_Check(s->kinds) || !Py_IS_TYPE(args[3], &fills_type) ||
+        !PyType_Check(s->bounded_list)) {
+        PyErr_SetString(PyExc_TypeError, "read_sdk_spans: keys must be a set, kinds a dict, fills a Fills, "
+                                         "bounded_list a type");
+        return -1;
+    }
+    return 0;
+}
+
+PyObject *apm_sdk_view(PyObject *span, PyObject *service, PyObject *setup) {
+    struct setup s;
+    if (!PyTuple_Check(setup) || PyTuple_GET_SIZE(setup) != SETUP_COUNT) {
+        PyErr_SetString(PyExc_TypeError, "read_sdk_spans: the setup must be a tuple of 8");
+        return NULL;
+    }
+    if (setup_of(&PyTuple_GET_ITEM(setup, 0), &s) < 0) {
+        return NULL;
+    }
+    return read_span(span, service, &s);
+}
+
 static PyObject *read_sdk_spans(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
-    if (nargs != 10) {
+    if (nargs != 2 + SETUP_COUNT) {
         PyErr_SetString(PyExc_TypeError, "read_sdk_spans takes 10 arguments");
         return NULL;
     }
-    struct setup s = {
-        .keys = args[2],
-        .kinds = args[3],
-        .error = args[4],
-        .fills = (struct fills *)args[5],
-        .fill = args[6],
-        .read_exception = args[7],
-        .read_one = args[8],
-        .bounded_list = args[9],
-    };
-    if (!PyAnySet_Check(s.keys) || !PyDict_Check(s.kinds) || !Py_IS_TYPE(args[5], &fills_type) ||
-        !PyType_Check(s.bounded_list)) {
-        PyErr_SetString(PyExc_TypeError, "read_sdk_spans: keys must be a set, kinds a dict, fills a Fills, "
-                                         "bounded_list a type");
+    struct setup s;
+    if (setup_of(args + 2, &s) < 0) {
         return NULL;
     }
     PyObject *spans = PySequence_Fast(args[0], "read_sdk_spans: spans must be a sequence");

@@ -13,6 +13,9 @@
  * _tally_statements): the entry lookup, the tally update and the endpoint names, in C, calling
  * back into Python only to file a new entry or advance one whose tick closed.
  *
+ * statement_totals is the metrics reporter's loop over the same groups (otel_apm/emit/metrics.py
+ * _add_statements): each statement's nanoseconds and runs added to its totals.
+ *
  * The Python methods stay the reference: whenever an argument or a slot is not what this path
  * handles exactly (an int value, a min an int made, counters or an offset past 64 bits, span
  * times that are not ints, a subclass), the call goes to the Python method, before anything was
@@ -72,6 +75,22 @@ static int as_long_long(PyObject *value, long long *out) {
     if (value == NULL || !PyLong_CheckExact(value)) {
         return 0;
     }
+#if PY_VERSION_HEX < 0x030C0000 && PYLONG_BITS_IN_DIGIT == 30
+    /* 3.11's ints: the sign and digit count in ob_size, 30-bit digits.  Read here up to 63 bits
+     * (span times in nanoseconds take three digits), as PyLong_AsLongLongAndOverflow's loop with
+     * its checks per digit costs a fifth of a query's statistics. */
+    Py_ssize_t size = Py_SIZE(value);
+    const digit *digits = ((PyLongObject *)value)->ob_digit;
+    Py_ssize_t length = size < 0 ? -size : size;
+    if (length <= 2 || (length == 3 && digits[2] < 8)) {
+        unsigned long long magnitude = 0;
+        for (Py_ssize_t i = length; i-- > 0;) {
+            magnitude = magnitude << PyLong_SHIFT | digits[i];
+        }
+        *out = size < 0 ? -(long long)magnitude : (long long)magnitude;
+        return 1;
+    }
+#endif
     int overflow;
     *out = PyLong_AsLongLongAndOverflow(value, &overflow);
     return !overflow; /* an exact int raises nothing: overflow is the only way out */
@@ -101,7 +120,7 @@ typedef struct {
     PyObject *sketch; /* borrowed */
     double inv_log_gamma, sum, min, max;
     long long offset, count, zero_count;
-    int min_changed, max_changed;
+    int min_changed, max_changed, zeros_changed;
     Py_buffer counts; /* counts.obj is NULL while not held */
 } Adder;
 
@@ -135,7 +154,7 @@ static int hold_counts(Adder *a) {
 static int adder_open(Adder *a, PyObject *sketch, Py_ssize_t n) {
     a->sketch = sketch;
     a->counts.obj = NULL;
-    a->min_changed = a->max_changed = 0;
+    a->min_changed = a->max_changed = a->zeros_changed = 0;
     if (!Py_IS_TYPE(sketch, sketch_type)) {
         return 0;
     }
@@ -222,6 +241,7 @@ static int adder_add(Adder *a, double value) {
             value = 0.0;
         }
         a->zero_count++;
+        a->zeros_changed = 1;
     }
     a->count++;
     a->sum += value;
@@ -244,7 +264,7 @@ static int adder_close(Adder *a) {
     PyErr_Fetch(&type, &value, &traceback);
     PyObject *s = a->sketch;
     if (set_count(s, sketch_offsets, SK_COUNT, a->count) < 0 ||
-        set_count(s, sketch_offsets, SK_ZERO_COUNT, a->zero_count) < 0 ||
+        (a->zeros_changed && set_count(s, sketch_offsets, SK_ZERO_COUNT, a->zero_count) < 0) ||
         set_double(s, sketch_offsets, SK_SUM, a->sum) < 0 ||
         (a->min_changed && set_double(s, sketch_offsets, SK_MIN, a->min) < 0) ||
         (a->max_changed && set_double(s, sketch_offsets, SK_MAX, a->max) < 0)) {
@@ -349,9 +369,10 @@ static int add_spans(PyObject *tally, PyObject *spans, PyObject *slow_ms, double
     if (ready <= 0 || failed) {
         return failed ? -1 : 0;
     }
+    /* A counter that did not change keeps its int (a store makes a new one past 256). */
     if (set_count(tally, tally_offsets, TA_COUNT, count + n) < 0 ||
-        set_count(tally, tally_offsets, TA_ERRORS, errors + new_errors) < 0 ||
-        set_count(tally, tally_offsets, TA_SLOW, slow + new_slow) < 0) {
+        (new_errors && set_count(tally, tally_offsets, TA_ERRORS, errors + new_errors) < 0) ||
+        (new_slow && set_count(tally, tally_offsets, TA_SLOW, slow + new_slow) < 0)) {
         return -1;
     }
     return 1;
@@ -414,7 +435,7 @@ static int add_name(PyObject *names, PyObject *name, long long cap) {
 /* One group of _tally_statements: 0, or -1 with an exception set. */
 static int tally_group(PyObject *const *args, long long tick, long long cap, PyObject *key, PyObject *group) {
     PyObject *statements = args[0], *tick_obj = args[2], *slow_ms = args[3], *endpoint = args[4];
-    PyObject *foreign = args[5], *refile = args[7];
+    PyObject *service = args[5], *names_of = args[6], *trace = args[7], *refile = args[9];
     PyObject *shape = PyTuple_GET_ITEM(group, 0), *spans = PyTuple_GET_ITEM(group, 1);
     PyObject *filed = PyDict_GetItemWithError(statements, key); /* borrowed */
     if (filed == NULL && PyErr_Occurred()) {
@@ -453,10 +474,14 @@ static int tally_group(PyObject *const *args, long long tick, long long cap, PyO
         PyErr_SetString(PyExc_TypeError, "Tally.endpoints is not a dict");
         failed = 1;
     }
-    PyObject *theirs = NULL; /* another service's statement: the names foreign lists */
-    if (!failed && PyDict_GET_SIZE(foreign) > 0) {
-        theirs = PyDict_GetItemWithError(foreign, key);
-        failed = theirs == NULL && PyErr_Occurred();
+    PyObject *theirs = NULL; /* another service's statement: the names names_of gives */
+    if (!failed) {
+        int same = PyObject_RichCompareBool(PyTuple_GET_ITEM(key, 0), service, Py_EQ);
+        failed = same < 0;
+        if (same == 0) {
+            theirs = PyObject_CallFunctionObjArgs(names_of, trace, endpoint, spans, NULL);
+            failed = theirs == NULL;
+        }
     }
     if (!failed && theirs == NULL) {
         failed = add_name(names, endpoint, cap) < 0;
@@ -470,25 +495,28 @@ static int tally_group(PyObject *const *args, long long tick, long long cap, PyO
         failed = failed || PyErr_Occurred() != NULL;
         Py_XDECREF(iterator);
     }
+    Py_XDECREF(theirs);
     Py_DECREF(tally);
     return failed ? -1 : 0;
 }
 
 static PyObject *tally_statements(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
-    if (nargs != 8) {
+    if (nargs != 10) {
         PyErr_SetString(PyExc_TypeError,
-                        "tally_statements(statements, groups, tick, slow_ms, endpoint, foreign, cap, refile) "
-                        "takes 8 arguments");
+                        "tally_statements(statements, groups, tick, slow_ms, endpoint, service, names_of, trace, "
+                        "cap, refile) takes 10 arguments");
         return NULL;
     }
     PyObject *groups = args[1], *key, *group;
     long long tick, cap;
-    int handled = PyDict_CheckExact(args[0]) && PyDict_CheckExact(groups) && PyDict_CheckExact(args[5]) &&
-                  as_long_long(args[2], &tick) && as_long_long(args[6], &cap);
-    /* Every group a (shape, spans) pair, checked before the first is counted. */
+    int handled = PyDict_CheckExact(args[0]) && PyDict_CheckExact(groups) && as_long_long(args[2], &tick) &&
+                  as_long_long(args[8], &cap);
+    /* Every group a (shape, spans) pair under a (service, ...) key, checked before the first is
+     * counted. */
     for (Py_ssize_t pos = 0; handled && PyDict_Next(groups, &pos, &key, &group);) {
-        handled = PyTuple_CheckExact(group) && PyTuple_GET_SIZE(group) == 2;
+        handled = PyTuple_CheckExact(group) && PyTuple_GET_SIZE(group) == 2 && PyTuple_CheckExact(key) &&
+                  PyTuple_GET_SIZE(key) > 0;
     }
     if (!handled) {
         return PyObject_Vectorcall(python_tally_statements, args, (size_t)nargs, NULL);
@@ -510,14 +538,131 @@ static PyObject *tally_statements(PyObject *module, PyObject *const *args, Py_ss
     Py_RETURN_NONE;
 }
 
+/* One group's runs and summed nanoseconds, read before any totals change. */
+typedef struct {
+    PyObject *key, *shape, *first; /* strong references, held across the calls to entry */
+    Py_ssize_t runs;
+    long long nanoseconds;
+} GroupSum;
+
+/* The spans' summed end_ns - start_ns: 1; 0 when a span is no SpanView with int times, or a sum
+ * leaves a long long (then Python sums them, without bound). */
+static int sum_spans(PyObject *spans, long long *out) {
+    PyTypeObject *view_type = apm_view_type();
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(spans);
+    PyObject **items = PySequence_Fast_ITEMS(spans);
+    long long total = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        long long start, end, spent;
+        if (!Py_IS_TYPE(items[i], view_type) || !as_long_long(apm_view_get(items[i], APM_VIEW_START_NS), &start) ||
+            !as_long_long(apm_view_get(items[i], APM_VIEW_END_NS), &end) ||
+            __builtin_sub_overflow(end, start, &spent) || __builtin_add_overflow(total, spent, &total)) {
+            return 0;
+        }
+    }
+    *out = total;
+    return 1;
+}
+
+/* ``entry[index] += amount``, as Python's augmented assignment does it: 0, or -1. */
+static int add_at(PyObject *entry, Py_ssize_t index, long long amount) {
+    long long total;
+    if (PyList_CheckExact(entry) && index < PyList_GET_SIZE(entry) &&
+        as_long_long(PyList_GET_ITEM(entry, index), &total) && !__builtin_add_overflow(total, amount, &total)) {
+        /* The common case, an int list's int: the sum made once, in C. */
+        PyObject *sum = PyLong_FromLongLong(total);
+        if (sum == NULL) {
+            return -1;
+        }
+        PyObject *was = PyList_GET_ITEM(entry, index);
+        PyList_SET_ITEM(entry, index, sum);
+        Py_DECREF(was);
+        return 0;
+    }
+    PyObject *was = PySequence_GetItem(entry, index);
+    PyObject *number = was == NULL ? NULL : PyLong_FromLongLong(amount);
+    PyObject *sum = number == NULL ? NULL : PyNumber_InPlaceAdd(was, number);
+    int failed = sum == NULL || PySequence_SetItem(entry, index, sum) < 0;
+    Py_XDECREF(was);
+    Py_XDECREF(number);
+    Py_XDECREF(sum);
+    return failed ? -1 : 0;
+}
+
+static PyObject *statement_totals(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "statement_totals(totals, groups, entry) takes 3 arguments");
+        return NULL;
+    }
+    PyObject *totals = args[0], *groups = args[1], *entry = args[2], *key, *group;
+    if (!PyDict_CheckExact(totals) || !PyDict_CheckExact(groups)) {
+        Py_RETURN_FALSE;
+    }
+    Py_ssize_t count = PyDict_GET_SIZE(groups);
+    GroupSum few[16];
+    GroupSum *sums = count <= 16 ? few : PyMem_New(GroupSum, count);
+    if (sums == NULL) {
+        return PyErr_NoMemory();
+    }
+    /* Every group read first: a group this path does not hold leaves the whole trace to Python,
+     * before anything was added. */
+    Py_ssize_t pos = 0, n = 0;
+    int handled = 1;
+    while (handled && PyDict_Next(groups, &pos, &key, &group)) {
+        PyObject *spans = NULL;
+        handled = PyTuple_CheckExact(group) && PyTuple_GET_SIZE(group) == 2;
+        if (handled) {
+            spans = PyTuple_GET_ITEM(group, 1);
+            handled = (PyList_CheckExact(spans) || PyTuple_CheckExact(spans)) && PySequence_Fast_GET_SIZE(spans) > 0;
+        }
+        if (handled && (handled = sum_spans(spans, &sums[n].nanoseconds))) {
+            sums[n].key = Py_NewRef(key);
+            sums[n].shape = Py_NewRef(PyTuple_GET_ITEM(group, 0));
+            sums[n].first = Py_NewRef(PySequence_Fast_ITEMS(spans)[0]);
+            sums[n].runs = PySequence_Fast_GET_SIZE(spans);
+            n++;
+        }
+    }
+    int failed = 0;
+    if (handled) {
+        for (Py_ssize_t i = 0; i < n && !failed; i++) {
+            PyObject *filed = PyDict_GetItemWithError(totals, sums[i].key); /* borrowed */
+            if (filed != NULL) {
+                Py_INCREF(filed);
+            } else if (!PyErr_Occurred()) {
+                filed = PyObject_CallFunctionObjArgs(entry, sums[i].key, sums[i].shape, sums[i].first, NULL);
+            }
+            failed = filed == NULL || add_at(filed, 0, sums[i].nanoseconds) < 0 ||
+                     add_at(filed, 1, (long long)sums[i].runs) < 0;
+            Py_XDECREF(filed);
+        }
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_DECREF(sums[i].key);
+        Py_DECREF(sums[i].shape);
+        Py_DECREF(sums[i].first);
+    }
+    if (sums != few) {
+        PyMem_Free(sums);
+    }
+    if (failed) {
+        return NULL;
+    }
+    return PyBool_FromLong(handled);
+}
+
 static PyMethodDef sketch_methods[] = {
     {"sketch_add", (PyCFunction)(void (*)(void))sketch_add, METH_FASTCALL,
      "sketch_add(sketch, value): DDSketch.add compiled (otel_apm/stats/sketch.py is the reference)."},
     {"tally_add_spans", (PyCFunction)(void (*)(void))tally_add_spans, METH_FASTCALL,
      "tally_add_spans(tally, spans, slow_ms): Tally.add_spans compiled (otel_apm/stats/rollup.py)."},
     {"tally_statements", (PyCFunction)(void (*)(void))tally_statements, METH_FASTCALL,
-     "tally_statements(statements, groups, tick, slow_ms, endpoint, foreign, cap, refile): "
+     "tally_statements(statements, groups, tick, slow_ms, endpoint, service, names_of, trace, cap, refile): "
      "rollup._tally_statements compiled."},
+    {"statement_totals", (PyCFunction)(void (*)(void))statement_totals, METH_FASTCALL,
+     "statement_totals(totals, groups, entry): otel_apm/emit/metrics.py _add_statements compiled; "
+     "False when it declines (nothing added)."},
     {NULL, NULL, 0, NULL},
 };
 

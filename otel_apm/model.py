@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterator
 from types import ModuleType
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 T = TypeVar("T")
+_UNSET: Any = object()  # Trace.derived's "not computed yet": a derived value may be None
 
 # Categories: what kind of work a span is, decided once at intake from its attributes.
 DB = "db"
@@ -141,9 +142,11 @@ class Trace:
     def derived(self, key: Hashable, compute: Callable[[], T]) -> T:
         """``compute()``, once per trace and key: what several detectors derive alike (the
         per-parent statement sequence the N+1 and MN+1 detectors both walk) is made once."""
-        if key in self._derived:
-            return cast(T, self._derived[key])
-        value = self._derived[key] = compute()
+        # One lookup, and no typing.cast call (a Python function in 3.11): every reader of a
+        # trace asks for the statements, the summary and the texts again and again.
+        value: T = self._derived.get(key, _UNSET)
+        if value is _UNSET:
+            value = self._derived[key] = compute()
         return value
 
     def siblings(self, category: str, compiled: ModuleType | None = None) -> dict[int, list[SpanView]]:

@@ -282,3 +282,28 @@ def test_what_is_not_a_span_fails_alike() -> None:
         recorder(callsite, module)(object())  # type: ignore[arg-type]
     with pytest.raises(AttributeError):  # it reads the CallSite's memo of classified files
         module.CallSiteRecorder(object())
+
+
+def test_a_span_is_asked_whether_it_records_unless_its_class_answers_as_the_sdks() -> None:
+    """The compiled walk reads the end time where the SDK's Span.is_recording() would; a span
+    class with an is_recording() of its own is asked, as the Python version asks every span.
+    Either way an ended span gets nothing, and a recording one the call's site."""
+    module = require_compiled_walk()
+    tracer = TracerProvider().get_tracer("tests")
+    asked: list[str] = []
+
+    class Asked(type(tracer.start_span("probe"))):  # type: ignore[misc]
+        def is_recording(self) -> bool:
+            asked.append(self.name)
+            return bool(super().is_recording())
+
+    for record in (CallSite().record, recorder(CallSite(), module)):
+        ended = tracer.start_span("ended", kind=SpanKind.CLIENT)
+        ended.end()
+        own = tracer.start_span("own", kind=SpanKind.CLIENT)
+        own.__class__ = Asked
+        for span in (ended, own):
+            record(span)  # type: ignore[arg-type]
+        assert CODE_FILE_PATH not in (ended.attributes or {})
+        assert (own.attributes or {})[CODE_FILE_PATH] == __file__
+    assert asked == ["own", "own"]

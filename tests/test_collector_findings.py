@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc  # type: ignore[import-untyped]
 import pytest
+from conftest import require_native
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.exporter.otlp.proto.common._internal import _encode_value  # the SDK exporters' mapping
@@ -225,3 +226,97 @@ def test_a_request_is_the_bytes_protobuf_makes_of_it() -> None:
         "WARNING",
         "CRITICAL",
     ]
+
+
+class _Text(str):
+    """A str subclass: its methods could differ from str's, so the compiled writer leaves it alone."""
+
+
+RECORD_VALUES = st.recursive(
+    SCALARS
+    | st.builds(_Text, st.text(max_size=5))
+    | st.integers(2**63, 2**64)
+    | st.sampled_from(["\ud800", "a\udfff"]),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.lists(inner, max_size=3).map(tuple)
+        | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+def _python_record(events: FindingEvents, *args: Any) -> bytes | type[Exception]:
+    try:
+        return events._record(*args)
+    except Exception as exc:
+        return type(exc)
+
+
+def _declined(value: Any) -> bool:
+    """A value the compiled writer leaves to Python: a str subclass, anywhere."""
+    if isinstance(value, dict):
+        return any(_declined(k) or _declined(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(map(_declined, value))
+    return isinstance(value, str) and type(value) is not str
+
+
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(
+    st.binary(max_size=9),
+    st.sampled_from([b"\x10\x0d\x1a\x07WARNING", b"\x10\x11\x1a\x08CRITICAL"]),
+    RECORD_VALUES,
+    st.dictionaries(st.text(max_size=12), RECORD_VALUES, max_size=6),
+    st.binary(max_size=40),
+    st.binary(max_size=20),
+)
+def test_the_compiled_record_writer_makes_the_python_versions_bytes_or_declines(
+    head: bytes, severity: bytes, body: Any, attributes: dict[str, Any], link: bytes, tail: bytes
+) -> None:
+    """csrc/otlpviews.c log_record against FindingEvents._record, its reference, on every kind of
+    value: the same bytes (the Python version's per-request caches cold, then warm), or None
+    where the Python version must write the record (a str subclass) or refuse it (an int outside
+    int64, a lone surrogate)."""
+    compiled = require_native().log_record
+    events = FindingEvents(_Capture(), {}, per_request=10, native_enabled=False)
+    args = (head, severity, body, attributes, link, tail)
+    expected = _python_record(events, *args)
+    assert _python_record(events, *args) == expected
+    ours = compiled(*args)
+    if isinstance(expected, bytes) and not _declined((body, attributes)):
+        assert ours == expected
+    else:
+        assert ours is None
+
+
+def _records(payload: bytes) -> bytes:
+    """A log request with its records' observed times (the moment of emission) cleared."""
+    request = ExportLogsServiceRequest.FromString(payload)
+    for resource_logs in request.resource_logs:
+        for scope_logs in resource_logs.scope_logs:
+            for record in scope_logs.log_records:
+                record.observed_time_unix_nano = 0
+    return bytes(request.SerializeToString())
+
+
+def test_findings_make_the_same_request_with_and_without_the_compiled_writer() -> None:
+    """A real N+1 finding, one the compiled writer declines (a str subclass in its evidence) and
+    one about the process: the same request either way."""
+    require_native()
+    spans = shop_request(10, 0)
+    trace = Trace(7, spans, spans[0])
+    (n_plus_one,) = Analyzer(APMConfig()).analyze(trace)
+    odd = dataclasses.replace(n_plus_one, evidence={**n_plus_one.evidence, "odd": _Text("x")})
+    process = process_finding(0.0, severity="critical", service="shop")
+    requests = []
+    for native_enabled in (True, False):
+        forwarder = _Capture()
+        events = FindingEvents(forwarder, {"service.name": "c"}, 10, native_enabled)
+        events.emit(trace, [n_plus_one, odd])
+        events.emit(None, [process])
+        events.flush()
+        ((_, payload, items),) = forwarder.sent
+        assert items == 3
+        requests.append(_records(payload))
+    assert requests[0] == requests[1]

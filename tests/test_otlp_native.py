@@ -2,7 +2,8 @@
 
 Both read the same payloads: real SDK spans through the real OTLP encoder, the labelled corpus,
 the OTLP/JSON test data, and random or mutated bytes (hypothesis).  Each must give the same
-views (every slot, with its type), the same counts, and refuse the same payloads.
+views (every slot, with its type), the same counts, and refuse the same payloads.  The
+compiled otlp_check may call a payload valid only when protobuf parses it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -27,7 +29,7 @@ from opentelemetry.trace import Link, SpanKind, StatusCode
 
 from otel_apm.collector.findings import key_value
 from otel_apm.ingest import otlp
-from otel_apm.ingest.otlp import IngestCounts, otlp_json_to_request, views_from_payload
+from otel_apm.ingest.otlp import IngestCounts, checked_request, otlp_json_to_request, views_from_payload
 from otel_apm.model import SpanView
 
 TESTS = Path(__file__).parent
@@ -330,6 +332,7 @@ FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCh
 @given(st.binary(max_size=200))
 def test_random_bytes_read_alike(payload: bytes) -> None:
     assert_same(payload)
+    assert_check_sure(payload)
 
 
 @FUZZ
@@ -342,12 +345,15 @@ def test_random_messages_read_alike(payload: bytes) -> None:
 @given(requests)
 def test_random_requests_read_alike(payload: bytes) -> None:
     assert_same(payload)
+    assert_check_sure(payload)
 
 
 @FUZZ
 @given(st.sampled_from(SEED_PAYLOADS), st.integers(0, 2**32), st.integers(1, 4))
 def test_mutated_payloads_read_alike(payload: bytes, seed: int, edits: int) -> None:
-    assert_same(mutate(payload, seed, edits))
+    mutated = mutate(payload, seed, edits)
+    assert_same(mutated)
+    assert_check_sure(mutated)
 
 
 def test_groups_nest_to_protobufs_limit_in_both() -> None:
@@ -390,3 +396,60 @@ def test_a_payload_of_many_empty_spans_is_read_alike() -> None:
     scope_spans = tagged(2, 2, varint(len(spans)) + spans)
     payload = tagged(1, 2, varint(len(scope_spans)) + scope_spans)
     assert assert_same(payload) == ([], {"views": 0, "malformed_spans": 50_000})
+
+
+# -- otlp_check: the receiver's check of a trace request without parsing it --------------------------
+
+
+def assert_check_sure(payload: bytes) -> bool:
+    """The compiled check may say a payload is valid only when protobuf parses it; it may say
+    False of a valid one (then the receiver parses it).  Its answer."""
+    sure = checked_request(payload)
+    if sure:
+        ExportTraceServiceRequest.FromString(payload)  # must not raise
+    return sure
+
+
+def test_real_requests_are_checked_without_parsing() -> None:
+    """SDK spans with every field the SDK writes (links, trace state, events, flags, scope
+    version, schema URLs) and the corpus converted from OTLP/JSON: all sure, so none is parsed
+    twice in the collector."""
+
+    def linked(tracer: trace.Tracer) -> None:
+        web_request(tracer)
+        context = trace.SpanContext(7, 9, is_remote=True, trace_state=trace.TraceState([("k", "v")]))
+        with tracer.start_as_current_span("linked", links=[Link(context, {"a": [1, 2]})]) as span:
+            span.add_event("e", {"x": {"nested": "é"}.get("nested", "")})
+
+    payloads = [sdk_payload(linked)]
+    payloads += [otlp_json_to_request(path.read_bytes()).SerializeToString() for path in JSON_PAYLOADS]
+    for payload in payloads:
+        assert assert_check_sure(payload)
+        # read without the reader's own check of the bytes: the same views
+        counts = IngestCounts()
+        views = views_from_payload(payload, counts, checked=True)
+        assert ([slots(v) for v in views], counts.snapshot()) == outcome(payload, False)
+
+
+def test_the_check_is_not_sure_of_what_protobuf_refuses_or_it_does_not_know() -> None:
+    """Bad UTF-8 in an attribute key (a field analysis never reads), a truncated payload: not
+    sure, and protobuf refuses them.  An unknown field or a nesting past the check's depth: not
+    sure either, though protobuf takes them."""
+    bad_key = tagged(1, 2, b"\xff")  # KeyValue.key
+    resource = tagged(1, 2, varint(len(bad_key)) + bad_key)  # Resource.attributes
+    bad = tagged(1, 2, varint(len(resource) + 2) + tagged(1, 2, varint(len(resource)) + resource))
+    payload = sdk_payload(web_request)
+    for refused in (bad, payload[:-3]):
+        assert not assert_check_sure(refused)
+        with pytest.raises(DecodeError):
+            ExportTraceServiceRequest.FromString(refused)
+    value = b""
+    for _ in range(40):  # AnyValue.array_value > ArrayValue.values > AnyValue ...
+        array = tagged(1, 2, varint(len(value)) + value)
+        value = tagged(5, 2, varint(len(array)) + array)
+    deep = tagged(2, 2, varint(len(value)) + value)  # KeyValue.value
+    for _ in range(3):  # in Resource.attributes, ResourceSpans.resource, the request's resource_spans
+        deep = tagged(1, 2, varint(len(deep)) + deep)
+    for taken in (payload + tagged(99, 0, b"\x01"), deep):
+        ExportTraceServiceRequest.FromString(taken)
+        assert not checked_request(taken)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import logging
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -650,3 +652,111 @@ def test_a_failing_code_location_is_contained_and_counted(
     assert len(db) == 3  # the authors, then the books of each
     assert otel.processor.stats()["errors_intake"] == 3
     assert all("code.file.path" not in (s.attributes or {}) for s in db)
+
+
+class TraceCapture:
+    """An emitter keeping every trace analysis saw."""
+
+    def __init__(self) -> None:
+        self.traces: list[Trace] = []
+
+    def emit(self, trace: Trace | None, findings: Sequence[Finding]) -> None:
+        if trace is not None:
+            self.traces.append(trace)
+
+
+def varied_request(otel: OTel, children: int) -> None:
+    """A root over ``children`` spans of every kind the reader tells apart: statements of a few
+    shapes, an HTTP call, an error with its exception event, a nested internal span, an attribute
+    value the shape cache does not keep (a float), one span with no attributes."""
+    with otel.tracer.start_as_current_span(
+        "GET /mix", kind=SpanKind.SERVER, attributes={"http.route": "/mix"}
+    ):
+        for i in range(children):
+            shape = i % 6
+            if shape < 3:
+                db_span(otel, f"SELECT * FROM t{shape} WHERE id = %s")
+            elif shape == 3:
+                attrs = {
+                    "http.request.method": "GET",
+                    "url.full": "http://svc/x",
+                    "http.response.status_code": 500,
+                }
+                with otel.tracer.start_as_current_span("GET", kind=SpanKind.CLIENT, attributes=attrs) as span:
+                    span.record_exception(ValueError("boom"))
+                    span.set_status(Status(StatusCode.ERROR))
+            elif shape == 4:
+                with otel.tracer.start_as_current_span("work"), otel.tracer.start_as_current_span("inner"):
+                    pass
+            else:
+                attrs = {"db.system": "redis", "db.statement": "GET k", "elapsed": 0.5}
+                with otel.tracer.start_as_current_span("GET", kind=SpanKind.CLIENT, attributes=attrs):
+                    pass
+        with otel.tracer.start_as_current_span("bare"):
+            pass
+
+
+def analyzed(trace: Trace) -> list[tuple[Any, ...]]:
+    """What analysis reads of each view, in order, but the ids and times (which differ run to
+    run): the parent as its place among the views."""
+    place = {v.span_id: i for i, v in enumerate(trace.spans)}
+    skip = {"trace_id", "span_id", "parent_id", "start_ns", "end_ns"}
+    return [
+        (place.get(v.parent_id), *(getattr(v, k) for k in type(v).__slots__ if k not in skip))
+        for v in trace.spans
+    ]
+
+
+@pytest.mark.parametrize("max_spans", [10_000, 40], ids=["whole", "truncated"])
+def test_the_compiled_intake_gives_analysis_the_views_the_python_path_gives(
+    make_otel: Callable[..., OTel], max_spans: int
+) -> None:
+    """The compiled intake reads a child into its view as it ends, where the Python path files
+    the span and reads a batch later: the same views, in the same order, the same bound.  150
+    children pass several checkpoints (every 64 filed spans)."""
+    require_native()
+    seen = []
+    for native in (True, False):
+        capture = TraceCapture()
+        otel = make_otel(native_enabled=native, emitters=[capture], max_spans_per_trace=max_spans)
+        for children in (150, 3):
+            varied_request(otel, children)
+        seen.append(([analyzed(t) for t in capture.traces], otel.processor.stats()))
+    assert seen[0] == seen[1]
+    assert len(seen[0][0][0]) == min(max_spans, 150 + 150 // 6 + 1) + 1  # the root past the bound
+
+
+def test_the_compiled_intake_holds_no_ended_child_while_its_root_is_open(native_enabled: bool) -> None:
+    """Pass-through keeps a view of each ended child, not the SDK's span (about 2.8 kB each):
+    the compiled intake reads it as it ends, once the first trace has proved the compiled reader;
+    the Python path files it and reads a batch at the root's end or a checkpoint, holding the
+    span until then."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from otel_apm import APMSpanProcessor
+
+    ended: list[Any] = []
+
+    class Weakly(SpanProcessor):
+        def on_end(self, span: ReadableSpan) -> None:
+            ended.append(weakref.ref(span))
+
+    processor = APMSpanProcessor(
+        Weakly(), native_enabled=native_enabled, emitters=[], memory_monitor_enabled=False
+    )
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    tracer = provider.get_tracer("tests")
+    for _ in range(2):
+        ended.clear()
+        with tracer.start_as_current_span("GET /authors", kind=SpanKind.SERVER):
+            for _ in range(3):
+                with tracer.start_as_current_span(
+                    "SELECT", kind=SpanKind.CLIENT, attributes={"db.statement": BOOKS}
+                ):
+                    pass
+            gc.collect()
+            held = [r() is not None for r in ended]
+    assert held == [not native_enabled] * 3  # the second trace's
+    assert processor.stats()["spans_analyzed"] == 8
+    provider.shutdown()

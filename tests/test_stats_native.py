@@ -98,10 +98,16 @@ def test_sketch_add_is_compiled_for_floats_and_python_for_the_rest(monkeypatch: 
     assert far.to_dict()["bins"] == [[2**70 - 3, 1], [2**70, 1]]  # 2.0 folded into the lowest kept
 
 
+# Where an int's digits end (30 bits each) and a long long's range, around both signs.
+EDGES = st.sampled_from([2**30, 2**60, 2**63, 2**90]).flatmap(
+    lambda edge: st.sampled_from([edge - 1, edge, edge + 1, -edge + 1, -edge, -edge - 1])
+)
 SPANS = st.lists(
     st.tuples(
         st.one_of(
-            st.integers(min_value=0, max_value=2**62), st.integers(min_value=-(2**70), max_value=2**70)
+            st.integers(min_value=0, max_value=2**62),
+            st.integers(min_value=-(2**70), max_value=2**70),
+            EDGES,
         ),
         st.one_of(
             st.integers(min_value=-(10**9), max_value=10**13),  # ns: negatives (skewed clocks), zero
@@ -296,8 +302,14 @@ def test_tally_statements_hands_what_it_does_not_hold_to_the_python_loop(python_
         (STATEMENTS[0], 10**6, False, False),
         (STATEMENTS[1], 5, False, True),
     ]
-    groups = statements_of(trace_of(1, "/a", 10**7, False, queries))
-    foreign = {key: {"GET /inner": None} for key in groups if key[0] == "back"}
+    trace = trace_of(1, "/a", 10**7, False, queries)
+    groups = statements_of(trace)
+    asked: list[tuple[str, int]] = []  # the services and runs of the statements names_of was asked about
+
+    def names_of(asking: Trace, endpoint: str, spans: list[SpanView]) -> dict[str, None]:
+        asked.append((spans[0].service, len(spans)))
+        return rollup._entry_endpoints(asking, endpoint, spans)
+
     seen: set[str] = set()
     for loop, mapping, cap, python in (
         (compiled, groups, 20, False),
@@ -308,7 +320,15 @@ def test_tally_statements_hands_what_it_does_not_hold_to_the_python_loop(python_
         ran.clear()
         stats = Statistics(APMConfig(native_enabled=False), clock=lambda: now)
         tick = math.floor(now / 10)
-        loop(stats._statements, mapping, tick, 100.0, "GET /a", foreign, cap, stats._rolling_statement)
+        asked.clear()
+        args = (tick, 100.0, "GET /a", "front", names_of, trace, cap, stats._rolling_statement)
+        loop(stats._statements, mapping, *args)
         assert ran == ([2, 1] if python else [])
-        seen.add(repr(stats.snapshot("minute").to_dict()))
+        assert asked == [("back", 1)]
+        snapshot = stats.snapshot("minute")
+        assert {(s.service, s.endpoints) for s in snapshot.statements} == {
+            ("front", ("GET /a",)),
+            ("back", ("GET /inner",)),
+        }
+        seen.add(repr(snapshot.to_dict()))
     assert len(seen) == 1

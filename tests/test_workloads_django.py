@@ -393,9 +393,16 @@ def test_a_request_with_one_query_is_not_chatty(otel: OTel, start: StartServer) 
 
 
 @pytest.mark.parametrize(("seconds", "dominant"), [(0.08, True), (0, False)])
-def test_bottleneck(otel: OTel, start: StartServer, seconds: float, dominant: bool) -> None:
+def test_bottleneck(
+    make_otel: Callable[..., OTel], start: StartServer, seconds: float, dominant: bool
+) -> None:
     """An 80 ms query in a 200 ms request (the rest rendering) is its bottleneck, though neither
-    slow (under 100 ms) nor chatty (40 % of the time in the database); a fast one is not."""
+    slow (under 100 ms) nor chatty (40 % of the time in the database); a fast one is not.
+
+    The request also opens its connection (CONN_MAX_AGE 0): on a loaded machine PyMySQL's took
+    75-140 ms, which put the query at 25-29 % of the request, under the default 30 %; at 20 %
+    the request may take 400 ms before the query stops being its bottleneck."""
+    otel = make_otel(bottleneck_share=0.2)
     server = start(otel)
     _, root = server.get(f"/reports/summary/?seconds={seconds}")
     assert ((root.end_time or 0) - (root.start_time or 0)) / 1e6 >= 100  # long enough to qualify

@@ -10,7 +10,11 @@ The records are written in the protobuf wire format directly (:func:`any_value`,
 :func:`key_value`), not built as protobuf messages: a message object per attribute, value and
 record, each copied again into its parent, cost the collector more than the N+1 detector that
 found them (bench/README.md).  The bytes are what protobuf's own encoder makes of the same
-messages, field for field and in the same order (tests/test_collector_findings.py).
+messages, field for field and in the same order (tests/test_collector_findings.py).  A record is
+written by the compiled twin of :meth:`FindingEvents._record` (csrc/otlpviews.c ``log_record``)
+when it is built and ``native_enabled``: in Python, encoding the attributes that differ per
+finding (title, durations, span ids) was still the collector's largest cost after the detectors
+(196,000 instructions a finding of the benchmark's N+1, 31,000 with the compiled writer).
 
 The records of one analysis batch go downstream as one ExportLogsServiceRequest (or more, of
 ``downstream.events_per_request`` records at most): one ResourceLogs (the collector's resource)
@@ -34,6 +38,7 @@ from otel_apm.detectors.base import Finding
 from otel_apm.emit.attributes import EVENT_NAME, finding_attributes
 from otel_apm.emit.events import SCOPE, SEVERITY, offending_span
 from otel_apm.model import Trace
+from otel_apm.native import native
 from otel_apm.version import __version__
 
 # -- the protobuf wire format, for the few messages written here ---------------------------------------
@@ -149,10 +154,16 @@ class FindingEvents:
     thread-safe: the pipeline analyzes, and so emits and flushes, one trace at a time."""
 
     def __init__(
-        self, forwarder: Forwarder, resource: Mapping[str, AttributeValue], per_request: int
+        self,
+        forwarder: Forwarder,
+        resource: Mapping[str, AttributeValue],
+        per_request: int,
+        native_enabled: bool = True,
     ) -> None:
         self._forwarder = forwarder
         self._per_request = per_request
+        compiled = native(native_enabled)
+        self._compiled = None if compiled is None else compiled.log_record
         attributes = b"".join(_delimited(_ATTRIBUTE, key_value(k, v)) for k, v in resource.items())
         self._resource_field = _delimited(_RESOURCE, attributes)
         self._records: list[bytes] = []  # each a log_records field of the ScopeLogs
@@ -168,31 +179,54 @@ class FindingEvents:
         # The same record prefix and suffix for every finding of the trace.
         head = _TIME + _FIXED64(end_ns) if end_ns else b""
         tail = _OBSERVED_TIME + _FIXED64(time.time_ns()) + _EVENT_NAME_FIELD
-        strings = self._strings
-        keys = self._keys
         records = self._records
+        compiled = self._compiled
         for finding in findings:
-            parts = [head, _SEVERITY_FIELDS[finding.severity], _delimited(_BODY, any_value(finding.title))]
-            for key, value in finding_attributes(finding).items():
-                if isinstance(value, str):
-                    field = strings.get((key, value))
-                    if field is None:
-                        field = strings[key, value] = _delimited(_RECORD_ATTRIBUTE, key_value(key, value))
-                else:
-                    key_field = keys.get(key)
-                    if key_field is None:
-                        key_field = keys[key] = _key_field(key)
-                    field = _delimited(_RECORD_ATTRIBUTE, key_field + _delimited(_VALUE, any_value(value)))
-                parts.append(field)
+            severity = _SEVERITY_FIELDS[finding.severity]
             span = offending_span(finding)
+            link = b""
             if span is not None:
-                parts.append(_SAMPLED)
-                parts.append(_TRACE_ID + b"\x10" + span[0].to_bytes(16, "big"))
-                parts.append(_SPAN_ID + b"\x08" + span[1].to_bytes(8, "big"))
-            parts.append(tail)
-            records.append(_delimited(_LOG_RECORDS, b"".join(parts)))
+                trace_id, span_id = span[0].to_bytes(16, "big"), span[1].to_bytes(8, "big")
+                link = _SAMPLED + _TRACE_ID + b"\x10" + trace_id + _SPAN_ID + b"\x08" + span_id
+            attributes = finding_attributes(finding)
+            record = None
+            if compiled is not None:
+                record = compiled(head, severity, finding.title, attributes, link, tail)
+            if record is None:
+                record = self._record(head, severity, finding.title, attributes, link, tail)
+            records.append(record)
         if len(records) >= self._per_request:
             self.flush()
+
+    def _record(
+        self,
+        head: bytes,
+        severity: bytes,
+        body: AttributeValue,
+        attributes: Mapping[str, AttributeValue],
+        link: bytes,
+        tail: bytes,
+    ) -> bytes:
+        """One record as the log_records field of the ScopeLogs: the reference of the compiled
+        ``log_record`` (csrc/otlpviews.c), which writes the same bytes straight into one bytes
+        object, and declines values of other types than it knows, for this to write."""
+        strings = self._strings
+        keys = self._keys
+        parts = [head, severity, _delimited(_BODY, any_value(body))]
+        for key, value in attributes.items():
+            if isinstance(value, str):
+                field = strings.get((key, value))
+                if field is None:
+                    field = strings[key, value] = _delimited(_RECORD_ATTRIBUTE, key_value(key, value))
+            else:
+                key_field = keys.get(key)
+                if key_field is None:
+                    key_field = keys[key] = _key_field(key)
+                field = _delimited(_RECORD_ATTRIBUTE, key_field + _delimited(_VALUE, any_value(value)))
+            parts.append(field)
+        parts.append(link)
+        parts.append(tail)
+        return _delimited(_LOG_RECORDS, b"".join(parts))
 
     def flush(self) -> None:
         """Queue the records collected so far as one request.  They go past the queue's bound:

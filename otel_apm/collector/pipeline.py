@@ -12,7 +12,9 @@ retry neither duplicates nor loses anything.  Spans whose ids are invalid (trace
 or all zero, span id not 8 bytes or all zero) are rejected as OTLP partial success and are not
 forwarded; only then is the request re-encoded.  With analysis on, the ids are checked once:
 reading the payload into views checks them, and only a request with a malformed span is walked
-again to find and remove its invalid spans.
+again to find and remove its invalid spans.  Nor is such a request parsed by the receiver first
+when the compiled check (:meth:`Pipeline.prechecked`) is sure protobuf would parse it: reading
+the views is then the only pass that makes objects of it.
 
 Failures of our own (ingest, analysis, emission) are contained: counted, logged once per kind,
 and never cost the forwarding of the request.
@@ -40,7 +42,7 @@ from otel_apm.collector.telemetry import Telemetry
 from otel_apm.contain import FailureLog
 from otel_apm.emit import Emitter, reporters, shutdown_emitters
 from otel_apm.emit.webhook import NOTICE_OUTCOMES, WebhookReporter
-from otel_apm.ingest.otlp import IngestCounts, has_valid_ids, views_from_payload
+from otel_apm.ingest.otlp import IngestCounts, checked_request, has_valid_ids, views_from_payload
 from otel_apm.model import SpanView, Trace
 from otel_apm.stats import statistics_of
 from otel_apm.version import __version__
@@ -115,7 +117,14 @@ class Pipeline:
 
     # -- intake (receiver threads) -------------------------------------------------------------------
 
-    def accept_traces(self, request: ExportTraceServiceRequest, payload: bytes) -> Outcome:
+    def prechecked(self, signal: Signal, payload: bytes) -> bool:
+        """True when the receiver need not parse ``payload`` to check it: a trace request, with
+        analysis on, that the compiled check finds one protobuf would parse (views_from_payload
+        reads it itself).  Then ``accept_traces`` gets None for the request."""
+        return signal == "traces" and self.analyzing and checked_request(payload, self._native_enabled)
+
+    def accept_traces(self, request: ExportTraceServiceRequest | None, payload: bytes) -> Outcome:
+        """``request`` is the parsed ``payload``, or None when it was :meth:`prechecked`."""
         self.telemetry.inc("requests_received_total", label="traces")
         if self._closed:
             return self._refuse("shutting_down")
@@ -124,14 +133,19 @@ class Pipeline:
         if self.analyzing:
             counts = IngestCounts()
             try:
-                views = views_from_payload(payload, counts, self._native_enabled)
+                views = views_from_payload(payload, counts, self._native_enabled, checked=request is None)
             except Exception as exc:
                 self.failures.record("ingest", exc)
             else:
                 if not counts.malformed_spans:  # every id is valid: no need to look again
                     checked = (counts.views, 0)
-        total, invalid = _check_spans(request) if checked is None else checked
+        if checked is None:
+            if request is None:  # prechecked, but reading its views failed: look at it the long way
+                request = ExportTraceServiceRequest.FromString(payload)
+            checked = _check_spans(request)
+        total, invalid = checked
         if invalid:
+            assert request is not None  # invalid spans are only found in a parsed request
             self.telemetry.inc("spans_refused_total", invalid, label="invalid_id")
             payload = request.SerializeToString()
         accepted = total - invalid
@@ -327,7 +341,14 @@ class Emission:
             )
             reader = PeriodicExportingMetricReader(_metric_exporter(config))
             meter_provider = sdk_meter_provider = SDKMeterProvider(resource=resource, metric_readers=[reader])
-            self.emitters.append(FindingEvents(forwarder, resource.attributes, downstream.events_per_request))
+            self.emitters.append(
+                FindingEvents(
+                    forwarder,
+                    resource.attributes,
+                    downstream.events_per_request,
+                    config.analysis.native_enabled,
+                )
+            )
 
             def shutdown_metrics(timeout_s: float) -> None:
                 sdk_meter_provider.shutdown(int(timeout_s * 1000))  # a last collection and export

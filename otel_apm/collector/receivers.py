@@ -10,6 +10,9 @@ google.rpc.RetryInfo in the status details / HTTP 429 and Retry-After, so the cl
 Limits: gRPC's own max receive message size (RESOURCE_EXHAUSTED from grpc), the HTTP body size
 (413) and the decompressed size (413; gzip and deflate are inflated incrementally, never past
 the limit).  Optional bearer token (UNAUTHENTICATED / 401) and TLS on both.
+
+A trace request that the pipeline reads into views itself (analysis on) is not decoded when the
+compiled check finds it valid (``Pipeline.prechecked``): it is checked, not parsed.
 """
 
 from __future__ import annotations
@@ -180,7 +183,11 @@ class _ExportServicer:
                 telemetry.inc("requests_refused_total", label="unauthenticated")
                 return _GrpcStatus(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token", ())
         try:
-            message = decode_protobuf(self.signal, request)
+            message = (
+                None
+                if self._pipeline.prechecked(self.signal, request)
+                else decode_protobuf(self.signal, request)
+            )
         except InvalidRequest as exc:
             telemetry.inc("requests_refused_total", label="invalid")
             return _GrpcStatus(grpc.StatusCode.INVALID_ARGUMENT, str(exc), ())
@@ -412,12 +419,16 @@ class _OTLPHandler(BaseHTTPRequestHandler):
                 body = inflate(body, encoding, self.server.max_decompressed)
             elif len(body) > self.server.max_decompressed:
                 raise _Reject(413, f"the body exceeds {self.server.max_decompressed} bytes")
+            pipeline = self.server.pipeline
             try:
-                message = decode_protobuf(signal, body) if fmt == PROTOBUF else decode_json(signal, body)
+                if fmt == JSON:
+                    message = decode_json(signal, body)
+                else:
+                    message = None if pipeline.prechecked(signal, body) else decode_protobuf(signal, body)
             except InvalidRequest as exc:
                 raise _Reject(400, str(exc)) from None
             payload = body if fmt == PROTOBUF else message.SerializeToString()
-            outcome: Outcome = getattr(self.server.pipeline, f"accept_{signal}")(message, payload)
+            outcome: Outcome = getattr(pipeline, f"accept_{signal}")(message, payload)
             if not outcome.accepted:
                 retry_after = self.server.retry_after_s
                 status = 503 if outcome.reason == "shutting_down" else 429

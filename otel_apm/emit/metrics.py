@@ -31,6 +31,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from functools import partial
+from types import ModuleType
 
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, get_meter
 from opentelemetry.util.types import AttributeValue
@@ -41,6 +42,7 @@ from otel_apm.detectors.base import Finding
 from otel_apm.detectors.dbshape import StatementGroups, statements_of
 from otel_apm.emit.histogram import DirectHistogram
 from otel_apm.model import DB, SpanView, Trace
+from otel_apm.native import native
 from otel_apm.sql import SqlShape
 from otel_apm.version import __version__
 
@@ -100,18 +102,17 @@ class _Sums:
 
 
 class _TransactionTotals:
-    """DB time and queries per (service, endpoint), both updated through one lookup a trace;
-    ``None`` stands for the overflow series."""
+    """DB time and queries per (service, endpoint); ``None`` stands for the overflow series."""
 
     def __init__(self) -> None:
         self._totals: dict[tuple[str, str] | None, list[float]] = {}  # key -> [seconds, queries]
 
-    def add(self, where: tuple[str, str] | None, seconds: float, queries: int) -> None:
+    def entry(self, where: tuple[str, str] | None) -> list[float]:
+        """The totals of ``where``, made when it is first seen: a trace adds to them in place."""
         entry = self._totals.get(where)
         if entry is None:
             entry = self._totals[where] = [0, 0]
-        entry[0] += seconds
-        entry[1] += queries
+        return entry
 
     def observe(self, index: int) -> list[Observation]:
         return [
@@ -127,23 +128,18 @@ class _StatementTotals:
     """Time and runs per (service, fingerprint), both updated through one short key per statement
     and trace; the attributes are made once per statement, for the first ``limit`` of them."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, compiled: ModuleType | None) -> None:
         self._limit = limit
         self._attributes: dict[tuple[str, str], dict[str, AttributeValue]] = {}
         self._totals: dict[tuple[str, str] | None, list[int]] = {}  # key -> [nanoseconds, runs]
+        self._compiled: Callable[..., bool] | None = None if compiled is None else compiled.statement_totals
 
     def add_all(self, groups: StatementGroups) -> None:
-        """A trace's statements, in one call: a trace has several, of a few runs each."""
-        totals = self._totals
-        for key, (shape, spans) in groups.items():
-            entry = totals.get(key)
-            if entry is None:
-                entry = self._entry(key, shape, spans[0])
-            nanoseconds = 0
-            for s in spans:  # a loop, not sum() of a list: the comprehension would cost a frame
-                nanoseconds += s.end_ns - s.start_ns
-            entry[0] += nanoseconds
-            entry[1] += len(spans)
+        """A trace's statements, in one call: a trace has several, of a few runs each.  The
+        compiled twin (csrc/sketch.c) declines, changing nothing, what it does not hold exactly."""
+        compiled = self._compiled
+        if compiled is None or not compiled(self._totals, groups, self._entry):
+            _add_statements(self._totals, groups, self._entry)
 
     def _entry(self, key: tuple[str, str], shape: SqlShape, first: SpanView) -> list[int]:
         """The totals of a statement seen for the first time: its own, with its attributes,
@@ -164,6 +160,37 @@ class _StatementTotals:
         ]
 
 
+def _add_statements(
+    totals: dict[tuple[str, str] | None, list[int]],
+    groups: StatementGroups,
+    entry: Callable[[tuple[str, str], SqlShape, SpanView], list[int]],
+) -> None:
+    """Add each statement group's nanoseconds and runs to its totals, made by ``entry`` for a
+    statement seen for the first time.  The reference of the compiled
+    ``otel_apm._native.statement_totals``, and what runs when it declines."""
+    for key, (shape, spans) in groups.items():
+        filed = totals.get(key)
+        if filed is None:
+            filed = entry(key, shape, spans[0])
+        nanoseconds = 0
+        for s in spans:  # a loop, not sum() of a list: the comprehension would cost a frame
+            nanoseconds += s.end_ns - s.start_ns
+        filed[0] += nanoseconds
+        filed[1] += len(spans)
+
+
+class _Series:
+    """One attribute set of the transaction histogram, filed by the root's fields that make it:
+    its point's attributes and the DB totals of its service and endpoint.  The object is also
+    the set's key in the DirectHistogram: hashed by identity, not by its values."""
+
+    __slots__ = ("attributes", "totals")
+
+    def __init__(self, attributes: dict[str, AttributeValue], totals: list[float]) -> None:
+        self.attributes = attributes
+        self.totals = totals
+
+
 class MetricsEmitter:
     def __init__(self, meter_provider: MeterProvider | None = None, config: APMConfig | None = None) -> None:
         config = config if config is not None else APMConfig()
@@ -171,7 +198,7 @@ class MetricsEmitter:
         self._lock = threading.Lock()
         in_forked_children(self._new_lock)
         self._endpoints = _Admission(config.metrics_max_endpoints)
-        self._statements = _StatementTotals(config.metrics_max_statements)
+        self._statements = _StatementTotals(config.metrics_max_statements, native(config.native_enabled))
         self._statement_metrics = config.metrics_max_statements > 0
         self._duration = DirectHistogram(
             meter.create_histogram(
@@ -182,6 +209,9 @@ class MetricsEmitter:
             )
         )
         self._transactions = _TransactionTotals()
+        # The admitted endpoints' series by the root's fields (see emit), and the overflow's.
+        self._series: dict[_SeriesKey, _Series] = {}
+        self._overflow: _Series | None = None
         self._findings = _Sums((FINDING_TYPE, SEVERITY, SERVICE, ENDPOINT))
         statements = self._statements
         for name, read, unit, description in (
@@ -228,7 +258,8 @@ class MetricsEmitter:
         return observe
 
     def emit(self, trace: Trace | None, findings: Sequence[Finding]) -> None:
-        with self._lock:
+        self._lock.acquire()  # not "with": see Statistics.emit
+        try:
             for finding in findings:
                 admitted = self._endpoints.admits((finding.service, finding.endpoint))
                 self._findings.add(
@@ -239,29 +270,51 @@ class MetricsEmitter:
             root = trace.root if trace is not None else None
             if trace is None or root is None:
                 return
-            where = (root.service, trace.endpoint)
-            admitted = self._endpoints.admits(where)
-            queries, db_ms = trace.breakdown().get(DB, (0, 0.0))
-            self._transactions.add(where if admitted else None, db_ms / 1e3, queries)
+            # What the series' attributes are made of, the endpoint's parts rather than its
+            # string, which would be formatted anew: the name makes the endpoint without a route.
+            route = root.http_route
+            error = (root.exception_type or "_OTHER") if root.error else None
+            key = (root.service, route, root.http_method, None if route else root.name, error)
+            series = self._series.get(key)
+            if series is None:
+                series = self._new_series(key, trace.endpoint)
+            queries, db_ms = trace.breakdown().get(DB, _NOTHING)
+            totals = series.totals
+            totals[0] += db_ms / 1e3
+            totals[1] += queries
             if queries and self._statement_metrics:
                 self._statements.add_all(statements_of(trace))
-        error = (root.exception_type or "_OTHER") if root.error else None
-        # The attribute set's key: the attributes are made only for its first point.
-        key: _DurationKey = (where, root.http_route, root.http_method, error) if admitted else None
+        finally:
+            self._lock.release()
         seconds = (root.end_ns - root.start_ns) / 1e9
-        if not self._duration.record(key, seconds):
-            self._duration.record_new(key, seconds, _duration_attributes(key))
+        if not self._duration.record(series, seconds):
+            self._duration.record_new(series, seconds, series.attributes)
+
+    def _new_series(self, key: _SeriesKey, endpoint: str) -> _Series:
+        """The series of a root whose fields ``key`` were not seen yet: filed when its endpoint
+        is admitted (then for good: admission is never withdrawn), else the overflow's, which is
+        not filed by key, so that a stream of endpoints past the bound takes no memory."""
+        service, route, method, _, error = key
+        where = (service, endpoint)
+        if not self._endpoints.admits(where):
+            if self._overflow is None:
+                self._overflow = _Series(OVERFLOW_ATTRIBUTES, self._transactions.entry(None))
+            return self._overflow
+        attributes = _duration_attributes(where, route, method, error)
+        series = self._series[key] = _Series(attributes, self._transactions.entry(where))
+        return series
 
 
-_DurationKey = tuple[tuple[str, str], str | None, str | None, str | None] | None
+# (service, http.route, http.request.method, name when there is no route, error type)
+_SeriesKey = tuple[str, str | None, str | None, str | None, str | None]
+_NOTHING = (0, 0.0)  # DB's (queries, milliseconds) in a trace without any
 
 
-def _duration_attributes(key: _DurationKey) -> dict[str, AttributeValue]:
-    """The transaction histogram's attributes for ``(where, route, method, error type)``, or
-    the overflow series' for None."""
-    if key is None:
-        return OVERFLOW_ATTRIBUTES
-    (service, endpoint), route, method, error = key
+def _duration_attributes(
+    where: tuple[str, str], route: str | None, method: str | None, error: str | None
+) -> dict[str, AttributeValue]:
+    """The transaction histogram's attributes for an admitted endpoint."""
+    service, endpoint = where
     attrs: dict[str, AttributeValue] = {SERVICE: service, ENDPOINT: endpoint}
     if route:
         attrs["http.route"] = route

@@ -122,24 +122,83 @@ def views_from_resource_spans(
 
 
 def views_from_payload(
-    payload: bytes, counts: IngestCounts | None = None, native_enabled: bool = True
+    payload: bytes, counts: IngestCounts | None = None, native_enabled: bool = True, checked: bool = False
 ) -> list[SpanView]:
     """Views of the spans of a serialized ExportTraceServiceRequest: what the collector received.
 
     Read by the compiled twin (csrc/otlpviews.c, which reads the wire format itself) when it is
     built and ``native_enabled`` (the config's), else by :func:`python_views`; both give the
     same views, counts and errors.  Raises ``DecodeError`` only for bytes that are not a
-    request, which the receivers have refused already.
+    request, which the receivers have refused already.  ``checked``: :func:`checked_request`
+    found the payload valid, so the compiled reader skips its own check of the bytes.
     """
     compiled = native(native_enabled)
     if compiled is None:
         views, malformed = python_views(payload)
     else:
         views, malformed = compiled.otlp_views(
-            payload, _FILLS, _fill, _service_name, _exception_type, DecodeError
+            payload, _FILLS, _fill, _service_name, _exception_type, DecodeError, checked
         )
     (COUNTS if counts is None else counts).add(len(views), malformed)
     return views
+
+
+def checked_request(payload: bytes, native_enabled: bool = True) -> bool:
+    """True when ``payload`` is sure to be an ExportTraceServiceRequest that protobuf would parse:
+    the receiver then need not parse it to check it, as :func:`views_from_payload` reads it.
+
+    Checked by the compiled ``otlp_check`` (csrc/otlpviews.c) against :func:`_check_schema`,
+    without making any object.  False when the extension is not built or ``native_enabled`` is
+    off, and whenever the check is not sure (an unknown field, say): the payload is then parsed
+    by protobuf, whose answer stands.  With analysis on the full parse cost more than reading
+    the views (bench/README.md).
+    """
+    compiled = native(native_enabled)
+    schema = _check_schema()
+    return compiled is not None and schema is not None and bool(compiled.otlp_check(payload, schema))
+
+
+# otlp_check's kind of a field by its type: its wire type (0 varint, 1 fixed64, 5 fixed32), 2 for
+# bytes, 3 for a string (UTF-8 checked); a message's is 16 + its index in the schema.
+_F = descriptor_pb2.FieldDescriptorProto
+_CHECK_KINDS = {
+    **dict.fromkeys((_F.TYPE_INT32, _F.TYPE_INT64, _F.TYPE_UINT32, _F.TYPE_UINT64, _F.TYPE_BOOL), 0),
+    **dict.fromkeys((_F.TYPE_SINT32, _F.TYPE_SINT64, _F.TYPE_ENUM), 0),
+    **dict.fromkeys((_F.TYPE_FIXED64, _F.TYPE_SFIXED64, _F.TYPE_DOUBLE), 1),
+    **dict.fromkeys((_F.TYPE_FIXED32, _F.TYPE_SFIXED32, _F.TYPE_FLOAT), 5),
+    _F.TYPE_BYTES: 2,
+    _F.TYPE_STRING: 3,
+}
+
+
+@functools.cache
+def _check_schema() -> tuple[tuple[int, ...], ...] | None:
+    """ExportTraceServiceRequest and the messages in it as otlp_check reads them: per message
+    (the request first), the kind of each field number, -1 for a number not declared.  Made from
+    the installed generated code, so a newer OTLP version's fields are known.  None when the
+    schema has what the check does not handle (a group, a repeated number that could be packed,
+    a field number past 31): then no payload is checked that way."""
+    order: list[Any] = []
+    pending = [ExportTraceServiceRequest.DESCRIPTOR]
+    while pending:
+        message = pending.pop()
+        if message not in order:
+            order.append(message)
+            pending.extend(f.message_type for f in message.fields if f.message_type is not None)
+    messages = []
+    for message in order:
+        kinds = [-1] * (max((f.number for f in message.fields), default=0) + 1)
+        for f in message.fields:
+            kind = _CHECK_KINDS.get(f.type)
+            if f.type == _F.TYPE_MESSAGE:
+                kind = 16 + order.index(f.message_type)
+            elif kind is None or (f.is_repeated and kind not in (2, 3)):
+                return None
+            kinds[f.number] = kind
+        if len(kinds) > 32:
+            return None
+        messages.append(tuple(kinds))
+    return tuple(messages)
 
 
 def python_views(payload: bytes) -> tuple[list[SpanView], int]:

@@ -145,7 +145,13 @@ class SpanReader:
         self.read_all: Callable[[Sequence[ReadableSpan], str], list[model.SpanView]] = self._read_each
         self.fast = False
         self.compiled = False
-        self._compiled = None if native is None else _compiled_reader(native.read_sdk_spans, native.Fills)
+        # What csrc/sdkviews.c reads with, after the spans and the service: given to the compiled
+        # intake too, which reads a span as it ends once ``compiled`` (csrc/intake.c).
+        self.setup: tuple[Any, ...] | None = None
+        self._compiled = None
+        if native is not None:
+            self.setup = _compiled_setup(native.Fills)
+            self._compiled = _compiled_reader(native.read_sdk_spans, self.setup)
 
     def _probe(self, span: ReadableSpan, service: str) -> model.SpanView:
         view = _view_public(span, service)
@@ -163,29 +169,23 @@ class SpanReader:
         return [read(s, service) for s in spans]
 
 
-def _compiled_reader(
-    read_sdk_spans: Callable[..., list[model.SpanView]], fills_type: Callable[[int], Any]
-) -> Callable[[Sequence[ReadableSpan], str], list[model.SpanView]]:
-    """``read_all`` by csrc/sdkviews.c: _view_fields in C, with semconv.filled_slots remembered
-    per span shape in :data:`_FILLS`, and the Python functions it falls back on."""
+def _compiled_setup(fills_type: Callable[[int], Any]) -> tuple[Any, ...]:
+    """read_sdk_spans' arguments after the spans and the service (see csrc/sdkviews.c): the
+    semconv.filled_slots remembered per span shape in :data:`_FILLS`, and the Python functions
+    it falls back on."""
     global _FILLS
     if _FILLS is None:
         _FILLS = fills_type(FILLS_MAX)
-    fills = _FILLS
+    return (ANALYZED_KEYS, _KIND, _ERROR, _FILLS, filled_slots, _read_exception, _view_fields, BoundedList)
+
+
+def _compiled_reader(
+    read_sdk_spans: Callable[..., list[model.SpanView]], setup: tuple[Any, ...]
+) -> Callable[[Sequence[ReadableSpan], str], list[model.SpanView]]:
+    """``read_all`` by csrc/sdkviews.c: _view_fields in C."""
 
     def read_all(spans: Sequence[ReadableSpan], service: str) -> list[model.SpanView]:
-        return read_sdk_spans(
-            spans,
-            service,
-            ANALYZED_KEYS,
-            _KIND,
-            _ERROR,
-            fills,
-            filled_slots,
-            _read_exception,
-            _view_fields,
-            BoundedList,
-        )
+        return read_sdk_spans(spans, service, *setup)
 
     return read_all
 

@@ -104,6 +104,8 @@ class APMSpanProcessor(SpanProcessor):
         self._emitters = tuple(emitters)
         self._native = native(config.native_enabled)
         self._reader = SpanReader(self._native)
+        self._compiled_intake: Any = None  # the compiled Intake, when it takes the span hooks
+        self._intake_resource: Resource | None = None  # whose spans it reads as they end
         # code.* attributes naming the application line of each DB or HTTP call (CallSite.record)
         self._record_callsite: Callable[[Span], None] | None = None
         if config.code_location_enabled:
@@ -199,7 +201,9 @@ class APMSpanProcessor(SpanProcessor):
             callsite_failed=lambda exc: self._failed("intake", exc),
             slow_on_start=self._on_root_start,
             slow_on_end=MethodType(APMSpanProcessor.on_end, self),  # the class's, not shadowed
+            read_setup=self._reader.setup,
         )
+        self._compiled_intake = intake
         vars(self).update(on_start=intake.on_start, _on_ending=intake._on_ending, on_end=intake.on_end)
 
     def on_end(self, span: ReadableSpan) -> None:
@@ -292,7 +296,14 @@ class APMSpanProcessor(SpanProcessor):
             self._service = self.config.service_name or str(
                 resource.attributes.get(SERVICE_NAME) or "unknown_service"
             )
-        return self._reader.read_all(spans, self._service)
+        views = self._reader.read_all(spans, self._service)
+        intake = self._compiled_intake
+        if intake is not None and resource is not self._intake_resource and self._reader.compiled:
+            # The compiled reader agreed with the Python one: the intake may read this resource's
+            # spans as they end, not here in a batch, and the trace holds no SDK span meanwhile.
+            self._intake_resource = resource
+            intake.read_from(resource, self._service)
+        return views
 
     def _service_name(self) -> str:
         """The service named in findings: the configured one, else the spans' resource's."""
