@@ -1,8 +1,9 @@
 """Per-span overhead and per-held-span memory of APMSpanProcessor against the plain SDK pipeline.
 
-    .venv/bin/python bench/bench_processor.py [--traces N] [--rounds R] [--memory-traces K] [--profile]
+    .venv/bin/python bench/bench_processor.py [--traces N] [--rounds R] [--chunk K] [--memory-traces K] [--profile]
 
-Variants, all in one process, interleaved a, b, c, a, b, c, ... so drift hits them alike:
+Variants, all in one process, taking turns of K traces within each round (a, b, c, a, b, c, ...)
+so the host's swings in speed hit them alike:
 
   a  baseline: TracerProvider + BatchSpanProcessor(no-op SpanExporter)
   b  ours:     TracerProvider + APMSpanProcessor(BatchSpanProcessor(no-op SpanExporter)), passthrough,
@@ -15,8 +16,8 @@ statement shapes including an N+1 of 6, 2 HTTP client spans), attributes passed 
 instrumentations do.  Every trace has an N+1 finding: the worst case for emission, and in tail mode
 every trace is kept (sample_rate does not come into play).
 
-A round is N traces through one variant plus the flushes that make the deferred work happen inside
-the timed region: TracerProvider.force_flush() (batch span export) for all, and for b and c the
+A round is N traces through each variant, in turns, plus the flushes that make the deferred work
+happen inside the timed region: TracerProvider.force_flush() (batch span export) for all, and for b and c the
 LoggerProvider's force_flush() (finding events) and one metric collection.  The garbage collector
 stays on for every variant (allocation is part of the cost); gc.collect() runs before each round,
 outside the timing.  Queues are sized so nothing is dropped, and the exporters' counts are checked.
@@ -202,17 +203,13 @@ def make_ours(key: str, label: str, queue: int, **settings: Any) -> Variant:
     return Variant(key, label, provider, exporter, apm, logger_provider, log_exporter, reader)
 
 
-def timed_round(v: Variant, traces: int) -> float:
-    """ns per span for ``traces`` traces plus the flushes; checks nothing was dropped."""
-    tracer = v.tracer
-    sent = v.span_exporter.exported
-    logged = v.log_exporter.exported if v.log_exporter is not None else 0
-    gc.collect()
-    t0 = time.perf_counter_ns()
-    for _ in range(traces):
-        run_trace(tracer)
-    v.flush()
-    elapsed = time.perf_counter_ns() - t0
+def _counts(v: Variant) -> tuple[int, int]:
+    return v.span_exporter.exported, v.log_exporter.exported if v.log_exporter is not None else 0
+
+
+def _check_round(v: Variant, before: tuple[int, int], traces: int) -> None:
+    """Nothing dropped: every span exported, at least the workload's finding events."""
+    sent, logged = before
     exported = v.span_exporter.exported - sent
     if exported != traces * SPANS_PER_TRACE:
         raise SystemExit(f"variant {v.key}: {exported} spans exported, expected {traces * SPANS_PER_TRACE}")
@@ -224,10 +221,49 @@ def timed_round(v: Variant, traces: int) -> float:
             f"variant {v.key}: {events} finding events exported, expected {traces * findings_per_trace}"
         )
     v.extra_findings += max(0, events - traces * findings_per_trace)
+
+
+def timed_round(v: Variant, traces: int) -> float:
+    """ns per span for ``traces`` traces plus the flushes; checks nothing was dropped."""
+    tracer = v.tracer
+    before = _counts(v)
+    gc.collect()
+    t0 = time.perf_counter_ns()
+    for _ in range(traces):
+        run_trace(tracer)
+    v.flush()
+    elapsed = time.perf_counter_ns() - t0
+    _check_round(v, before, traces)
     return elapsed / (traces * SPANS_PER_TRACE)
 
 
-def bench_time(traces: int, rounds: int, warmup: int) -> list[Variant]:
+def interleaved_round(variants: Sequence[Variant], traces: int, chunk: int) -> list[float]:
+    """ns per span of each variant for ``traces`` traces plus its flushes, the variants taking
+    turns every ``chunk`` traces.  The host's speed swings by a factor of two over tens of
+    milliseconds (a plain Python loop timed back to back here ranged 24-74 ms); turns that short
+    put every variant under the same swings, where whole rounds one after the other do not."""
+    tracers = [v.tracer for v in variants]
+    before = [_counts(v) for v in variants]
+    elapsed = [0] * len(variants)
+    gc.collect()
+    done = 0
+    while done < traces:
+        n = min(chunk, traces - done)
+        for i, tracer in enumerate(tracers):
+            t0 = time.perf_counter_ns()
+            for _ in range(n):
+                run_trace(tracer)
+            elapsed[i] += time.perf_counter_ns() - t0
+        done += n
+    for i, v in enumerate(variants):
+        t0 = time.perf_counter_ns()
+        v.flush()
+        elapsed[i] += time.perf_counter_ns() - t0
+        _check_round(v, before[i], traces)
+    return [e / (traces * SPANS_PER_TRACE) for e in elapsed]
+
+
+def bench_time(traces: int, rounds: int, warmup: int, chunk: int) -> list[Variant]:
     queue = max(2048, traces * SPANS_PER_TRACE + 1024)
     variants = [
         make_baseline(queue),
@@ -245,8 +281,12 @@ def bench_time(traces: int, rounds: int, warmup: int) -> list[Variant]:
     for v in variants:
         timed_round(v, warmup)
     for r in range(rounds):
-        for v in variants:
-            v.ns_per_span.append(timed_round(v, traces))
+        if chunk:
+            for v, ns in zip(variants, interleaved_round(variants, traces, chunk), strict=True):
+                v.ns_per_span.append(ns)
+        else:
+            for v in variants:
+                v.ns_per_span.append(timed_round(v, traces))
         line = "  ".join(f"{v.key}={v.ns_per_span[-1] / 1000:6.2f}" for v in variants)
         print(f"  round {r + 1}/{rounds}: {line}  µs/span", file=sys.stderr, flush=True)
     return variants
@@ -377,6 +417,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (7)")
     parser.add_argument("--warmup", type=int, default=500, help="warm-up traces per variant (500)")
     parser.add_argument("--memory-traces", type=int, default=2000, help="open traces for memory (2000)")
+    parser.add_argument(
+        "--chunk",
+        type=int,
+        default=10,
+        help="traces per turn when the variants take turns within a round (10); 0: each variant "
+        "runs its whole round in one go",
+    )
     parser.add_argument("--profile", action="store_true", help="also cProfile variant b")
     parser.add_argument(
         "--workload",
@@ -392,20 +439,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.workload == "clean":
         tail_rate = 1.0
     findings_per_trace = FINDINGS_PER_TRACE[args.workload]
-    if args.traces < 1 or args.rounds < 1 or args.memory_traces < 1:
-        parser.error("--traces, --rounds and --memory-traces must be >= 1")
+    if args.traces < 1 or args.rounds < 1 or args.memory_traces < 1 or args.chunk < 0:
+        parser.error("--traces, --rounds and --memory-traces must be >= 1, --chunk >= 0")
     if args.memory_traces > APMConfig().max_traces_in_flight:
         parser.error(f"--memory-traces must be <= max_traces_in_flight ({APMConfig().max_traces_in_flight})")
 
     started = time.monotonic()
     print(
         f"timing: {args.rounds} rounds x {args.traces} traces x {SPANS_PER_TRACE} spans per variant, "
-        f"interleaved a,b,c after {args.warmup} warm-up traces each; GC on for all; "
+        f"interleaved a,b,c ({f'turns of {args.chunk} traces' if args.chunk else 'whole rounds'}) "
+        f"after {args.warmup} warm-up traces each; GC on for all; "
         f"workload {args.workload}",
         file=sys.stderr,
         flush=True,
     )
-    variants = bench_time(args.traces, args.rounds, args.warmup)
+    variants = bench_time(args.traces, args.rounds, args.warmup, args.chunk)
     base = variants[0]
     print(f"\nPer-span cost ({args.rounds} rounds x {args.traces} traces x {SPANS_PER_TRACE} spans; GC on)")
     print(f"  {'variant':<34} {'median µs/span':>15} {'min':>8} {'max':>8} {'ratio to a':>11}")
