@@ -115,6 +115,7 @@ class Trace:
     """
 
     __slots__ = (
+        "__weakref__",  # what is derived from the trace refers back to it weakly (TraceSummary)
         "_breakdown",
         "_by_category",
         "_by_id",

@@ -430,14 +430,45 @@ def test_lifecycle_propagates_and_shutdown_analyzes_open_traces(otel: OTel) -> N
     root.end()
 
 
-def test_every_hook_reaches_the_wrapped_processor(otel: OTel) -> None:
+@pytest.mark.parametrize("enabled", [True, False], ids=["enabled", "disabled"])
+def test_every_hook_reaches_the_wrapped_processor(otel: OTel, enabled: bool) -> None:
+    """The wrapper skips only hooks whose body does nothing (the batch processor's on_start and
+    _on_ending); a processor that does something in them gets every call, turned off or on."""
     from otel_apm import APMSpanProcessor
 
     recorder = Recorder()
-    otel.tracer_provider.add_span_processor(APMSpanProcessor(recorder, otel.processor.config, emitters=[]))
-    with otel.tracer.start_as_current_span("job", kind=SpanKind.SERVER):
+    otel.tracer_provider.add_span_processor(
+        APMSpanProcessor(recorder, otel.processor.config, emitters=[], enabled=enabled)
+    )
+    with (
+        otel.tracer.start_as_current_span("job", kind=SpanKind.SERVER),
+        otel.tracer.start_as_current_span("child"),
+    ):
         pass
-    assert recorder.calls == ["start", "ending:job", "end:job"]
+    assert recorder.calls == ["start", "start", "ending:child", "end:child", "ending:job", "end:job"]
+
+
+def test_an_analyzed_trace_leaves_nothing_to_the_cycle_collector(make_otel: Callable[..., OTel]) -> None:
+    """Every analyzed trace, its views and what analysis derived from it are freed by reference
+    count as the trace is done with: garbage in a cycle (a summary referring back to its trace
+    did this) would wait for the collector's pass, cost it the walk, and keep memory cold."""
+    otel = make_otel()
+    request(otel, n=2)  # first-use caches (shapes, series) before the count
+    request(otel, n=6)
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for n in (2, 6, 6):
+            request(otel, n=n, error=n == 2)
+        assert otel.processor.stats()["findings"] >= 3
+        gc.collect()
+        ours = [o for o in gc.garbage if type(o).__module__.startswith("otel_apm")]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert ours == []
 
 
 def test_disabled_is_pure_pass_through(make_otel: Callable[..., OTel]) -> None:

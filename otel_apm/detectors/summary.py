@@ -10,6 +10,7 @@ of what a detector measures, never an estimate, so the findings are the same as 
 
 from __future__ import annotations
 
+import weakref
 from types import ModuleType
 
 from otel_apm.detectors.dbshape import StatementGroups, TextGroups, by_fingerprint, db_texts, statements_of
@@ -88,7 +89,11 @@ class TraceSummary:
                 trips = [s for s in spans if not s.cached]
                 if trips:
                     self.statements[key] = trips
-        self._trace = trace
+        # Weakly: the trace holds its summary (Trace.derived), and a strong reference back would
+        # make every analyzed trace, with all its views, garbage that only the cycle collector
+        # frees: some 66 objects a trace, which cost the collector's passes and leave the memory
+        # cold where freeing by reference count hands it straight to the next trace.
+        self._trace = weakref.ref(trace)
         self.compiled = compiled
         self._fingerprints: dict[str, int] | None = None
         self._round_trips: StatementGroups | None = None
@@ -120,9 +125,15 @@ class TraceSummary:
         if self._round_trips is None:
             regroup = by_fingerprint if self.compiled is None else self.compiled.by_fingerprint
             self._round_trips = (
-                regroup(self.statements) if self._has_cached else statements_of(self._trace, regroup)
+                regroup(self.statements) if self._has_cached else statements_of(self._live_trace(), regroup)
             )
         return self._round_trips
+
+    def _live_trace(self) -> Trace:
+        trace = self._trace()
+        if trace is None:  # the summary was kept past its trace: a caller's mistake, said plainly
+            raise ReferenceError("TraceSummary.round_trips() called after its trace was freed")
+        return trace
 
     def texts(self) -> dict[str, list[SpanView]]:
         """DB round trips by statement text, whatever their service.  Read only: a text that
