@@ -151,7 +151,8 @@ def test_random_traces_are_indexed_alike(trace: Trace) -> None:
     compiled = require_native()
     assert_indexed_alike(compiled, trace)
     assert_regrouped_alike(compiled, db_texts(trace))
-    on, off = TraceSummary(twin(trace), compiled), TraceSummary(twin(trace))
+    twins = twin(trace), twin(trace)  # a summary is good while its trace lives
+    on, off = TraceSummary(twins[0], compiled), TraceSummary(twins[1])
     assert on.fingerprint_counts() == off.fingerprint_counts()
     assert on.round_trips() == off.round_trips()
     assert on.statements == off.statements
@@ -172,12 +173,24 @@ def test_a_trace_with_cache_hits_regroups_only_its_round_trips(compiled: ModuleT
     assert summary.round_trips() == TraceSummary(Trace(1, views, None)).round_trips()
 
 
+def test_a_summary_kept_past_its_trace_says_so() -> None:
+    """The summary refers to its trace weakly (the trace holds the summary; a strong reference
+    back made every analyzed trace cyclic garbage): kept past the trace, it says so plainly
+    rather than answer from freed state."""
+    view = SpanView(1, 2, 1, "SELECT users", 0, T0, T0 + 1000, False, "orders", category=DB)
+    view.statement = "SELECT users.id FROM users WHERE users.id = %(pk_1)s"
+    summary = TraceSummary(Trace(1, [view], None))
+    with pytest.raises(ReferenceError, match="after its trace was freed"):
+        summary.round_trips()
+
+
 def declined(compiled: ModuleType, trace: Trace) -> None:
     """The compiled index leaves ``trace`` to Python, changing nothing, and the summary made
     through it is Python's."""
     assert compiled.index_trace(trace) is None
     summary = TraceSummary(trace, compiled)
-    expected = TraceSummary(twin(trace))
+    other = twin(trace)
+    expected = TraceSummary(other)
     assert (summary.error, summary.total_ns, summary.longest_ns, summary.statements) == (
         expected.error,
         expected.total_ns,
