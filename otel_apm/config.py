@@ -362,6 +362,27 @@ class APMConfig:
         minimum=1,
         doc="open local traces held; past it the oldest is analyzed as it is",
     )
+    analysis_delay_ms: int = _setting(
+        200,
+        "APM_ANALYSIS_DELAY_MS",
+        minimum=0,
+        doc="pass-through mode: longest a closed local trace waits to be analyzed with others on a "
+        "worker thread (in batches the analysis runs at about half its cost a trace, warm); 0 "
+        "analyzes each trace on the thread that ends its root, as it ends",
+    )
+    analysis_batch_size: int = _setting(
+        64,
+        "APM_ANALYSIS_BATCH_SIZE",
+        minimum=1,
+        doc="closed traces waiting that wake the analysis worker before the delay is up",
+    )
+    analysis_max_queue: int = _setting(
+        2048,
+        "APM_ANALYSIS_MAX_QUEUE",
+        minimum=1,
+        doc="closed traces waiting at most; past it the thread ending a root analyzes its trace "
+        "itself (nothing is dropped)",
+    )
     max_spans_per_trace: int = _setting(
         2000,
         "APM_MAX_SPANS_PER_TRACE",

@@ -205,11 +205,23 @@ class OTel:
     counter: EndCounter
     _closed: bool = field(default=False, repr=False)
 
+    def flush(self) -> None:
+        """What a reader of an exporter's output does first: the closed traces waiting for
+        their batch's analysis (APM_ANALYSIS_DELAY_MS) are analyzed and handed on."""
+        self.tracer_provider.force_flush()
+
+    def stats(self) -> dict[str, int]:
+        """The processor's counters once what waits for analysis was analyzed."""
+        self.flush()
+        return self.processor.stats()
+
     def spans(self) -> tuple[ReadableSpan, ...]:
-        """Every span exported so far (finished spans, as the exporter got them)."""
+        """Every span exported so far (finished spans, as the exporter got them), after a flush."""
+        self.flush()
         return self.span_exporter.get_finished_spans()
 
     def log_records(self) -> tuple[ReadableLogRecord, ...]:
+        self.flush()
         return self.log_exporter.get_finished_logs()
 
     def events(self, finding_type: str | None = None) -> list[ReadableLogRecord]:
@@ -229,6 +241,7 @@ class OTel:
 
     def metrics(self) -> MetricsData | None:
         """A collection from the in-memory reader (cumulative since the pipeline was built)."""
+        self.flush()
         return self.metric_reader.get_metrics_data()
 
     def data_points(self, name: str) -> list[Any]:

@@ -111,6 +111,7 @@ def test_endpoint_and_statement_statistics_from_real_spans(make_otel: Callable[.
         )
     for _ in range(50):
         request(otel.tracer, "/orders", base, 300.0, [(INSERT, 40.0)], method="POST")
+    otel.flush()
 
     snap = stats.snapshot("minute")
     json.dumps(snap.to_dict())  # JSON-able as it is
@@ -169,6 +170,7 @@ def test_runs_served_from_a_cache_count_in_their_statement(make_otel: Callable[.
         )
         query.end(end_time=base + i * 10**7 + (i + 1) * 10**6)
     root.end(end_time=base + 5 * 10**7)
+    otel.flush()
     (select,) = stats.snapshot("minute").statements
     assert (select.count, select.total_ms, select.max_ms) == (3, pytest.approx(6.0), pytest.approx(3.0))
 
@@ -194,6 +196,7 @@ def test_windows_roll_and_closed_minutes_merge_back(
     clock.now = t0 + 5
     for i in range(10):
         request(otel.tracer, "/a", base, 10.0 + i, [(USERS, 1.0)])
+    otel.flush()  # analyzed (and counted) at the clock's t0 + 5
     otel.processor.emit_findings([])  # findings about the process reach emitters with no trace
     stats.emit(None, ())
     clock.now = t0 + 30
@@ -211,6 +214,7 @@ def test_windows_roll_and_closed_minutes_merge_back(
 
     for _ in range(5):
         request(otel.tracer, "/a", base, 100.0)
+    otel.flush()
     clock.now = t0 + 2 * 3600 + 200
     assert stats.snapshot("hour").overall.count == 0
     assert stats.snapshot("day").overall.count == 15
@@ -244,6 +248,7 @@ def test_endpoints_and_statements_past_the_bound_share_an_overflow_entry(
     base = time.time_ns()
     for route in ("/a", "/b", "/c", "/d"):
         request(otel.tracer, route, base, 50.0, [(USERS, 1.0), (ORDERS, 1.0)])
+    otel.flush()
     snap = stats.snapshot("all")
     counts = {(e.endpoint, e.overflow): e.count for e in snap.endpoints}
     assert counts == {("GET /a", False): 1, ("GET /b", False): 1, (OVERFLOW, True): 2}
@@ -273,9 +278,11 @@ def test_a_forked_worker_counts_its_own_traces(make_otel: Callable[..., OTel]) -
     stats = otel.processor.statistics
     assert stats is not None
     request(otel.tracer, "/parent", time.time_ns(), 5.0)
+    otel.flush()
 
     def worker() -> bool:
         request(otel.tracer, "/worker", time.time_ns(), 5.0)
+        otel.flush()
         return [e.endpoint for e in stats.snapshot("minute").endpoints] == ["GET /worker"]
 
     in_forked_child(worker, held=stats._lock)

@@ -369,7 +369,7 @@ def test_store_failures_never_reach_the_app(
         assert store.flush(10.0)
     otel.processor.shutdown()
     assert len(otel.spans()) == 3 * 8  # every span went on to the exporter
-    assert otel.processor.stats()["findings"] == 3
+    assert otel.stats()["findings"] == 3
     stats = store.stats()
     assert stats["written"] == 0 and stats["dropped"] == 3 and stats["errors"] >= 3
     warnings = [
@@ -430,9 +430,11 @@ def test_statistics_survive_a_restart_and_retention(
     otel = make_otel(emitters=[statistics])
     for _ in range(2):
         n_plus_one_trace(otel.tracer_provider)
+    otel.flush()  # statistics count a trace at the clock's time of its analysis
     clock[0] = now - 600
     for _ in range(3):
         n_plus_one_trace(otel.tracer_provider)
+    otel.flush()
     clock[0] = now + 120  # both minutes are closed now
     live = statistics.snapshot("all")
     store = StoreEmitter(config_for(store_url), statistics)
@@ -465,6 +467,7 @@ def test_old_minutes_roll_up_into_hours_once(
     for minute in range(0, 180, 10):  # a trace every 10 minutes for 3 hours: 18 minutes with data
         clock[0] = hour + minute * 60 + 5
         n_plus_one_trace(otel.tracer_provider)
+        otel.flush()  # statistics count a trace at the clock's time of its analysis
     clock[0] = hour + 4 * 3600
     records = statistics.closed_minutes()
     assert len(records) == 18 * 3  # the endpoint and two statements, each minute
@@ -594,7 +597,7 @@ def test_report_on_a_real_workload_ranks_the_costliest_first(
     paths = ["/authors"] * 4 + ["/reports/short"] * 5 + ["/reports/long"]
     for path in paths:
         requests.get(base + path, timeout=30).raise_for_status()
-    otel.wait_for(lambda: otel.processor.stats()["traces_analyzed"] == len(paths))
+    otel.wait_for(lambda: otel.stats()["traces_analyzed"] == len(paths))
     clock[0] += 120
     otel.processor.shutdown()
     assert store.stats()["minutes_written"] >= 4  # 2 endpoints, 2+ statements

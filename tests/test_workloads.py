@@ -478,7 +478,7 @@ def test_every_span_is_exported_once(make_otel: Callable[..., OTel], start_app: 
     spans = otel.spans()
     assert len(spans) == otel.counter.ended == otel.counter.started
     assert len({s.context.span_id for s in spans}) == len(spans)
-    stats = otel.processor.stats()
+    stats = otel.stats()
     assert stats["spans_late"] == 0
     assert stats["spans_truncated"] == 0
     assert stats["traces_in_flight"] == 0
@@ -534,7 +534,7 @@ def test_eager_loading_on_a_database_server_has_no_n_plus_one(
         assert list_authors(engine, loader) == EXPECTED_AUTHORS
     assert [s for s in spans_of_trace(otel, root.get_span_context().trace_id) if statement_of(s)] != []
     assert otel.events("n_plus_one_query") == []
-    assert otel.processor.stats()["traces_analyzed"] == 1
+    assert otel.stats()["traces_analyzed"] == 1
 
 
 def _sleep_in_postgres(otel: OTel, engine: Engine) -> tuple[int, ReadableSpan]:
@@ -580,4 +580,4 @@ def test_slow_query_threshold_is_respected(
     finally:
         engine.dispose()
     assert otel.events("slow_query") == []
-    assert otel.processor.stats()["traces_analyzed"] == 1
+    assert otel.stats()["traces_analyzed"] == 1

@@ -43,6 +43,7 @@ from otel_apm.ingest.callsite import CallSite, recorder
 from otel_apm.ingest.sdk import SpanReader
 from otel_apm.model import SpanView, Trace, endpoint_of
 from otel_apm.native import native
+from otel_apm.processors.batch import BatchAnalysis
 from otel_apm.profiling.memory import MemoryMonitor
 from otel_apm.semconv import SERVICE_NAME
 from otel_apm.stats import Statistics, statistics_of
@@ -54,6 +55,9 @@ if TYPE_CHECKING:
 _log = logging.getLogger(__name__)
 
 _NONE: tuple[ReadableSpan, ...] = ()
+# A closed local trace: its spans, its root's view and the root (both None when it was evicted or
+# drained before its root ended).
+_Closed = tuple[LocalTrace[ReadableSpan], SpanView | None, ReadableSpan | None]
 _CLIENT = SpanKind.CLIENT
 _MAX_DROPPED_REMEMBERED = 4096
 _EMITTER_SHUTDOWN_S = 5.0
@@ -153,6 +157,17 @@ class APMSpanProcessor(SpanProcessor):
         self._dropped: dict[int, None] = {}  # tail mode: recently dropped trace ids, oldest first
         self._shutdown = False
         self._lock = threading.Lock()
+        # Pass-through analyzes closed traces in batches on a worker; tail mode decides each
+        # trace's export as its root ends, before any late span of it arrives.
+        self._batch: BatchAnalysis[_Closed] | None = None
+        if config.enabled and not self._tail and config.analysis_delay_ms > 0:
+            self._batch = BatchAnalysis(
+                self._finish_batch,
+                lambda exc: self._failed("analysis", exc),
+                batch_size=config.analysis_batch_size,
+                delay_s=config.analysis_delay_ms / 1000,
+                max_queue=config.analysis_max_queue,
+            )
         if config.sample_rate < 1 and not self._tail:
             _log.warning(
                 "otel-apm: APM_SAMPLE_RATE=%s applies in tail mode only (APM_EXPORT_MODE=tail); "
@@ -204,7 +219,7 @@ class APMSpanProcessor(SpanProcessor):
             evicted = self._assembler.open_root(ctx.trace_id, ctx.span_id)
             if evicted is not None:
                 self._count("traces_evicted")
-                self._forward(self._finish(self._assembler.finish(evicted), None, None))
+                self._forward(self._finish([(self._assembler.finish(evicted), None, None)]))
         except Exception as exc:
             self._failed("intake", exc)
 
@@ -251,15 +266,18 @@ class APMSpanProcessor(SpanProcessor):
             self._forward(out)
 
     def shutdown(self) -> None:
-        """Analyze what is still open (as it is), hand on what was held, then shut the next down."""
+        """Analyze what waits and what is still open (as it is), hand on what was held, then
+        shut the next down."""
         if self._shutdown:
             return
         self._shutdown = True
         if self.memory_monitor is not None:
             self.memory_monitor.stop()
+        if self._batch is not None:
+            self._batch.shutdown(_EMITTER_SHUTDOWN_S)
         for lt in self._assembler.drain():
             self._count("traces_evicted")
-            self._forward(self._finish(lt, None, None))
+            self._forward(self._finish([(lt, None, None)]))
         if self._profiler is not None:
             self._profiler.stop(_EMITTER_SHUTDOWN_S)  # its last period's findings still go out
         shutdown_emitters(self._emitters, _EMITTER_SHUTDOWN_S, lambda exc: self._failed("emit", exc))
@@ -267,6 +285,9 @@ class APMSpanProcessor(SpanProcessor):
             self._next.shutdown()
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
+        """Analyze the closed traces waiting and hand their roots on, then flush the next."""
+        if self._batch is not None:
+            self._batch.flush()
         return self._next.force_flush(timeout_millis) if self._next is not None else True
 
     # -- public introspection ------------------------------------------------------------------
@@ -277,8 +298,16 @@ class APMSpanProcessor(SpanProcessor):
         return self._emitters
 
     def stats(self) -> dict[str, int]:
-        """Counters of this processor's own work, for tests, the CLI and its metrics."""
-        return {**self._counters(), "traces_in_flight": len(self._assembler)}
+        """Counters of this processor's own work, for tests, the CLI and its metrics:
+        ``traces_waiting`` closed traces wait for their batch's analysis, ``analysis_queue_full``
+        were analyzed by the thread ending their root (the queue full, or shut down)."""
+        batch = self._batch
+        return {
+            **self._counters(),
+            "traces_in_flight": len(self._assembler),
+            "traces_waiting": 0 if batch is None else len(batch),
+            "analysis_queue_full": 0 if batch is None else batch.analyzed_inline,
+        }
 
     def _counters(self) -> dict[str, int]:
         errors = self._failures.counts
@@ -317,7 +346,10 @@ class APMSpanProcessor(SpanProcessor):
         if self._profiler is not None:
             self._profiler.threads.ended(ctx.span_id, root_view.service, endpoint_of(root_view))
         lt.views.append(root_view)
-        return self._finish(lt, root_view, span)
+        if self._batch is not None:
+            self._batch.put((lt, root_view, span))
+            return _NONE
+        return self._finish([(lt, root_view, span)])
 
     def _read_spans(self, spans: list[ReadableSpan]) -> list[SpanView]:
         """Views of a batch of ended spans, all from this processor's provider (one resource)."""
@@ -347,12 +379,36 @@ class APMSpanProcessor(SpanProcessor):
             return _NONE
         return (span,)
 
-    def _finish(
-        self, lt: LocalTrace[ReadableSpan], root_view: SpanView | None, root: ReadableSpan | None
+    def _finish_batch(self, closed: list[_Closed]) -> None:
+        """The analysis worker's batch: analyzed, then every root handed on."""
+        self._forward(self._finish(closed))
+
+    def _finish(self, closed: list[_Closed]) -> list[ReadableSpan]:
+        """Analyze closed local traces stage by stage (every analysis, then each emitter over
+        every trace, so each stage's code runs warm) and return the spans to export, each
+        trace's root last."""
+        traces = [
+            Trace(lt.trace_id, lt.views, root_view, complete=root is not None and not lt.truncated)
+            for lt, root_view, root in closed
+        ]
+        found = [self._analyze(trace) for trace in traces]
+        analyzed = [(t, f) for t, f in zip(traces, found, strict=True) if f is not None]
+        with self._lock:
+            counts = self._counts
+            counts["traces_analyzed"] += len(analyzed)
+            counts["spans_analyzed"] += sum(len(t.spans) for t, _ in analyzed)
+            counts["findings"] += sum(len(f) for _, f in analyzed)
+        self._emit(analyzed)
+        out: list[ReadableSpan] = []
+        for (lt, _, root), findings in zip(closed, found, strict=True):
+            out.extend(self._export(lt, root, findings or []))
+        return out
+
+    def _export(
+        self, lt: LocalTrace[ReadableSpan], root: ReadableSpan | None, findings: list[Finding]
     ) -> Sequence[ReadableSpan]:
-        """Analyze a closed local trace and return the spans to export, root last."""
-        trace = Trace(lt.trace_id, lt.views, root_view, complete=root is not None and not lt.truncated)
-        findings = self._analyze(trace)
+        """The spans of an analyzed trace to export: the root with its findings as span events;
+        in tail mode the held spans too, when the trace is kept."""
         if root is not None and findings and self.config.span_events_enabled:
             try:
                 root = with_finding_events(root, findings)
@@ -379,17 +435,13 @@ class APMSpanProcessor(SpanProcessor):
         self._count("spans_sampled_out", len(out))
         return _NONE
 
-    def _analyze(self, trace: Trace) -> list[Finding]:
+    def _analyze(self, trace: Trace) -> list[Finding] | None:
+        """The trace's findings, or None when analysis failed (contained and counted)."""
         try:
-            findings = self._analyzer.analyze(trace)
+            return self._analyzer.analyze(trace)
         except Exception as exc:
             self._failed("analysis", exc)
-            return []
-        self._count("traces_analyzed")
-        self._count("spans_analyzed", len(trace.spans))
-        self._count("findings", len(findings))
-        self._emit(trace, findings)
-        return findings
+            return None
 
     def emit_findings(self, findings: Sequence[Finding]) -> None:
         """Report findings about the process rather than one trace (memory growth, CPU hot
@@ -398,7 +450,7 @@ class APMSpanProcessor(SpanProcessor):
         kept = self._analyzer.unsuppressed(list(findings))
         self._count("findings", len(kept))
         if kept:
-            self._emit(None, kept)
+            self._emit([(None, kept)])
 
     def _start_profiler(self) -> None:
         """The CPU profiler (APM_PROFILING_ENABLED): told which local root each thread runs by
@@ -407,12 +459,14 @@ class APMSpanProcessor(SpanProcessor):
 
         self._profiler = start_cpu_profiler(self.config, self.emit_findings)
 
-    def _emit(self, trace: Trace | None, findings: Sequence[Finding]) -> None:
+    def _emit(self, analyzed: Sequence[tuple[Trace | None, Sequence[Finding]]]) -> None:
+        """Each emitter over every trace in turn, a failure contained to its trace."""
         for emitter in self._emitters:
-            try:
-                emitter.emit(trace, findings)
-            except Exception as exc:
-                self._failed("emit", exc)
+            for trace, findings in analyzed:
+                try:
+                    emitter.emit(trace, findings)
+                except Exception as exc:
+                    self._failed("emit", exc)
 
     def _forward(self, spans: Iterable[ReadableSpan]) -> None:
         if self._next is not None:
@@ -451,4 +505,10 @@ class APMSpanProcessor(SpanProcessor):
             [lambda _: [Observation(len(self._assembler))]],
             unit="{trace}",
             description="Local traces waiting for their root to end",
+        )
+        meter.create_observable_up_down_counter(
+            "otel_apm.processor.traces_waiting",
+            [lambda _: [Observation(0 if self._batch is None else len(self._batch))]],
+            unit="{trace}",
+            description="Closed local traces waiting for their batch's analysis",
         )

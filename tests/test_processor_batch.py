@@ -1,0 +1,128 @@
+"""Closed traces analyzed in batches on a worker thread (pass-through mode): when a root goes
+out without anyone flushing, the bound on waiting traces, flush and shutdown, fork, and the
+modes that analyze each trace as its root ends (APM_ANALYSIS_DELAY_MS=0, tail)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from conftest import OTel, in_forked_child
+from test_processor import request, roots
+
+WORKER = "otel-apm-analysis"
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> bool:
+    """Poll without flushing: what the worker does on its own."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def exported_roots(otel: OTel) -> int:
+    return sum(1 for s in otel.span_exporter.get_finished_spans() if s.parent is None)
+
+
+def workers() -> int:
+    return sum(1 for t in threading.enumerate() if t.name == WORKER and t.is_alive())
+
+
+def test_a_closed_trace_waits_for_the_delay_then_goes_out_analyzed(make_otel: Callable[..., OTel]) -> None:
+    otel = make_otel(analysis_delay_ms=2000, analysis_batch_size=100)
+    trace_id = request(otel, n=6)
+    assert otel.processor.stats()["traces_waiting"] == 1
+    assert exported_roots(otel) == 0  # the children went out at once, the root waits
+    assert len(otel.span_exporter.get_finished_spans()) == 7
+    metrics = otel.metric_reader.get_metrics_data()  # read as an exporter would, with no flush
+    assert metrics is not None
+    (waiting,) = [
+        m.data.data_points[0].value
+        for rm in metrics.resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+        if m.name == "otel_apm.processor.traces_waiting"
+    ]
+    assert waiting == 1
+    assert wait_for(lambda: exported_roots(otel) == 1)
+    (root,) = [s for s in otel.span_exporter.get_finished_spans() if s.parent is None]
+    assert [e.name for e in root.events] == ["otel_apm.finding"]
+    assert [r.log_record.trace_id for r in otel.log_exporter.get_finished_logs()] == [trace_id]
+    assert otel.processor.stats()["traces_waiting"] == 0
+
+
+def test_a_full_batch_wakes_the_worker_before_the_delay(make_otel: Callable[..., OTel]) -> None:
+    otel = make_otel(analysis_delay_ms=600_000, analysis_batch_size=3)
+    for _ in range(2):
+        request(otel, n=6)
+    time.sleep(0.2)
+    assert exported_roots(otel) == 0  # two waiting, the delay ten minutes away
+    request(otel, n=6)
+    assert wait_for(lambda: exported_roots(otel) == 3)
+    assert otel.processor.stats()["traces_analyzed"] == 3
+
+
+def test_past_the_queue_bound_the_thread_ending_a_root_analyzes_its_trace(
+    make_otel: Callable[..., OTel],
+) -> None:
+    """Nothing is dropped and memory stays bounded when the worker falls behind: the
+    application's thread does the work itself, as the analysis did before batches."""
+    otel = make_otel(analysis_delay_ms=600_000, analysis_batch_size=100, analysis_max_queue=2)
+    for _ in range(5):
+        request(otel, n=6)
+    stats = otel.processor.stats()
+    assert (stats["traces_waiting"], stats["analysis_queue_full"], stats["traces_analyzed"]) == (2, 3, 3)
+    assert exported_roots(otel) == 3
+    assert len(otel.events("n_plus_one_query")) == 5  # events() flushes the two waiting
+    assert len(roots(otel)) == 5
+
+
+def test_shutdown_analyzes_what_waits_and_stops_the_worker(make_otel: Callable[..., OTel]) -> None:
+    before = workers()
+    otel = make_otel(analysis_delay_ms=600_000)
+    assert workers() == before + 1
+    trace_id = request(otel, n=6)
+    otel.shutdown()
+    assert exported_roots(otel) == 1
+    assert [r.log_record.trace_id for r in otel.log_exporter.get_finished_logs()] == [trace_id]
+    assert wait_for(lambda: workers() == before)
+    request(otel, n=6)  # a root ending after shutdown is analyzed by its own thread
+    assert otel.processor.stats()["traces_analyzed"] == 2
+
+
+def test_a_forked_child_gets_a_worker_of_its_own(make_otel: Callable[..., OTel]) -> None:
+    """gunicorn --preload forks workers from a process that built the pipeline: the child has
+    none of the parent's threads, and the parent's worker may hold its batch lock at the fork."""
+    otel = make_otel(analysis_delay_ms=50)
+    batch = otel.processor._batch
+    assert batch is not None
+
+    def child() -> bool:
+        request(otel, n=6)
+        return wait_for(lambda: exported_roots(otel) == 1, timeout_s=5)
+
+    in_forked_child(child, held=batch._running)
+
+
+def test_delay_zero_analyzes_each_trace_as_its_root_ends(make_otel: Callable[..., OTel]) -> None:
+    before = workers()
+    otel = make_otel(analysis_delay_ms=0)
+    assert workers() == before
+    request(otel, n=6)
+    assert exported_roots(otel) == 1
+    assert otel.processor.stats()["traces_analyzed"] == 1
+
+
+def test_tail_mode_decides_each_trace_as_its_root_ends(make_otel: Callable[..., OTel]) -> None:
+    """Its keep-or-drop must be made before any late span of the trace arrives."""
+    before = workers()
+    otel = make_otel(export_mode="tail", sample_rate=0.0)
+    assert workers() == before
+    request(otel, n=6)
+    request(otel, n=2)
+    assert exported_roots(otel) == 1  # the N+1 trace kept, the clean one dropped
+    assert otel.processor.stats()["spans_sampled_out"] == 4
