@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             timed_round(v, 200)
         for r in range(args.rounds):
             for v in variants:
-                v.ns_per_span.append(timed_round(v, args.traces))
+                v.ns_per_span.append(timed_round(v, args.traces)[0])
             last = {v.key: f"{v.ns_per_span[-1] / 1000:.2f}" for v in variants}
             print(f"  round {r + 1}/{args.rounds}: b={last['b']} d={last['d']} µs/span")
         ratio = statistics.median(x / y for x, y in zip(d.ns_per_span, b.ns_per_span, strict=True))
