@@ -126,3 +126,26 @@ def test_tail_mode_decides_each_trace_as_its_root_ends(make_otel: Callable[..., 
     request(otel, n=2)
     assert exported_roots(otel) == 1  # the N+1 trace kept, the clean one dropped
     assert otel.processor.stats()["spans_sampled_out"] == 4
+
+
+def test_force_flush_gives_up_after_its_timeout_when_an_emitter_hangs(
+    make_otel: Callable[..., OTel],
+) -> None:
+    """An emitter stuck (on the network, say) holds the worker's batch: a flush with a timeout
+    says False when it is up, as the SDK's processors do, and the trace goes out once freed."""
+    entered, release = threading.Event(), threading.Event()
+
+    class Stuck:
+        def emit(self, trace: object, findings: object) -> None:
+            entered.set()
+            release.wait(30)
+
+    otel = make_otel(emitters=[Stuck()], analysis_delay_ms=10)
+    request(otel, n=6)
+    assert entered.wait(10)  # the worker is inside the batch
+    started = time.monotonic()
+    assert otel.processor.force_flush(200) is False
+    assert time.monotonic() - started < 5
+    release.set()
+    assert otel.processor.force_flush(10_000) is True
+    assert exported_roots(otel) == 1

@@ -273,8 +273,12 @@ class APMSpanProcessor(SpanProcessor):
         self._shutdown = True
         if self.memory_monitor is not None:
             self.memory_monitor.stop()
-        if self._batch is not None:
-            self._batch.shutdown(_EMITTER_SHUTDOWN_S)
+        if self._batch is not None and not self._batch.shutdown(_EMITTER_SHUTDOWN_S):
+            _log.warning(
+                "otel-apm: the analysis worker's batch did not end within %s s at shutdown; "
+                "the traces still waiting were not analyzed",
+                _EMITTER_SHUTDOWN_S,
+            )
         for lt in self._assembler.drain():
             self._count("traces_evicted")
             self._forward(self._finish([(lt, None, None)]))
@@ -286,9 +290,9 @@ class APMSpanProcessor(SpanProcessor):
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         """Analyze the closed traces waiting and hand their roots on, then flush the next."""
-        if self._batch is not None:
-            self._batch.flush()
-        return self._next.force_flush(timeout_millis) if self._next is not None else True
+        analyzed = self._batch is None or self._batch.flush(timeout_millis / 1000)
+        flushed = self._next.force_flush(timeout_millis) if self._next is not None else True
+        return analyzed and flushed
 
     # -- public introspection ------------------------------------------------------------------
 

@@ -74,18 +74,25 @@ class BatchAnalysis(Generic[T]):
     def __len__(self) -> int:
         return len(self._queue)
 
-    def flush(self) -> None:
-        """Analyze everything waiting now, and wait for the worker's batch in progress."""
-        with self._running:
+    def flush(self, timeout_s: float | None = None) -> bool:
+        """Analyze everything waiting now, after the worker's batch in progress; False when
+        that batch did not end within ``timeout_s`` (an emitter stuck on the network)."""
+        if not self._running.acquire(timeout=-1 if timeout_s is None else max(timeout_s, 0.0)):
+            return False
+        try:
             self._drain()
+        finally:
+            self._running.release()
+        return True
 
-    def shutdown(self, timeout_s: float) -> None:
-        """Stop the worker (after its batch in progress) and analyze what waits."""
+    def shutdown(self, timeout_s: float) -> bool:
+        """Stop the worker (after its batch in progress) and analyze what waits; False when the
+        worker's batch did not end within ``timeout_s``."""
         self._stopping = True
         self._wake.set()
         if self._worker.is_alive() and self._worker is not threading.current_thread():
             self._worker.join(timeout_s)
-        self.flush()
+        return self.flush(timeout_s)
 
     def _work(self) -> None:
         while not self._stopping:
