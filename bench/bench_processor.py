@@ -1,6 +1,7 @@
 """Per-span overhead and per-held-span memory of APMSpanProcessor against the plain SDK pipeline.
 
-    .venv/bin/python bench/bench_processor.py [--traces N] [--rounds R] [--chunk K] [--memory-traces K] [--profile]
+    .venv/bin/python bench/bench_processor.py [--traces N] [--rounds R] [--chunk K]
+        [--memory-traces K] [--profile]
 
 Variants, all in one process, taking turns of K traces within each round (a, b, c, a, b, c, ...)
 so the host's swings in speed hit them alike:
