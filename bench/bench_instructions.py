@@ -79,7 +79,9 @@ def finding_steps(workload: str, traces: int) -> None:
     gc.collect()
     gc.disable()
     for _ in range(traces):
-        ranked = analyzer._rank(found)  # fresh copies, as analyze() makes them
+        # Fresh findings, as analyze() makes them: _rank rates them in place, and the emitter
+        # caches their attributes on them.
+        ranked = analyzer._rank([f.rated(0.0) for f in found])
         events.emit(analyzed, ranked)
         with_finding_events(root, ranked)
     os._exit(0)

@@ -58,6 +58,19 @@
  * (equal when Python's == says so: each is numbered by a dict first).  None for anything else,
  * or a threshold under 1.
  *
+ *   finding_spans(trace_spans, spans) -> (entry, services, span_ids, longest_ns, code), or None
+ *
+ * The twin of finding_spans in otel_apm/detectors/base.py, what Detector.finding reads of the
+ * spans: the entry (Trace.entry_of) of the first span, the trace's services (Trace.services, as
+ * a tuple), the spans' ids, their longest duration, the first code location set.  The entry's
+ * walk looks each parent up by a scan of the trace's spans, the last with the id (as the dict
+ * of Trace._spans_by_id keeps it), rather than filing every span by id for a walk of a step or
+ * two.  None for a walk of more than 32 steps (a deep chain or a parent cycle, which Python
+ * walks through its dict) or one back to the first span's id, a first span not in the trace,
+ * a list that is not exactly a list of SpanViews, a span id, parent id or time that is not an
+ * int (or a time past 64 bits), a service that is not a str, a code location neither None nor
+ * a str, no spans.
+ *
  *   add_trips(by_key, groups, max_keys) -> True, or None
  *
  * The twin of QueryHistory.add_trips in otel_apm/detectors/history.py (which holds the history's
@@ -1072,6 +1085,184 @@ static PyObject *add_trips(PyObject *module, PyObject *const *args, Py_ssize_t n
     Py_RETURN_TRUE;
 }
 
+/* The last span of ``spans`` whose id equals ``id`` (borrowed), NULL when none, or FAILED set
+ * in *outcome with an exception.  The ids are exact ints: comparing them runs no Python. */
+static PyObject *span_with_id(PyObject *spans, PyObject *id, int *outcome) {
+    for (Py_ssize_t i = PyList_GET_SIZE(spans) - 1; i >= 0; i--) {
+        PyObject *span = PyList_GET_ITEM(spans, i);
+        PyObject *span_id = apm_view_get(span, APM_VIEW_SPAN_ID);
+        int same = span_id == id ? 1 : PyObject_RichCompareBool(span_id, id, Py_EQ);
+        if (same != 0) {
+            *outcome = same < 0 ? FAILED : DONE;
+            return same < 0 ? NULL : span;
+        }
+    }
+    return NULL;
+}
+
+/* Trace.entry_of(first) over ``spans`` (read already: SpanViews with int ids and str services)
+ * into *entry (borrowed: a span or Py_None): DONE, FAILED with an exception set, or DECLINED
+ * when ``first`` is not one of the spans, the walk comes back to its id, or it takes more than
+ * ENTRY_STEPS steps (each scans the spans: a deep chain or a parent cycle, which Python walks
+ * through its dict).  Otherwise the spans walked have distinct ids, all in Python's dict of the
+ * spans by id, so its bound (that dict's size) is not reached before this walk ends. */
+#define ENTRY_STEPS 32
+static int entry_of(PyObject *spans, PyObject *first, PyObject **entry) {
+    Py_ssize_t n = PyList_GET_SIZE(spans), at = 0;
+    while (at < n && PyList_GET_ITEM(spans, at) != first) {
+        at++;
+    }
+    if (at == n) {
+        return DECLINED;
+    }
+    PyObject *first_id = apm_view_get(first, APM_VIEW_SPAN_ID), *current = first;
+    *entry = Py_None;
+    for (Py_ssize_t step = 0; step < n; step++) {
+        if (step == ENTRY_STEPS) {
+            return DECLINED;
+        }
+        PyObject *parent_id = apm_view_get(current, APM_VIEW_PARENT_ID);
+        int has_parent = PyObject_IsTrue(parent_id); /* an exact int: no Python code */
+        if (has_parent <= 0) {
+            *entry = current;
+            return has_parent < 0 ? FAILED : DONE;
+        }
+        int outcome = DONE;
+        PyObject *parent = span_with_id(spans, parent_id, &outcome);
+        if (outcome == FAILED) {
+            return FAILED;
+        }
+        if (parent == NULL) {
+            return DONE;
+        }
+        int back = PyObject_RichCompareBool(apm_view_get(parent, APM_VIEW_SPAN_ID), first_id, Py_EQ);
+        if (back != 0) {
+            return back < 0 ? FAILED : DECLINED;
+        }
+        int differ = PyUnicode_Compare(apm_view_get(parent, APM_VIEW_SERVICE), apm_view_get(current, APM_VIEW_SERVICE));
+        if (differ == -1 && PyErr_Occurred()) {
+            return FAILED;
+        }
+        if (differ != 0) {
+            *entry = current;
+            return DONE;
+        }
+        current = parent;
+    }
+    *entry = Py_None;
+    return DONE;
+}
+
+/* Whether every item of ``spans`` is a SpanView with int ids and a str service (and, when
+ * ``times``, int times and a code location that is None or a str). */
+static int readable(PyObject *spans, int times) {
+    PyTypeObject *view_type = apm_view_type();
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(spans); i++) {
+        PyObject *span = PyList_GET_ITEM(spans, i);
+        if (!PyObject_TypeCheck(span, view_type)) {
+            return 0;
+        }
+        PyObject *span_id = apm_view_get(span, APM_VIEW_SPAN_ID), *parent_id = apm_view_get(span, APM_VIEW_PARENT_ID);
+        PyObject *service = apm_view_get(span, APM_VIEW_SERVICE);
+        if (span_id == NULL || parent_id == NULL || service == NULL || !PyLong_CheckExact(span_id) ||
+            !PyLong_CheckExact(parent_id) || !PyUnicode_CheckExact(service)) {
+            return 0;
+        }
+        if (times) {
+            PyObject *code = apm_view_get(span, APM_VIEW_CODE);
+            long long duration;
+            if (code == NULL || !(code == Py_None || PyUnicode_CheckExact(code)) || duration_of(span, &duration) != DONE) {
+                return 0;
+            }
+        }
+    }
+    return 1;
+}
+
+/* The trace's distinct non-empty services, sorted, as a tuple: a new reference or NULL. */
+static PyObject *services_of(PyObject *spans) {
+    PyObject *names = PySet_New(NULL);
+    if (names == NULL) {
+        return NULL;
+    }
+    PyObject *last = NULL; /* borrowed: the spans of one service mostly hold one str object */
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(spans); i++) {
+        PyObject *service = apm_view_get(PyList_GET_ITEM(spans, i), APM_VIEW_SERVICE);
+        if (service == last || PyUnicode_GET_LENGTH(service) == 0) {
+            continue;
+        }
+        if (PySet_Add(names, service) < 0) {
+            Py_DECREF(names);
+            return NULL;
+        }
+        last = service;
+    }
+    PyObject *sorted = PySequence_List(names);
+    Py_DECREF(names);
+    if (sorted == NULL || PyList_Sort(sorted) < 0) {
+        Py_XDECREF(sorted);
+        return NULL;
+    }
+    PyObject *out = PyList_AsTuple(sorted);
+    Py_DECREF(sorted);
+    return out;
+}
+
+static PyObject *finding_spans(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 2 || !PyList_CheckExact(args[0]) || !PyList_CheckExact(args[1]) || PyList_GET_SIZE(args[1]) == 0) {
+        Py_RETURN_NONE;
+    }
+    PyObject *trace_spans = args[0], *spans = args[1];
+    Py_ssize_t n = PyList_GET_SIZE(spans);
+    /* Made before the spans are read: nothing after it runs Python until the services. */
+    PyObject *ids = PyTuple_New(n);
+    if (ids == NULL) {
+        return NULL;
+    }
+    if (!readable(trace_spans, 0) || !readable(spans, 1)) {
+        Py_DECREF(ids); /* its items are NULL: freed as they are */
+        Py_RETURN_NONE;
+    }
+    long long longest = 0;
+    PyObject *code = Py_None; /* borrowed until held below */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *span = PyList_GET_ITEM(spans, i);
+        long long duration;
+        duration_of(span, &duration); /* readable() checked it is DONE */
+        if (i == 0 || duration > longest) {
+            longest = duration;
+        }
+        PyObject *location = apm_view_get(span, APM_VIEW_CODE);
+        if (code == Py_None && location != Py_None && PyUnicode_GET_LENGTH(location) > 0) {
+            code = location;
+        }
+        PyTuple_SET_ITEM(ids, i, Py_NewRef(apm_view_get(span, APM_VIEW_SPAN_ID)));
+    }
+    PyObject *entry = NULL;
+    int outcome = entry_of(trace_spans, PyList_GET_ITEM(spans, 0), &entry);
+    if (outcome == DECLINED) {
+        Py_DECREF(ids);
+        Py_RETURN_NONE;
+    }
+    if (outcome == FAILED) {
+        Py_DECREF(ids);
+        return NULL;
+    }
+    /* Held: making the services allocates, which may collect garbage, whose finalizers run
+     * Python that could change a span's slots. */
+    Py_INCREF(entry);
+    Py_INCREF(code);
+    PyObject *services = services_of(trace_spans);
+    if (services == NULL) {
+        Py_DECREF(entry);
+        Py_DECREF(code);
+        Py_DECREF(ids);
+        return NULL;
+    }
+    return Py_BuildValue("(NNNLN)", entry, services, ids, longest, code); /* N: stolen, even on failure */
+}
+
 PyDoc_STRVAR(index_trace_doc,
              "index_trace(trace) -> (by_category, texts, error, total_ns, longest_ns, has_cached) or None\n\n"
              "The twin of otel_apm.detectors.summary.index_trace; None leaves the trace to it.");
@@ -1104,7 +1295,12 @@ PyDoc_STRVAR(by_parent_doc,
              "by_parent(spans, category) -> {parent_id: [span, ...]} or None\n\n"
              "The twin of the filing in otel_apm.model.Trace.siblings; None leaves it to it.");
 
+PyDoc_STRVAR(finding_spans_doc,
+             "finding_spans(trace_spans, spans) -> (entry, services, span_ids, longest_ns, code) or None\n\n"
+             "The twin of otel_apm.detectors.base.finding_spans; None leaves it to it.");
+
 static PyMethodDef traceindex_methods[] = {
+    {"finding_spans", (PyCFunction)(void (*)(void))finding_spans, METH_FASTCALL, finding_spans_doc},
     {"index_trace", (PyCFunction)index_trace, METH_O, index_trace_doc},
     {"by_fingerprint", (PyCFunction)by_fingerprint, METH_O, by_fingerprint_doc},
     {"add_trips", (PyCFunction)(void (*)(void))add_trips, METH_FASTCALL, add_trips_doc},

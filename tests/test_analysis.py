@@ -20,7 +20,7 @@ from opentelemetry.trace import SpanKind
 from otel_apm import APMConfig, APMSpanProcessor
 from otel_apm.analyze import Analyzer
 from otel_apm.config import ConfigError, Suppression
-from otel_apm.detectors.base import Finding
+from otel_apm.detectors.base import EvidenceValue, Finding
 from otel_apm.detectors.dbshape import StatementGroups
 from otel_apm.detectors.history import FindingRates, QueryHistory
 from otel_apm.emit.attributes import finding_attributes
@@ -328,6 +328,34 @@ def test_query_history_p95_is_recomputed_after_16_new_samples() -> None:
     assert history.p95(other, 1) == 9.0  # 48 new samples of g: recomputed
     history.add_trips(trips({"f": [500.0]}))  # the 16th
     assert history.p95(key, 1) == 500.0
+
+
+def test_evidence_is_named_alike_past_the_bound_of_remembered_names() -> None:
+    """The joined evidence names are remembered up to a bound; past it they are joined anew,
+    with the same attributes in the same order."""
+    evidence: dict[str, EvidenceValue] = {f"e{i}": i for i in range(300)}
+    evidence["tables"] = ("a", "b")
+    finding = Finding(
+        "n_plus_one_query",
+        "N+1",
+        "warning",
+        "f00d",
+        "svc",
+        "/a",
+        1,
+        (2, 3),
+        2,
+        1.0,
+        0.5,
+        "Fix",
+        evidence=evidence,
+    )
+    for _ in range(2):  # names made, then names remembered (those within the bound)
+        attrs = dict(finding_attributes(dataclasses.replace(finding)))
+        named = {k: v for k, v in attrs.items() if k.startswith(F + "evidence.")}
+        assert list(named) == [F + "evidence." + k for k in evidence]
+        assert named[F + "evidence.e299"] == 299 and named[F + "evidence.tables"] == ["a", "b"]
+        assert attrs[F + "span_ids"] == ["0000000000000002", "0000000000000003"]
 
 
 def test_a_rated_copy_of_a_finding_has_attributes_of_its_own() -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import random
 
 import pytest
 
 from otel_apm.analyze import Analyzer
 from otel_apm.config import APMConfig, ConfigError
 from otel_apm.detectors import Finding
+from otel_apm.detectors.base import ms_rounded
 from otel_apm.detectors.n_plus_one_api import url_template
 from otel_apm.model import DB, HTTP_CLIENT, HTTP_SERVER, KIND_CLIENT, KIND_SERVER, SpanView, Trace
 
@@ -74,7 +76,20 @@ def test_a_detectors_finding_is_the_finding_the_dataclass_makes_of_its_fields() 
     assert made == finding
     assert dataclasses.asdict(made) == dataclasses.asdict(finding)
     assert finding.span_ids == tuple(s.span_id for s in spans[1:])
-    assert finding.rate_per_min > 0  # ranked: rated() copied it with its recurrence rate
+    assert finding.rate_per_min > 0  # ranked: _rank() gave it its recurrence rate
+
+
+def test_a_duration_in_milliseconds_is_rounded_as_round_does() -> None:
+    """ms_rounded(ns) is round(ns / 1e6, 3), ties (ns ending in 500) and huge or negative
+    durations included: every digit count, each with its neighbours of the half."""
+    rng = random.Random(3)
+    cases = [0, 1, 499, 500, 501, 1500, 2500, 10**12 - 500, 10**12, 10**12 + 500, 2**53 + 1, -1, -500, -1500]
+    for digits in range(1, 13):
+        for _ in range(2000):
+            base = rng.randrange(10**digits) // 1000 * 1000
+            cases += [base + rng.randrange(1000), base + 499, base + 500, base + 501]
+    for ns in cases:
+        assert repr(ms_rounded(ns)) == repr(round(ns / 1e6, 3)), ns
 
 
 def test_without_the_entry_span_the_endpoint_is_unknown() -> None:

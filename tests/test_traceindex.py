@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from otel_apm import APMConfig
 from otel_apm.analyze import Analyzer
+from otel_apm.detectors.base import finding_spans
 from otel_apm.detectors.dbshape import StatementGroups, by_fingerprint, db_texts, statements_of
 from otel_apm.detectors.history import QueryHistory
 from otel_apm.detectors.loops import _sequence
@@ -151,8 +152,8 @@ def test_random_traces_are_indexed_alike(trace: Trace) -> None:
     compiled = require_native()
     assert_indexed_alike(compiled, trace)
     assert_regrouped_alike(compiled, db_texts(trace))
-    twins = twin(trace), twin(trace)  # a summary is good while its trace lives
-    on, off = TraceSummary(twins[0], compiled), TraceSummary(twins[1])
+    native_trace, python_trace = twin(trace), twin(trace)  # held: a summary refers to its trace weakly
+    on, off = TraceSummary(native_trace, compiled), TraceSummary(python_trace)
     assert on.fingerprint_counts() == off.fingerprint_counts()
     assert on.round_trips() == off.round_trips()
     assert on.statements == off.statements
@@ -248,6 +249,82 @@ def test_the_regrouping_takes_only_the_grouping_it_is_made_for(compiled: ModuleT
         compiled.by_fingerprint({("orders", "SELECT 1"): ()})
     with pytest.raises(TypeError):
         compiled.index_trace([query(0, 1)])
+
+
+def assert_finding_spans_alike(compiled: ModuleType, trace: Trace, spans: list[SpanView]) -> bool:
+    """What a finding reads of ``spans`` is the same compiled (unless declined) as in Python,
+    to the types and the entry span's identity; whether C answered."""
+    got = compiled.finding_spans(trace.spans, spans)
+    expected = finding_spans(twin(trace), spans)
+    if got is not None:
+        assert got == expected
+        assert [type(v) for v in got] == [type(v) for v in expected]
+        assert got[0] is expected[0]
+    return got is not None
+
+
+@FUZZ
+@given(traces(), st.lists(st.integers(0, 29), min_size=1, max_size=8), st.data())
+def test_what_a_finding_reads_of_its_spans_is_read_alike(
+    trace: Trace, picks: list[int], data: st.DataObject
+) -> None:
+    """Ids drawn small so that parents are found, and some ids repeat (the last span with an id
+    is the parent, as in Trace._spans_by_id), chains cross services, cycles happen; services
+    and code locations empty or not."""
+    compiled = require_native()
+    if not trace.spans:
+        return
+    for view in trace.spans:
+        view.span_id = data.draw(st.integers(1, 12))
+        view.parent_id = data.draw(st.integers(0, 12))
+        view.service = data.draw(st.sampled_from(("orders", "users", "")))
+        view.code = data.draw(st.sampled_from((None, "", "app.py:3:f", "lib.py:9:g")))
+    spans = [trace.spans[i % len(trace.spans)] for i in picks]
+    assert_finding_spans_alike(compiled, trace, spans)
+
+
+def test_a_finding_of_a_plain_trace_is_read_by_c(compiled: ModuleType) -> None:
+    """The N+1 shape: queries under a root, a service of their own below another's call."""
+    root = SpanView(1, 1, 0, "GET /a", 1, T0, T0 + 10**7, False, "front", HTTP_SERVER)
+    call = SpanView(1, 2, 1, "GET", 2, T0, T0 + 9 * 10**6, False, "front", HTTP_CLIENT)
+    server = SpanView(1, 3, 2, "GET /b", 1, T0, T0 + 8 * 10**6, False, "back", HTTP_SERVER)
+    queries = [
+        SpanView(1, 10 + i, 3, "SELECT", 2, T0 + i, T0 + 1000 * i, False, "back", DB) for i in range(6)
+    ]
+    queries[2].code = "app.py:3:f"
+    trace = Trace(1, [root, call, server, *queries], root)
+    assert assert_finding_spans_alike(compiled, trace, queries)
+    entry, services, span_ids, longest, code = compiled.finding_spans(trace.spans, queries)
+    assert (entry, services, span_ids, longest, code) == (
+        server,
+        ("back", "front"),
+        tuple(range(10, 16)),
+        4995,
+        code,
+    )
+    assert assert_finding_spans_alike(compiled, trace, [root])
+
+
+def test_what_a_finding_reads_that_c_cannot_is_left_to_python(compiled: ModuleType) -> None:
+    chain = [SpanView(1, i + 1, i, "work", 0, T0, T0 + 1, False, "orders") for i in range(40)]
+    trace = Trace(1, chain, chain[0])
+    assert compiled.finding_spans(trace.spans, [chain[-1]]) is None  # a walk of 39 steps
+    assert finding_spans(trace, [chain[-1]])[0] is chain[0]
+    cycle = [
+        SpanView(1, 1, 2, "a", 0, T0, T0 + 1, False, "s"),
+        SpanView(1, 2, 1, "b", 0, T0, T0 + 1, False, "s"),
+    ]
+    assert compiled.finding_spans(cycle, [cycle[0]]) is None  # back to the first span's id
+    assert finding_spans(Trace(1, cycle, None), [cycle[0]])[0] is None
+    outsider = query(0, 1)
+    assert compiled.finding_spans([query(0, 1)], [outsider]) is None  # not one of the trace's spans
+    assert compiled.finding_spans([outsider], []) is None
+    assert compiled.finding_spans((outsider,), [outsider]) is None
+    for name, value in (("span_id", 1.0), ("service", None), ("code", b"x"), ("end_ns", 2**64)):
+        odd = query(0, 1)
+        setattr(odd, name, value)
+        assert compiled.finding_spans([odd], [odd]) is None, name
+    assert compiled.finding_spans([outsider, unset("service")], [outsider]) is None
 
 
 def test_the_extension_refuses_to_load_when_trace_loses_a_slot_it_reads() -> None:

@@ -108,8 +108,8 @@ class NPlusOneQueryDetector(SiblingsDetector):
         total = union_ms(repeated) if len(runs) > 1 else runs[0][1]  # one run: already measured
         # Eager loading leaves one query per loop: the union of each run less its average query.
         impact = 0.0
-        for (start, end), covered in runs:
-            impact += covered - sum([s.duration_ms for s in spans[start:end]]) / (end - start)
+        for (start, end), covered in runs:  # each span's duration_ms, without its property call
+            impact += covered - sum([(s.end_ns - s.start_ns) / 1e6 for s in spans[start:end]]) / (end - start)
         threshold = self.config.n_plus_one_threshold
         evidence: dict[str, EvidenceValue] = {
             "threshold": threshold,
@@ -130,8 +130,9 @@ class NPlusOneQueryDetector(SiblingsDetector):
             () if relation is None else (relation,),
             ", ".join(source.tables) if source is not None and source.tables else "the rows",
         )
+        took = f"{total:.1f}"  # formatted once for the title and the recommendation (dtoa)
         return self.finding(
-            title=f"N+1 queries: {count} x {shape.operation or 'query'} on {table} ({total:.1f} ms)",
+            title=f"N+1 queries: {count} x {shape.operation or 'query'} on {table} ({took} ms)",
             severity=severity_for(count, threshold, self.config.critical_factor),
             identity=(shape.fingerprint,),
             per_endpoint=True,
@@ -139,7 +140,7 @@ class NPlusOneQueryDetector(SiblingsDetector):
             total_duration_ms=total,
             impact_ms=impact,
             recommendation=(
-                f"{count} queries on {table}{after} took {total:.1f} ms; loading them in one query "
+                f"{count} queries on {table}{after} took {took} ms; loading them in one query "
                 f"would save about {impact:.1f} ms per request. {fix}"
             ),
             statement=shape.normalized,

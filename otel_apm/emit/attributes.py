@@ -44,28 +44,50 @@ def finding_attributes(finding: Finding) -> Mapping[str, AttributeValue]:
     return cached
 
 
+# The attribute names, joined once: joining them per finding made each a new str to hash.
+_TYPE, _TITLE, _SEVERITY, _FINGERPRINT = (PREFIX + n for n in ("type", "title", "severity", "fingerprint"))
+_SERVICE, _ENDPOINT, _SPAN_IDS, _COUNT = (PREFIX + n for n in ("service", "endpoint", "span_ids", "count"))
+_TOTAL_MS, _MAX_MS, _RECOMMENDATION = (
+    PREFIX + n for n in ("total_duration_ms", "max_duration_ms", "recommendation")
+)
+_IMPACT_MS, _RATE, _SERVICES = (PREFIX + n for n in ("impact_ms", "rate_per_min", "services"))
+_EVIDENCE = PREFIX + "evidence."
+# Evidence names (a detector's own, a few dozen in all) joined with _EVIDENCE, as they recur in
+# every finding of their detector; bounded all the same, in case one ever named its evidence
+# after the data.
+_evidence_keys: dict[str, str] = {}
+_EVIDENCE_KEYS = 256
+
+
 def _build(finding: Finding) -> dict[str, AttributeValue]:
     attrs: dict[str, AttributeValue] = {
-        PREFIX + "type": finding.type,
-        PREFIX + "title": finding.title,
-        PREFIX + "severity": finding.severity,
-        PREFIX + "fingerprint": finding.fingerprint,
-        PREFIX + "service": finding.service,
-        PREFIX + "endpoint": finding.endpoint,
-        PREFIX + "span_ids": [span_id_hex(s) for s in finding.span_ids],
-        PREFIX + "count": finding.count,
-        PREFIX + "total_duration_ms": finding.total_duration_ms,
-        PREFIX + "max_duration_ms": finding.max_duration_ms,
-        PREFIX + "recommendation": finding.recommendation,
-        PREFIX + "impact_ms": finding.impact_ms,
-        PREFIX + "rate_per_min": finding.rate_per_min,
+        _TYPE: finding.type,
+        _TITLE: finding.title,
+        _SEVERITY: finding.severity,
+        _FINGERPRINT: finding.fingerprint,
+        _SERVICE: finding.service,
+        _ENDPOINT: finding.endpoint,
+        # span_id_hex's digits: % formats an int in two thirds of format()'s instructions
+        _SPAN_IDS: ["%016x" % s for s in finding.span_ids],  # noqa: UP031
+        _COUNT: finding.count,
+        _TOTAL_MS: finding.total_duration_ms,
+        _MAX_MS: finding.max_duration_ms,
+        _RECOMMENDATION: finding.recommendation,
+        _IMPACT_MS: finding.impact_ms,
+        _RATE: finding.rate_per_min,
     }
     if finding.code_location is not None:
         attrs.update(code_attributes(finding.code_location))
     if finding.services:
-        attrs[PREFIX + "services"] = list(finding.services)
+        attrs[_SERVICES] = list(finding.services)
     if finding.statement is not None:
         attrs["db.query.text"] = finding.statement
+    keys = _evidence_keys
     for key, value in finding.evidence.items():
-        attrs[PREFIX + "evidence." + key] = list(value) if isinstance(value, tuple) else value
+        name = keys.get(key)
+        if name is None:
+            name = _EVIDENCE + key
+            if len(keys) < _EVIDENCE_KEYS:
+                keys[key] = name
+        attrs[name] = list(value) if isinstance(value, tuple) else value
     return attrs
