@@ -727,6 +727,7 @@ static PyObject *span_view(request_state *s, const span_fields *sf, PyObject *se
         Py_DECREF(view);
         return NULL;
     }
+    apm_view_untrack_if_atomic(view);
     return view;
 }
 

@@ -580,7 +580,11 @@ static PyObject *read_span(PyObject *span, PyObject *service, const struct setup
             return NULL;
         }
         /* Not the SDK's dict: _view_fields reads the public mapping. */
-        return PyObject_CallFunctionObjArgs(s->read_one, span, service, NULL);
+        PyObject *read = PyObject_CallFunctionObjArgs(s->read_one, span, service, NULL);
+        if (read != NULL && Py_IS_TYPE(read, apm_view_type())) {
+            apm_view_untrack_if_atomic(read);
+        }
+        return read;
     }
     PyObject *view = NULL, *ctx = NULL, *parent = NULL, *name = NULL, *kind_key = NULL,
              *status = NULL, *code = NULL, *scope = NULL, *events = NULL, *value;
@@ -671,6 +675,7 @@ static PyObject *read_span(PyObject *span, PyObject *service, const struct setup
         }
         Py_DECREF(done);
     }
+    apm_view_untrack_if_atomic(view);
     goto done;
 error:
     Py_CLEAR(view);

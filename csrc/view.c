@@ -135,6 +135,17 @@ PyObject *apm_view_new(void) {
     return view;
 }
 
+void apm_view_untrack_if_atomic(PyObject *view) {
+    for (int slot = 0; slot < APM_VIEW_SLOT_COUNT; slot++) {
+        PyObject *value = *SLOT_PTR(view, slot);
+        if (!(value == Py_None || PyUnicode_CheckExact(value) || PyLong_CheckExact(value) ||
+              PyBool_Check(value) || PyFloat_CheckExact(value))) {
+            return;
+        }
+    }
+    PyObject_GC_UnTrack(view);
+}
+
 void apm_view_set(PyObject *view, enum apm_view_slot slot, PyObject *value) {
     PyObject **where = SLOT_PTR(view, slot);
     PyObject *old = *where;

@@ -64,6 +64,13 @@ PyTypeObject *apm_view_type(void);
  * included (0, "", False): the caller sets those.  New reference, or NULL with an exception. */
 PyObject *apm_view_new(void);
 
+/* Stop the cycle collector following ``view`` when every slot holds an atomic value (str, int,
+ * float, bool, None), as CPython does for tuples and dicts of atomic values: such a view is in no
+ * cycle, and a closed trace waiting for its batch's analysis (or a collector's trace waiting for
+ * its root) would otherwise be walked by every collection it lives through.  SpanView's slots
+ * hold only such values (model.py says so); a view holding anything else stays tracked. */
+void apm_view_untrack_if_atomic(PyObject *view);
+
 /* Set one slot, stealing the reference to value (which must not be NULL). */
 void apm_view_set(PyObject *view, enum apm_view_slot slot, PyObject *value);
 

@@ -28,7 +28,11 @@ KIND_INTERNAL, KIND_SERVER, KIND_CLIENT, KIND_PRODUCER, KIND_CONSUMER = range(5)
 
 
 class SpanView:
-    """An ended span, reduced to what analysis needs.  Times are nanoseconds since the epoch."""
+    """An ended span, reduced to what analysis needs.  Times are nanoseconds since the epoch.
+
+    Every slot holds an atomic value (str, int, float, bool or None): the compiled readers
+    take the views they make out of the cycle collector's walks (csrc/view.c), which is only
+    sound while a view can refer to no container."""
 
     __slots__ = (
         "cached",

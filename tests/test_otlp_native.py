@@ -8,6 +8,7 @@ compiled otlp_check may call a payload valid only when protobuf parses it.
 
 from __future__ import annotations
 
+import gc
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -134,6 +135,14 @@ def test_sdk_payloads_read_alike() -> None:
 def test_corpus_and_test_data_read_alike(path: Path) -> None:
     views, _ = assert_same(otlp_json_to_request(path.read_bytes()).SerializeToString())
     assert views
+
+
+def test_compiled_views_are_left_out_of_the_cycle_collectors_walks() -> None:
+    """A view holds only atomic values, so it is in no cycle: the collector's traces wait
+    seconds for their root, and every collection meanwhile would walk their views."""
+    views = views_from_payload(sdk_payload(web_request), IngestCounts(), True)
+    assert views and not any(gc.is_tracked(v) for v in views)
+    assert all(gc.is_tracked(v) for v in views_from_payload(sdk_payload(web_request), IngestCounts(), False))
 
 
 def test_equal_names_and_ids_are_one_object_within_a_request() -> None:
