@@ -47,19 +47,21 @@ class BatchAnalysis(Generic[T]):
         self._delay_s = delay_s
         self._max_queue = max_queue
         self.analyzed_inline = 0  # traces the thread ending the root analyzed: queue full or shut
+        self._stopping = False
         self._fresh()
         in_forked_children(self._fresh)
 
     def _fresh(self) -> None:
         """Empty, with a worker of our own: at construction and in a forked child, which has none
         of the parent's threads, whose waiting traces are the parent's to analyze, and whose
-        locks a parent's thread may have held at the fork."""
+        locks a parent's thread may have held at the fork (a child of a process that shut us
+        down gets no worker: its roots are analyzed as they end, as after shutdown)."""
         self._queue: deque[T] = deque()
         self._wake = threading.Event()
         self._running = threading.Lock()  # held by the batch in progress
-        self._stopping = False
         self._worker = threading.Thread(target=self._work, name="otel-apm-analysis", daemon=True)
-        self._worker.start()
+        if not self._stopping:
+            self._worker.start()
 
     def put(self, item: T) -> None:
         queue = self._queue
