@@ -42,6 +42,7 @@ import time
 import tracemalloc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import workload
@@ -119,15 +120,33 @@ def add_set_argument(parser: argparse.ArgumentParser) -> None:
 
 def override(items: Sequence[str]) -> None:
     """Add ``--set NAME=VALUE`` items to :data:`overrides` (bench_instructions.py passes its own
-    to the child it counts): comma lists for the tuple settings, true/false for booleans."""
+    to the child it counts)."""
+    overrides.update(settings_of(items))
+
+
+def settings_of(items: Sequence[str]) -> dict[str, Any]:
+    """``NAME=VALUE`` items as APMConfig settings: comma lists for the tuple settings,
+    true/false for booleans, numbers for the numeric ones."""
+    settings: dict[str, Any] = {}
     for item in items:
         name, _, value = item.partition("=")
         if name in ("reporters", "disabled_detectors"):
-            overrides[name] = tuple(v for v in value.split(",") if v)
+            settings[name] = tuple(v for v in value.split(",") if v)
         elif value.lower() in ("true", "false"):
-            overrides[name] = value.lower() == "true"
+            settings[name] = value.lower() == "true"
         else:
-            overrides[name] = value
+            settings[name] = _number(value)
+    return settings
+
+
+def _number(value: str) -> int | float | str:
+    """``value`` as an int or a float when it reads as one (the typed settings refuse strings)."""
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
 
 
 def run_trace(tracer: trace.Tracer) -> None:
@@ -277,23 +296,31 @@ def interleaved_round(variants: Sequence[Variant], traces: int, chunk: int) -> l
     ]
 
 
-def bench_time(traces: int, rounds: int, warmup: int, chunk: int) -> list[Variant]:
+def bench_time(
+    traces: int,
+    rounds: int,
+    warmup: int,
+    chunk: int,
+    compare: dict[str, Any] | None = None,
+    keys: Sequence[str] = ("a", "b", "c"),
+) -> list[Variant]:
+    """The variants ``keys`` names, a always; ``compare``: settings for a variant c that is b
+    with them (an A/B of a setting in one run) instead of tail mode."""
     queue = max(2048, traces * SPANS_PER_TRACE + 1024)
-    variants = [
-        with_threads(lambda: make_baseline(queue)),
-        with_threads(lambda: make_ours("b", "ours: APM passthrough", queue)),
+    if compare is not None:
+        label = "ours: " + " ".join(f"{k}={v}" for k, v in compare.items())
+        third = partial(make_ours, "c", label[:32], queue, **compare)
+    else:
         # Sample 1.0 on the clean workload: every span is then still exported, so the round's
         # check that nothing was lost holds, and the cost measured is holding and re-exporting.
-        with_threads(
-            lambda: make_ours(
-                "c",
-                f"ours: APM tail, sample {tail_rate:g}",
-                queue,
-                export_mode="tail",
-                sample_rate=tail_rate,
-            )
-        ),
-    ]
+        tail = f"ours: APM tail, sample {tail_rate:g}"
+        third = partial(make_ours, "c", tail, queue, export_mode="tail", sample_rate=tail_rate)
+    makers = {
+        "a": partial(make_baseline, queue),
+        "b": partial(make_ours, "b", "ours: APM passthrough", queue),
+        "c": third,
+    }
+    variants = [with_threads(make) for key, make in makers.items() if key == "a" or key in keys]
     for v in variants:
         timed_round(v, warmup)
     for r in range(rounds):
@@ -460,8 +487,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="nplusone: every trace has an N+1 finding (worst case for emission); clean: none",
     )
     add_set_argument(parser)
+    parser.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="variant c is b with these settings (repeatable) instead of tail mode: an A/B in one run",
+    )
+    parser.add_argument(
+        "--variants",
+        default="a,b,c",
+        help="the variants that run, a always (a,b,c): each in the process adds its objects to "
+        "the heap every garbage collection walks, so a,b measures b alone against a",
+    )
     args = parser.parse_args(argv)
     override(args.set)
+    compare = settings_of(args.compare) if args.compare else None
     global db_calls, findings_per_trace, tail_rate
     db_calls = WORKLOADS[args.workload]
     if args.workload == "clean":
@@ -475,13 +516,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     print(
         f"timing: {args.rounds} rounds x {args.traces} traces x {SPANS_PER_TRACE} spans per variant, "
-        f"interleaved a,b,c ({f'turns of {args.chunk} traces' if args.chunk else 'whole rounds'}) "
+        f"interleaved {args.variants} ({f'turns of {args.chunk} traces' if args.chunk else 'whole rounds'}) "
         f"after {args.warmup} warm-up traces each; GC on for all; "
         f"workload {args.workload}",
         file=sys.stderr,
         flush=True,
     )
-    variants = bench_time(args.traces, args.rounds, args.warmup, args.chunk)
+    keys = args.variants.split(",")
+    variants = bench_time(args.traces, args.rounds, args.warmup, args.chunk, compare, keys)
     base = variants[0]
     print(f"\nPer-span cost ({args.rounds} rounds x {args.traces} traces x {SPANS_PER_TRACE} spans; GC on)")
     print(
