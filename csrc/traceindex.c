@@ -74,9 +74,9 @@
  *   add_trips(by_key, groups, max_keys) -> True, or None
  *
  * The twin of QueryHistory.add_trips in otel_apm/detectors/history.py (which holds the history's
- * lock around it): each group's durations in milliseconds appended to its _Samples ring in
- * by_key, the key moved last (least recently updated first), the oldest key evicted for a new one
- * past max_keys.  None, having changed nothing, when a span is not a SpanView with int times, a
+ * lock around it): each group's durations in milliseconds written to its _Samples ring (an
+ * array('d'), appended to until full, then over the oldest) in by_key, the key moved last
+ * (least recently updated first), the oldest key evicted for a new one past max_keys.  None, having changed nothing, when a span is not a SpanView with int times, a
  * duration is past 64 bits, or groups is not the {key: (shape, [span, ...])} dict that
  * TraceSummary.round_trips makes: the caller runs the Python version.  A millisecond is the
  * duration converted to a double and divided by 1e6, as Python's int / float does (the
@@ -84,6 +84,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <string.h>
 
 #include "native.h"
 #include "view.h"
@@ -106,7 +107,10 @@ static PyObject *s_truncated = NULL, *s_placeholders = NULL;
 static PyObject *parse_sql = NULL; /* otel_apm.sql.parse_sql, for texts over MAX_STATEMENT_CHARS */
 static PyTypeObject *samples_type = NULL; /* otel_apm.detectors.history._Samples */
 static Py_ssize_t samples_added_offset;   /* its slot ``added`` */
-static PyObject *deque_extend = NULL;     /* collections.deque.extend */
+static Py_ssize_t samples_ring_offset;    /* its slot ``ring``, an array('d') */
+static PyTypeObject *array_type = NULL;   /* array.array */
+static Py_ssize_t samples_per_query;      /* otel_apm.detectors.history.SAMPLES_PER_QUERY */
+static PyObject *s_append = NULL;
 
 #define TRACE_SLOT(trace, slot) (*(PyObject **)((char *)(trace) + trace_offsets[slot]))
 
@@ -1007,32 +1011,59 @@ static PyObject *take_samples(PyObject *by_key, PyObject *key, Py_ssize_t max_ke
     return samples;
 }
 
-/* samples.added += n, through the slot when samples is exactly a _Samples.  0, or -1. */
-static int count_added(PyObject *samples, Py_ssize_t n) {
-    PyObject *count = PyLong_FromSsize_t(n);
-    if (count == NULL) {
+/* The durations ``ms`` (a list of floats) written into the ring of ``samples``, exactly a
+ * _Samples holding an array('d'), as QueryHistory.add_trips writes them: appended while the ring
+ * holds fewer than SAMPLES_PER_QUERY, then each over the oldest, at added % SAMPLES_PER_QUERY;
+ * ``added`` counts them.  0, or -1 with an exception set. */
+static int write_ring(PyObject *samples, PyObject *ms) {
+    PyObject **added_slot = (PyObject **)((char *)samples + samples_added_offset);
+    PyObject *ring = *(PyObject **)((char *)samples + samples_ring_offset);
+    if (!Py_IS_TYPE(samples, samples_type) || ring == NULL || !Py_IS_TYPE(ring, array_type) ||
+        *added_slot == NULL || !PyLong_CheckExact(*added_slot)) {
+        PyErr_SetString(PyExc_TypeError, "the query history holds a value that is not a _Samples");
         return -1;
     }
-    int rc = -1;
-    if (Py_IS_TYPE(samples, samples_type)) {
-        PyObject **slot = (PyObject **)((char *)samples + samples_added_offset);
-        PyObject *sum = *slot == NULL ? NULL : PyNumber_Add(*slot, count);
-        if (*slot == NULL) {
-            PyErr_SetString(PyExc_AttributeError, "added");
-        }
-        if (sum != NULL) {
-            Py_SETREF(*slot, sum);
-            rc = 0;
-        }
-    } else {
-        PyObject *added = PyObject_GetAttrString(samples, "added");
-        PyObject *sum = added == NULL ? NULL : PyNumber_Add(added, count);
-        rc = sum == NULL ? -1 : PyObject_SetAttrString(samples, "added", sum);
-        Py_XDECREF(added);
-        Py_XDECREF(sum);
+    Py_ssize_t added = PyLong_AsSsize_t(*added_slot);
+    if (added == -1 && PyErr_Occurred()) {
+        return -1;
     }
-    Py_DECREF(count);
-    return rc;
+    Py_buffer buffer;
+    if (PyObject_GetBuffer(ring, &buffer, PyBUF_FORMAT) < 0) {
+        return -1;
+    }
+    Py_ssize_t held = buffer.len / (buffer.itemsize > 0 ? buffer.itemsize : 1);
+    int doubles = buffer.itemsize == sizeof(double) && buffer.format != NULL &&
+                  strcmp(buffer.format, "d") == 0;
+    PyBuffer_Release(&buffer);
+    if (!doubles) {
+        PyErr_SetString(PyExc_TypeError, "a _Samples ring is not an array('d')");
+        return -1;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(ms), i = 0;
+    for (; i < n && held < samples_per_query; i++, held++) { /* filling: append, as Python does */
+        PyObject *none = PyObject_CallMethodOneArg(ring, s_append, PyList_GET_ITEM(ms, i));
+        if (none == NULL) {
+            return -1;
+        }
+        Py_DECREF(none);
+    }
+    if (i < n) { /* full: each over the oldest, through the buffer (no resizing from here) */
+        if (PyObject_GetBuffer(ring, &buffer, PyBUF_WRITABLE) < 0) {
+            return -1;
+        }
+        double *values = (double *)buffer.buf;
+        Py_ssize_t at = added + i;
+        for (; i < n; i++, at++) {
+            values[at % samples_per_query] = PyFloat_AS_DOUBLE(PyList_GET_ITEM(ms, i));
+        }
+        PyBuffer_Release(&buffer);
+    }
+    PyObject *sum = PyLong_FromSsize_t(added + n);
+    if (sum == NULL) {
+        return -1;
+    }
+    Py_SETREF(*added_slot, sum);
+    return 0;
 }
 
 static PyObject *add_trips(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
@@ -1066,10 +1097,7 @@ static PyObject *add_trips(PyObject *module, PyObject *const *args, Py_ssize_t n
         PyObject *samples = take_samples(by_key, key, max_keys);
         int rc = -1;
         if (samples != NULL) {
-            PyObject *call[2] = {samples, ms};
-            PyObject *none = PyObject_Vectorcall(deque_extend, call, 2, NULL);
-            Py_XDECREF(none);
-            rc = none == NULL ? -1 : count_added(samples, PyList_GET_SIZE(ms));
+            rc = write_ring(samples, ms);
             if (rc == 0) {
                 rc = PyDict_SetItem(by_key, key, samples);
             }
@@ -1348,10 +1376,15 @@ int apm_traceindex_init(PyObject *module) {
         return -1;
     }
     samples_type = apm_class_of("otel_apm.detectors.history", "_Samples");
-    PyObject *deque = apm_attr_of("collections", "deque");
-    deque_extend = deque == NULL ? NULL : PyObject_GetAttrString(deque, "extend");
-    Py_XDECREF(deque);
-    if (samples_type == NULL || deque_extend == NULL) {
+    array_type = apm_class_of("array", "array");
+    PyObject *per_query = apm_attr_of("otel_apm.detectors.history", "SAMPLES_PER_QUERY");
+    samples_per_query = per_query == NULL ? -1 : PyLong_AsSsize_t(per_query);
+    Py_XDECREF(per_query);
+    s_append = PyUnicode_InternFromString("append");
+    if (samples_type == NULL || array_type == NULL || s_append == NULL || samples_per_query < 1) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_ImportError, "otel_apm._native: SAMPLES_PER_QUERY is not a count");
+        }
         return -1;
     }
     PyObject *min_period = apm_attr_of("otel_apm.detectors.mn_plus_one", "MIN_PERIOD");
@@ -1368,7 +1401,8 @@ int apm_traceindex_init(PyObject *module) {
         return -1;
     }
     samples_added_offset = apm_member_offset(samples_type, "added");
-    if (samples_added_offset < 0) {
+    samples_ring_offset = apm_member_offset(samples_type, "ring");
+    if (samples_added_offset < 0 || samples_ring_offset < 0) {
         return -1;
     }
     return PyModule_AddFunctions(module, traceindex_methods);

@@ -5,8 +5,10 @@ memory it keeps between traces."""
 from __future__ import annotations
 
 import dataclasses
+import gc
 import inspect
 import sys
+from array import array
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from otel_apm.detectors.history import FindingRates, QueryHistory
 from otel_apm.emit.attributes import finding_attributes
 from otel_apm.ingest.callsite import CallSite
 from otel_apm.model import DB, SpanView
+from otel_apm.native import native
 from otel_apm.sql import parse_sql
 
 F = "otel_apm.finding."
@@ -313,6 +316,23 @@ def test_query_history_p95_over_the_recent_samples() -> None:
     assert history.p95(key, 101) is None  # too few samples to trust
     history.add_trips(trips({"f": [1000.0] * 256}))  # only the last 256 are kept
     assert history.p95(key, 20) == 1000.0
+
+
+@pytest.mark.parametrize("native_enabled", [True, False])
+def test_query_history_keeps_the_last_256_in_a_ring_the_collector_does_not_walk(native_enabled: bool) -> None:
+    """Past 256 samples each new one replaces the oldest, whichever writes them (the compiled
+    twin or Python); the ring is an array of doubles, whose samples the cycle collector does
+    not visit (a deque's 256 floats were each visited by every full collection)."""
+    history = QueryHistory(compiled=native(native_enabled))
+    key = ("svc", "f")
+    history.add_trips(trips({"f": [float(i) for i in range(200)]}))
+    history.add_trips(trips({"f": [float(i) for i in range(200, 300)]}))  # wraps: 0..43 go
+    samples = history._samples[key]
+    assert samples.added == 300
+    assert sorted(samples) == [float(i) for i in range(44, 300)]
+    assert isinstance(samples.ring, array) and samples.ring.typecode == "d"
+    assert gc.get_referents(samples.ring) == [array]  # its type only
+    assert samples.ring[300 % 256 - 1] == 299.0  # the newest sits just before the next write
 
 
 def test_query_history_p95_is_recomputed_after_16_new_samples() -> None:

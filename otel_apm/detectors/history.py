@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterable
+from array import array
+from collections.abc import Callable, Iterable, Iterator
 from types import ModuleType
 
 from otel_apm.detectors.dbshape import StatementGroups
@@ -29,18 +29,30 @@ def p95_of(samples: Iterable[float]) -> float:
     return ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)]
 
 
-class _Samples(deque[float]):
-    """A statement's recent durations, with what its p95 cache needs: samples added in all, and
-    the p95 with the count it was computed at.  Kept on the ring itself, one dict entry a key
-    instead of three, so a trace's write is one lookup a statement."""
+class _Samples:
+    """A statement's recent durations in a ring of doubles, with what its p95 cache needs:
+    samples added in all, and the p95 with the count it was computed at.  Kept on the ring's
+    holder, one dict entry a key instead of three, so a trace's write is one lookup a statement.
 
-    __slots__ = ("added", "p95", "p95_at")
+    An ``array('d')`` rather than a deque of floats: no float object a sample (a quarter of
+    the memory: 8 bytes a sample instead of 32), and no samples for the cycle collector to
+    visit, where a deque's 256 floats were each visited by every full collection, for every
+    statement remembered.  The ring grows to SAMPLES_PER_QUERY; past it, sample ``added`` overwrites the
+    oldest, at ``added % SAMPLES_PER_QUERY``."""
+
+    __slots__ = ("added", "p95", "p95_at", "ring")
 
     def __init__(self) -> None:
-        super().__init__(maxlen=SAMPLES_PER_QUERY)
+        self.ring = array("d")
         self.added = 0
         self.p95_at = -_P95_REFRESH  # never computed
         self.p95 = 0.0
+
+    def __len__(self) -> int:
+        return len(self.ring)
+
+    def __iter__(self) -> Iterator[float]:
+        return iter(self.ring)
 
 
 class QueryHistory:
@@ -63,7 +75,7 @@ class QueryHistory:
             if samples is None or len(samples) < min_samples:
                 return None
             if samples.added - samples.p95_at >= _P95_REFRESH:
-                samples.p95 = p95_of(samples)
+                samples.p95 = p95_of(samples.ring)
                 samples.p95_at = samples.added
             return samples.p95
 
@@ -81,10 +93,15 @@ class QueryHistory:
                     samples = _Samples()
                     if len(by_key) >= self._max_keys:
                         del by_key[next(iter(by_key))]
-                append = samples.append
+                ring, added = samples.ring, samples.added
                 for s in spans:
-                    append((s.end_ns - s.start_ns) / 1e6)
-                samples.added += len(spans)
+                    ms = (s.end_ns - s.start_ns) / 1e6
+                    if len(ring) < SAMPLES_PER_QUERY:
+                        ring.append(ms)
+                    else:
+                        ring[added % SAMPLES_PER_QUERY] = ms
+                    added += 1
+                samples.added = added
                 by_key[key] = samples
 
     def __len__(self) -> int:
