@@ -767,7 +767,8 @@ def test_the_compiled_intake_gives_analysis_the_views_the_python_path_gives(
         otel.flush()
         seen.append(([analyzed(t) for t in capture.traces], otel.stats()))
     assert seen[0] == seen[1]
-    assert len(seen[0][0][0]) == min(max_spans, 150 + 150 // 6 + 1) + 1  # the root past the bound
+    # The longer trace (reported after the shorter when only it has findings); its root past the bound.
+    assert max(len(views) for views in seen[0][0]) == min(max_spans, 150 + 150 // 6 + 1) + 1
 
 
 def test_the_compiled_intake_holds_no_ended_child_while_its_root_is_open(native_enabled: bool) -> None:

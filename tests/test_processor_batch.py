@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Sequence
 
 from conftest import OTel, in_forked_child
 from test_processor import request, roots
+
+from otel_apm.detectors import Finding
+from otel_apm.model import Trace
 
 WORKER = "otel-apm-analysis"
 
@@ -149,3 +153,38 @@ def test_force_flush_gives_up_after_its_timeout_when_an_emitter_hangs(
     release.set()
     assert otel.processor.force_flush(10_000) is True
     assert exported_roots(otel) == 1
+
+
+class _Lifetimes:
+    """An emitter noting, as each trace is reported, which traces reported before it are
+    still alive (weakly referenced, so noting them keeps none alive)."""
+
+    def __init__(self) -> None:
+        self.reported: list[tuple[int, bool]] = []  # (trace id, had findings)
+        self.alive_before: list[int] = []  # traces reported earlier, alive at each report
+        self._refs: list[weakref.ref[Trace]] = []
+
+    def emit(self, trace: Trace | None, findings: Sequence[Finding]) -> None:
+        if trace is None:
+            return
+        self.alive_before.append(sum(1 for ref in self._refs if ref() is not None))
+        self._refs.append(weakref.ref(trace))
+        self.reported.append((trace.trace_id, bool(findings)))
+
+
+def test_a_batch_lets_each_trace_without_findings_go_before_the_next_is_analyzed(
+    make_otel: Callable[..., OTel],
+) -> None:
+    """In a batch, a trace without findings is reported and freed before the next trace is
+    analyzed (its index and filings do not live through its successors' collections); the
+    traces with findings are reported after, together."""
+    lifetimes = _Lifetimes()
+    otel = make_otel(analysis_delay_ms=600_000, analysis_batch_size=100, emitters=[lifetimes])
+    ids = [request(otel, n=n) for n in (6, 2, 6, 2, 2)]  # an N+1 of 6 in the first and third
+    assert otel.processor.stats()["traces_waiting"] == 5
+    otel.flush()
+    clean, found = [(i, False) for i in (ids[1], ids[3], ids[4])], [(i, True) for i in (ids[0], ids[2])]
+    assert lifetimes.reported == clean + found
+    assert lifetimes.alive_before[:3] == [0, 0, 0]  # each clean trace reported with none before it alive
+    assert exported_roots(otel) == 5
+    assert otel.processor.stats()["traces_analyzed"] == 5
