@@ -76,11 +76,12 @@
  * The twin of QueryHistory.add_trips in otel_apm/detectors/history.py (which holds the history's
  * lock around it): each group's durations in milliseconds written to its _Samples ring (an
  * array('d'), appended to until full, then over the oldest) in by_key, the key moved last
- * (least recently updated first), the oldest key evicted for a new one past max_keys.  None, having changed nothing, when a span is not a SpanView with int times, a
- * duration is past 64 bits, or groups is not the {key: (shape, [span, ...])} dict that
- * TraceSummary.round_trips makes: the caller runs the Python version.  A millisecond is the
- * duration converted to a double and divided by 1e6, as Python's int / float does (the
- * conversion rounds to nearest, as PyLong_AsDouble does).
+ * (least recently updated first), the oldest key evicted for a new one past max_keys.  None,
+ * having changed nothing, when a span is not a SpanView with int times, a duration is past 64
+ * bits, or groups is not the {key: (shape, [span, ...])} dict that TraceSummary.round_trips
+ * makes: the caller runs the Python version.  A millisecond is the duration converted to a
+ * double and divided by 1e6, as Python's int / float does (the conversion rounds to nearest, as
+ * PyLong_AsDouble does).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

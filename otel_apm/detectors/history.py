@@ -37,8 +37,8 @@ class _Samples:
     An ``array('d')`` rather than a deque of floats: no float object a sample (a quarter of
     the memory: 8 bytes a sample instead of 32), and no samples for the cycle collector to
     visit, where a deque's 256 floats were each visited by every full collection, for every
-    statement remembered.  The ring grows to SAMPLES_PER_QUERY; past it, sample ``added`` overwrites the
-    oldest, at ``added % SAMPLES_PER_QUERY``."""
+    statement remembered.  The ring grows to SAMPLES_PER_QUERY; past it, sample number
+    ``added`` overwrites the oldest, at ``added % SAMPLES_PER_QUERY``."""
 
     __slots__ = ("added", "p95", "p95_at", "ring")
 
