@@ -26,6 +26,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
@@ -76,7 +77,7 @@ class Variant:
     samples: list[float]
 
 
-def make_variant(label: str, apm: dict[str, object] | None) -> Variant:
+def make_variant(label: str, apm: dict[str, Any] | None) -> Variant:
     engine = create_engine("sqlite://")
     Base.metadata.create_all(engine)
     with Session(engine) as session:

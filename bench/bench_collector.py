@@ -159,7 +159,8 @@ def _template(request: ExportTraceServiceRequest, trace_ids: Sequence[bytes], pe
 def build_templates() -> dict[str, Template]:
     """``full`` (100 traces x 23 spans), ``rootless`` (their 22 children) and ``roots`` (the roots),
     over the same traces in the same order, so one list of ids fills all three."""
-    from bench_collector_engine import SPANS_PER_TRACE, TRACES_PER_REQUEST, build_payloads
+    from bench_collector_engine import TRACES_PER_REQUEST, build_payloads
+    from workload import SPANS_PER_TRACE
 
     full = ExportTraceServiceRequest.FromString(build_payloads(1, "nplusone")[0])
     trace_ids: list[bytes] = []
@@ -697,7 +698,8 @@ def run_round(
 def measure_memory(
     clients: Clients, sink: Sink, collector: CollectorProcess, requests: int
 ) -> dict[str, float]:
-    from bench_collector_engine import SPANS_PER_TRACE, TRACES_PER_REQUEST
+    from bench_collector_engine import TRACES_PER_REQUEST
+    from workload import SPANS_PER_TRACE
 
     address = collector.address("grpc")
 
@@ -792,7 +794,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     variants = [VARIANTS[n] for n in VARIANTS if n in names]
 
-    from bench_collector_engine import SPANS_PER_TRACE, TRACES_PER_REQUEST
+    from bench_collector_engine import TRACES_PER_REQUEST
+    from workload import SPANS_PER_TRACE
 
     started = time.monotonic()
     collector_cpus, other_cpus, pinning = choose_cpus(args.collector_cpu)

@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from bench_processor import RESOURCE, NoopSpanExporter
 from opentelemetry.context import Context
@@ -43,7 +44,7 @@ from otel_apm.config import APMConfig
 from otel_apm.processors.apm import APMSpanProcessor
 
 TARGET_RATIO = 1.02
-profiler_settings: dict[str, float] = {}  # --hz sets profiling_sample_hz
+profiler_settings: dict[str, Any] = {}  # --hz sets profiling_sample_hz
 VARIANTS = ("off", "on")
 
 
