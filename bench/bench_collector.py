@@ -3,6 +3,7 @@
     .venv/bin/python bench/bench_collector.py [--rounds R] [--requests N] [--protocols grpc,http]
         [--variants forward,analyze[,analyze-python][,analyze-only]] [--clients P] [--threads T]
         [--idle-timeout S] [--compression gzip|none] [--memory-requests M] [--collector-cpu C]
+        [--workload nplusone|clean]
 
 Three kinds of process, over real sockets on 127.0.0.1:
 
@@ -31,8 +32,11 @@ Three kinds of process, over real sockets on 127.0.0.1:
 
 Workload: the one of bench_collector_engine.py (imported from it): 100 traces x 23 spans a request
 (a SERVER root ``GET /orders/{id}``, 20 PostgreSQL client spans with ``db.query.text`` in six
-statement shapes, one of them 6 times, an N+1, in every trace, 2 HTTP client spans), recorded with
-the real SDK and encoded by the real OTLP encoder; about 1 MiB a request.  Every request sent
+statement shapes, 2 HTTP client spans), recorded with the real SDK and encoded by the real OTLP
+encoder; about 1 MiB a request.  ``--workload nplusone`` (the default, the worst case for
+emission): one statement 6 times, an N+1, in every trace, so every trace has a finding, an OTLP log
+record and the finding's metrics; ``clean``: the same 20 statements with no shape repeated 5 times,
+no finding (bench_processor.py's common case).  Every request sent
 carries new, random trace ids (written into the serialized template at the trace id offsets before
 the round, outside the timing), so no trace id is ever seen twice.
 
@@ -116,6 +120,7 @@ VARIANTS = {
 
 # Sink counters, in one shared array.
 S_TRACE_REQUESTS, S_SPANS, S_LOG_REQUESTS, S_LOG_RECORDS, S_FINDINGS, S_METRIC_REQUESTS, S_CRC = range(7)
+findings_per_trace = 1  # --workload's: what each round checks the collector found
 SINK_SLOTS = 7
 CRC_MOD = 1 << 62
 
@@ -156,13 +161,14 @@ def _template(request: ExportTraceServiceRequest, trace_ids: Sequence[bytes], pe
     return Template(payload, tuple(offsets), spans)
 
 
-def build_templates() -> dict[str, Template]:
-    """``full`` (100 traces x 23 spans), ``rootless`` (their 22 children) and ``roots`` (the roots),
-    over the same traces in the same order, so one list of ids fills all three."""
+def build_templates(workload: str) -> dict[str, Template]:
+    """``full`` (100 traces x 23 spans of ``workload``), ``rootless`` (their 22 children) and
+    ``roots`` (the roots), over the same traces in the same order, so one list of ids fills all
+    three."""
     from bench_collector_engine import TRACES_PER_REQUEST, build_payloads
     from workload import SPANS_PER_TRACE
 
-    full = ExportTraceServiceRequest.FromString(build_payloads(1, "nplusone")[0])
+    full = ExportTraceServiceRequest.FromString(build_payloads(1, workload)[0])
     trace_ids: list[bytes] = []
     for rs in full.resource_spans:
         for ss in rs.scope_spans:
@@ -666,7 +672,7 @@ def run_round(
         "spans_received_total": sent.spans,
         FORWARDED_TRACES: requests if variant.downstream else 0,
         "traces_analyzed_total": traces if variant.analysis else 0,
-        'findings_total{type="n_plus_one_query"}': traces if variant.analysis else 0,
+        'findings_total{type="n_plus_one_query"}': traces * findings_per_trace if variant.analysis else 0,
         "late_spans_total": 0,
         "analysis_errors_total": 0,
         "incomplete_traces_total": 0,
@@ -736,8 +742,8 @@ def measure_memory(
         after = collector.metrics()
         if delta(after, before, "traces_analyzed_total") != traces or after["spans_in_flight"] != 0:
             raise RuntimeError(f"memory run: {after}")
-        if delta(after, before, 'findings_total{type="n_plus_one_query"}') != traces:
-            raise RuntimeError("memory run: not every trace had its finding")
+        if delta(after, before, 'findings_total{type="n_plus_one_query"}') != traces * findings_per_trace:
+            raise RuntimeError("memory run: not every trace had the workload's findings")
         rss_after = collector.rss_bytes()
         clients.drop(f"{name}/rootless")
         clients.drop(f"{name}/roots")
@@ -766,6 +772,8 @@ def choose_cpus(collector_cpu: int | None) -> tuple[set[int] | None, set[int] | 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from workload import FINDINGS_PER_TRACE  # here, as the other bench imports: not in the clients
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -782,6 +790,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--idle-timeout", type=float, default=0.0, help="assembly.idle_timeout_s")
     parser.add_argument("--compression", choices=("gzip", "none"), default="gzip", help="downstream")
     parser.add_argument("--memory-requests", type=int, default=100, help="0 skips the memory run")
+    parser.add_argument(
+        "--workload",
+        choices=sorted(FINDINGS_PER_TRACE),
+        default="nplusone",
+        help="nplusone: an N+1 finding in every trace (the worst case for emission); clean: none",
+    )
     parser.add_argument("--collector-cpu", type=int, default=None)
     args = parser.parse_args(argv)
     protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
@@ -800,7 +814,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     collector_cpus, other_cpus, pinning = choose_cpus(args.collector_cpu)
     pin(other_cpus)
-    templates = build_templates()
+    global findings_per_trace
+    findings_per_trace = FINDINGS_PER_TRACE[args.workload]
+    templates = build_templates(args.workload)
     ctx = multiprocessing.get_context("spawn")
     sink = Sink(ctx, other_cpus)
     clients = Clients(ctx, args.clients, args.threads, templates, other_cpus)
@@ -871,7 +887,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         sink_counts = [sink.get(i) for i in range(SINK_SLOTS)]
         sink.stop()
 
-    print("\nthroughput through the whole collector (median of the rounds; µs/span = per CPU-second):")
+    print(
+        f"\nthroughput through the whole collector, workload {args.workload} (median of the rounds; "
+        "µs/span = per CPU-second):"
+    )
     print(
         f"  {'protocol':8} {'path':44} {'spans/s':>10} {'core busy':>10} "
         f"{'spans/CPU-s':>12} {'µs/span':>8} {'refused':>8}"

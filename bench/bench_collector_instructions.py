@@ -54,7 +54,7 @@ PARTS = ("forward", "intake", "full")
 
 def record(requests: int, path: str) -> None:
     """Twice ``requests`` requests (warm-up, then counted), every one with new trace ids."""
-    full = build_templates()["full"]
+    full = build_templates("nplusone")["full"]  # bench_collector.py's default workload
     rng = random.Random(1)
     payloads = [full.with_ids([rng.randbytes(16) for _ in full.offsets]) for _ in range(2 * requests)]
     with open(path, "wb") as f:
