@@ -9,23 +9,13 @@ import time
 import weakref
 from collections.abc import Callable, Sequence
 
-from conftest import OTel, in_forked_child
+from conftest import OTel, in_forked_child, wait_until
 from test_processor import request, roots
 
 from otel_apm.detectors import Finding
 from otel_apm.model import Trace
 
 WORKER = "otel-apm-analysis"
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> bool:
-    """Poll without flushing: what the worker does on its own."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def exported_roots(otel: OTel) -> int:
@@ -52,7 +42,7 @@ def test_a_closed_trace_waits_for_the_delay_then_goes_out_analyzed(make_otel: Ca
         if m.name == "otel_apm.processor.traces_waiting"
     ]
     assert waiting == 1
-    assert wait_for(lambda: exported_roots(otel) == 1)
+    wait_until(lambda: exported_roots(otel) == 1)  # no flush: the worker on its own
     (root,) = [s for s in otel.span_exporter.get_finished_spans() if s.parent is None]
     assert [e.name for e in root.events] == ["otel_apm.finding"]
     assert [r.log_record.trace_id for r in otel.log_exporter.get_finished_logs()] == [trace_id]
@@ -66,7 +56,7 @@ def test_a_full_batch_wakes_the_worker_before_the_delay(make_otel: Callable[...,
     time.sleep(0.2)
     assert exported_roots(otel) == 0  # two waiting, the delay ten minutes away
     request(otel, n=6)
-    assert wait_for(lambda: exported_roots(otel) == 3)
+    wait_until(lambda: exported_roots(otel) == 3)
     assert otel.processor.stats()["traces_analyzed"] == 3
 
 
@@ -93,7 +83,7 @@ def test_shutdown_analyzes_what_waits_and_stops_the_worker(make_otel: Callable[.
     otel.shutdown()
     assert exported_roots(otel) == 1
     assert [r.log_record.trace_id for r in otel.log_exporter.get_finished_logs()] == [trace_id]
-    assert wait_for(lambda: workers() == before)
+    wait_until(lambda: workers() == before)
     request(otel, n=6)  # a root ending after shutdown is analyzed by its own thread
     assert otel.processor.stats()["traces_analyzed"] == 2
 
@@ -107,7 +97,8 @@ def test_a_forked_child_gets_a_worker_of_its_own(make_otel: Callable[..., OTel])
 
     def child() -> bool:
         request(otel, n=6)
-        return wait_for(lambda: exported_roots(otel) == 1, timeout_s=5)
+        wait_until(lambda: exported_roots(otel) == 1, timeout_s=5)  # raising fails the child
+        return True
 
     in_forked_child(child, held=batch._running)
 
