@@ -11,6 +11,7 @@ import sys
 from array import array
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import OTel
@@ -104,7 +105,8 @@ def test_code_location_can_be_switched_off(make_otel: Callable[..., OTel]) -> No
 
 
 def test_code_attributes_set_by_the_instrumentation_are_kept(otel: OTel) -> None:
-    query(otel, **{"code.file.path": "/srv/app.py", "code.line.number": 3})
+    code: dict[str, Any] = {"code.file.path": "/srv/app.py", "code.line.number": 3}
+    query(otel, **code)
     (span,) = otel.spans()
     assert (span.attributes or {})["code.file.path"] == "/srv/app.py"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from typing import Any
 
 import pytest
 
@@ -18,11 +19,17 @@ BOOKS = "SELECT * FROM books WHERE author_id = $1"
 
 
 def span(
-    sid: int, parent: int, service: str, category: str, kind: int, start: int, **fields: object
+    sid: int,
+    parent: int,
+    service: str,
+    category: str,
+    kind: int,
+    start: int,
+    *,
+    name: str = "span",
+    **fields: object,
 ) -> SpanView:
-    view = SpanView(
-        7, sid, parent, fields.pop("name", "span"), kind, start, start + 1_000_000, False, service, category
-    )
+    view = SpanView(7, sid, parent, name, kind, start, start + 1_000_000, False, service, category)
     for key, value in fields.items():
         setattr(view, key, value)
     return view
@@ -139,7 +146,7 @@ def storefront_request(urls: list[str], *, parents: list[int] | None = None, met
     return Trace(7, [server, *calls], server)
 
 
-def api_findings(trace: Trace, **settings: object) -> list[Finding]:
+def api_findings(trace: Trace, **settings: Any) -> list[Finding]:
     return [f for f in Analyzer(APMConfig(**settings)).analyze(trace) if f.type == "n_plus_one_api_call"]
 
 

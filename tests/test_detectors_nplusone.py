@@ -139,9 +139,11 @@ def test_overlapping_queries_count_their_union(otel: OTel) -> None:
 
 def test_non_db_siblings_do_not_break_a_run(otel: OTel) -> None:
     req = Request(otel.tracer)
+    checkout: dict[str, Any] = {"db.system": "postgresql"}  # a pool checkout: db.connection
+    cache: dict[str, Any] = {"db.system": "redis", "db.statement": "GET author:?"}
     for _ in range(6):
-        req.span("connect", **{"db.system": "postgresql"})  # a pool checkout: db.connection
-        req.span("GET", **{"db.system": "redis", "db.statement": "GET author:?"})  # cache
+        req.span("connect", **checkout)
+        req.span("GET", **cache)
         req.span("render", kind=SpanKind.INTERNAL)
         req.query(BOOKS)
     req.end()
@@ -183,15 +185,16 @@ def test_runs_under_different_parents_are_not_merged(otel: OTel) -> None:
 
 
 def test_cached_queries_neither_count_nor_break_a_run(otel: OTel) -> None:
+    cached: dict[str, Any] = {"cache.hit": True}
     req = Request(otel.tracer)
     req.queries(BOOKS, 4)
-    req.query(BOOKS, **{"cache.hit": True})
+    req.query(BOOKS, **cached)
     req.end()
     assert otel.events("n_plus_one_query") == []  # four round trips, one cached
 
     req = Request(otel.tracer, route="/other")
     loop = req.queries(BOOKS, 3)
-    req.query(AUTHORS, **{"cache.hit": True})
+    req.query(AUTHORS, **cached)
     loop += req.queries(BOOKS, 2)
     req.end()
     (found,) = findings(otel, "n_plus_one_query")
@@ -292,7 +295,8 @@ def test_a_run_of_identical_queries_is_a_repeated_query_not_an_n_plus_one(
     otel = make_otel()
     req = Request(otel.tracer)
     req.queries(SETTINGS, 6)
-    req.queries(BOOKS, 6, **{"db.statement.parameters": "(7,)"})
+    params: dict[str, Any] = {"db.statement.parameters": "(7,)"}
+    req.queries(BOOKS, 6, **params)
     req.end()
     assert otel.events("n_plus_one_query") == []
     assert len(otel.events("repeated_identical_query")) == 2
@@ -307,7 +311,8 @@ def test_a_run_of_identical_queries_is_a_repeated_query_not_an_n_plus_one(
 def test_a_run_with_other_values_stays_an_n_plus_one(otel: OTel) -> None:
     req = Request(otel.tracer)
     for i in range(6):
-        req.query(BOOKS, **{"db.statement.parameters": f"({i},)"})
+        params: dict[str, Any] = {"db.statement.parameters": f"({i},)"}
+        req.query(BOOKS, **params)
     req.end()
     assert len(otel.events("n_plus_one_query")) == 1
     assert otel.events("repeated_identical_query") == []
@@ -316,7 +321,8 @@ def test_a_run_with_other_values_stays_an_n_plus_one(otel: OTel) -> None:
 def test_a_run_that_repeats_some_values_is_both_problems(otel: OTel) -> None:
     req = Request(otel.tracer)
     for i in range(6):
-        req.query(BOOKS, **{"db.statement.parameters": f"({i % 2},)"})  # 0 1 0 1 0 1
+        params: dict[str, Any] = {"db.statement.parameters": f"({i % 2},)"}  # 0 1 0 1 0 1
+        req.query(BOOKS, **params)
     req.end()
     assert len(otel.events("n_plus_one_query")) == 1  # one query per row: eager-load them
     (repeated,) = findings(otel, "repeated_identical_query")  # and each row's twice: reuse it
@@ -455,7 +461,8 @@ def test_placeholders_without_recorded_parameters_are_unknown_values(otel: OTel)
 
 def test_recorded_parameters_decide_what_is_identical(otel: OTel) -> None:
     req = Request(otel.tracer)
-    req.queries(BOOK_BY_ID, 3, **{"db.statement.parameters": "{'pk_1': 7}"})
+    params: dict[str, Any] = {"db.statement.parameters": "{'pk_1': 7}"}
+    req.queries(BOOK_BY_ID, 3, **params)
     req.end()
     (found,) = findings(otel, "repeated_identical_query")
     assert found[F + "evidence.values"] == "recorded parameters"
@@ -463,17 +470,21 @@ def test_recorded_parameters_decide_what_is_identical(otel: OTel) -> None:
 
     req = Request(otel.tracer, route="/other")
     for pk in (1, 2, 3):
-        req.query(BOOK_BY_ID, **{"db.statement.parameters": f"{{'pk_1': {pk}}}"})
+        params = {"db.statement.parameters": f"{{'pk_1': {pk}}}"}
+        req.query(BOOK_BY_ID, **params)
     req.end()
     assert len(otel.events("repeated_identical_query")) == 1  # still only the first
 
 
 def test_several_value_sets_of_one_statement_are_one_finding(otel: OTel) -> None:
     req = Request(otel.tracer)
+    one: dict[str, Any] = {"db.statement.parameters": "(1,)"}
+    two: dict[str, Any] = {"db.statement.parameters": "(2,)"}
+    three: dict[str, Any] = {"db.statement.parameters": "(3,)"}
     for _ in range(3):
-        req.query(BOOK_BY_ID, 1.0, **{"db.statement.parameters": "(1,)"})
-        req.query(BOOK_BY_ID, 2.0, **{"db.statement.parameters": "(2,)"})
-    req.query(BOOK_BY_ID, 2.0, **{"db.statement.parameters": "(3,)"})  # once: not a repeat
+        req.query(BOOK_BY_ID, 1.0, **one)
+        req.query(BOOK_BY_ID, 2.0, **two)
+    req.query(BOOK_BY_ID, 2.0, **three)  # once: not a repeat
     req.end()
     (found,) = findings(otel, "repeated_identical_query")
     assert found[F + "count"] == 6
@@ -518,7 +529,8 @@ def test_the_collector_compares_stable_parameter_attributes() -> None:
 
     def other(req: Request) -> None:
         for i in range(3):
-            req.query("SELECT users.name FROM users WHERE users.id = $1", **{"db.query.parameter.0": i})
+            params: dict[str, Any] = {"db.query.parameter.0": i}
+            req.query("SELECT users.name FROM users WHERE users.id = $1", **params)
 
     analyzer = Analyzer(APMConfig())
     (found,) = of_type(analyzer.analyze(otlp_trace(same)), "repeated_identical_query")
@@ -654,7 +666,8 @@ def test_without_a_relationship_to_name_the_advice_stays_general(otel: OTel) -> 
 def test_repeated_primary_key_lookups_in_sqlalchemy_point_at_session_get(otel: OTel) -> None:
     orm = otel.tracer_provider.get_tracer("opentelemetry.instrumentation.sqlalchemy")
     req = Request(otel.tracer)
-    req.queries(BOOK_BY_ID, 3, tracer=orm, **{"db.statement.parameters": "(5,)"})
+    params: dict[str, Any] = {"db.statement.parameters": "(5,)"}
+    req.queries(BOOK_BY_ID, 3, tracer=orm, **params)
     req.end()
     (found,) = findings(otel, "repeated_identical_query")
     assert "`session.get(Book, id)`" in found[F + "recommendation"]

@@ -56,7 +56,7 @@ def leaf(
 
 
 def query(tracer: trace.Tracer, parent: Span, statement: str, start_ms: float, end_ms: float) -> Span:
-    attrs = {"db.system": "postgresql", "db.statement": statement}
+    attrs: dict[str, Any] = {"db.system": "postgresql", "db.statement": statement}
     return leaf(tracer, parent, statement.split()[0], start_ms, end_ms, **attrs)
 
 
@@ -370,7 +370,8 @@ def test_handled_and_unhandled_of_one_type_are_two_problems(otel: OTel) -> None:
 def test_error_type_and_http_status_label_an_error_without_exception(otel: OTel) -> None:
     root = server(otel.tracer, "/stock")
     upstream = call(otel.tracer, root, "http://inventory.internal/items/9", 1, 4, status=503)
-    typed = begin(otel.tracer, "publish", 5, root, **{"error.type": "BrokerUnavailable"})
+    error_type: dict[str, Any] = {"error.type": "BrokerUnavailable"}
+    typed = begin(otel.tracer, "publish", 5, root, **error_type)
     typed.set_status(Status(StatusCode.ERROR))
     typed.end(end_time=at(6))
     root.end(end_time=at(10))

@@ -66,7 +66,7 @@ def points(reader: MetricReader) -> list[Point]:
     for resource_metrics in data.resource_metrics if data else ():
         for scope_metrics in resource_metrics.scope_metrics:
             for metric in scope_metrics.metrics:
-                for p in metric.data.data_points:  # type: ignore[union-attr]
+                for p in metric.data.data_points:
                     fields = {k: v for k, v in vars(p).items() if "time_unix_nano" not in k}
                     fields["attributes"] = dict(p.attributes or {})
                     fields["exemplars"] = [

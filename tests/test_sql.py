@@ -1086,7 +1086,11 @@ def test_fingerprint_is_pinned() -> None:
 
 @pytest.mark.parametrize("hash_seed", ["0", "12345"])
 def test_fingerprint_is_stable_across_processes(hash_seed: str) -> None:
-    statements = [case.values[0] for case in CASES[:10]]
+    statements: list[str] = []
+    for case in CASES[:10]:
+        statement = case.values[0]  # pytest.param's values are objects to its stubs
+        assert isinstance(statement, str)
+        statements.append(statement)
     code = (
         "import sys\n"
         "from otel_apm.sql import parse_sql\n"
