@@ -253,7 +253,7 @@ def test_every_span_is_forwarded_and_the_n_plus_one_is_reported(
     sent = {format(s.context.span_id, "016x") for s in memory.get_finished_spans()}
     assert len(sent) == 3 * 8
     sink.wait_for(lambda: span_ids(sink.spans()) >= sent, message="every span forwarded")
-    events = sink.wait_for(lambda: len(finding_events(sink, "n_plus_one_query")) >= 3, message="3 N+1 events")
+    sink.wait_for(lambda: len(finding_events(sink, "n_plus_one_query")) >= 3, message="3 N+1 events")
     provider.shutdown()
 
     assert span_ids(sink.spans()) == sent  # nothing lost, nothing invented
@@ -304,6 +304,7 @@ def test_logs_and_metrics_from_real_exporters_are_forwarded(
     meter_provider.shutdown()
 
     records = sink.wait_for(lambda: len(sink.log_records()) >= 5 and sink.log_records())
+    assert records is not False  # wait_for returns only what is truthy
     assert sorted(str(r.body.string_value) for _, r in records) == [f"invoice {i} paid" for i in range(5)]
     assert {res["service.name"] for res, _ in records} == {"billing"}
     sink.wait_for(lambda: "invoices" in sink.metric_names())

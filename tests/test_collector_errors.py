@@ -28,6 +28,7 @@ from test_collector import (
     start_collector,
 )
 
+from otel_apm.collector.forwarder import Signal
 from otel_apm.collector.receivers import KINDS
 from otel_apm.collector.service import CollectorService
 
@@ -228,7 +229,7 @@ def test_grpc_unknown_method_is_unimplemented(col: Collector) -> None:
 def test_bearer_token_is_required_on_both_receivers(start_collector: Callable[..., Collector]) -> None:
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
-    from opentelemetry.sdk.trace.export import SpanExportResult
+    from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
     from test_collector import _finished_batches
 
     with OTLPSink() as sink:
@@ -265,7 +266,7 @@ def test_bearer_token_is_required_on_both_receivers(start_collector: Callable[..
         grpc_exporter = OTLPSpanExporter(
             endpoint=col.grpc_endpoint, insecure=True, headers={"authorization": "Bearer s3cret"}
         )
-        http_exporter = HttpSpanExporter(
+        http_exporter: SpanExporter = HttpSpanExporter(
             endpoint=col.http_url + "/v1/traces", headers={"Authorization": "Bearer s3cret"}
         )
         assert grpc_exporter.export(batch[:4]) == SpanExportResult.SUCCESS
@@ -309,7 +310,7 @@ def test_tls_on_both_receivers(
 ) -> None:
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
-    from opentelemetry.sdk.trace.export import SpanExportResult
+    from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
     from test_collector import _finished_batches
 
     cert, key = certificate
@@ -325,7 +326,7 @@ def test_tls_on_both_receivers(
         grpc_exporter = OTLPSpanExporter(
             endpoint=f"https://localhost:{col.service.grpc_port}", credentials=credentials
         )
-        http_exporter = HttpSpanExporter(endpoint=f"{https}/v1/traces", certificate_file=cert)
+        http_exporter: SpanExporter = HttpSpanExporter(endpoint=f"{https}/v1/traces", certificate_file=cert)
         assert grpc_exporter.export(batch[:4]) == SpanExportResult.SUCCESS
         assert http_exporter.export(batch[4:]) == SpanExportResult.SUCCESS
         sink.wait_for(lambda: span_ids(sink.spans()) == {format(s.context.span_id, "016x") for s in batch})
@@ -381,7 +382,9 @@ def _mutations() -> st.SearchStrategy[bytes]:
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=_mutations(), signal=st.sampled_from(["traces", "logs", "metrics"]))
-def test_fuzzed_http_protobuf_bodies_get_200_or_400(fuzz_target: Collector, body: bytes, signal: str) -> None:
+def test_fuzzed_http_protobuf_bodies_get_200_or_400(
+    fuzz_target: Collector, body: bytes, signal: Signal
+) -> None:
     """The answer is 400 exactly when the body is not a valid request (protobuf's own parser
     decides), else 200; never a 5xx, never a dropped connection."""
     r = post(fuzz_target, f"/v1/{signal}", body)
@@ -393,7 +396,7 @@ def test_fuzzed_http_protobuf_bodies_get_200_or_400(fuzz_target: Collector, body
         assert status_of(r).message
 
 
-def _parses(signal: str, body: bytes) -> bool:
+def _parses(signal: Signal, body: bytes) -> bool:
     try:
         KINDS[signal].request.FromString(body)
     except Exception:
@@ -434,7 +437,8 @@ def test_fuzzed_grpc_requests_get_ok_or_invalid_argument(
     fuzz_target: Collector, body: bytes, method: str
 ) -> None:
     code, error, _ = raw_grpc(fuzz_target.grpc_address, method, body)
-    signal = {TRACES: "traces", LOGS: "logs", METRICS: "metrics"}[method]
+    signals: dict[str, Signal] = {TRACES: "traces", LOGS: "logs", METRICS: "metrics"}
+    signal = signals[method]
     expected = grpc.StatusCode.OK if _parses(signal, body) else grpc.StatusCode.INVALID_ARGUMENT
     assert code == expected, error
 

@@ -36,7 +36,7 @@ from test_collector import (
     tracer_provider,
 )
 from test_detectors import shop_request
-from test_reporters import process_finding
+from test_processor import process_finding
 
 from otel_apm.analyze import Analyzer
 from otel_apm.collector.findings import FindingEvents, any_value, key_value

@@ -21,13 +21,13 @@ import importlib.metadata
 import json
 import re
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import urlsplit
 
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]  # no stubs for it in the venv (types-jsonschema)
 import pytest
 import yaml
 from conftest import in_ci
@@ -74,7 +74,7 @@ def _construct_mapping(loader: StrictLoader, node: yaml.MappingNode, deep: bool 
     for key_node, _ in node.value:
         if key_node.tag == "tag:yaml.org,2002:merge":
             continue
-        key = loader.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+        key = loader.construct_object(key_node, deep=True)
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 "while constructing a mapping",
@@ -98,7 +98,7 @@ def yaml_files() -> list[Path]:
     return sorted([*CONFIG_DIR.glob("*.yaml"), *CONFIG_DIR.glob("*.yml"), COMPOSE_FILE])
 
 
-def is_collector_config(doc: Any) -> bool:
+def is_collector_config(doc: Any) -> TypeGuard[Mapping[str, Any]]:
     """An OpenTelemetry Collector config: a mapping with service.pipelines."""
     return (
         isinstance(doc, Mapping) and isinstance(doc.get("service"), Mapping) and "pipelines" in doc["service"]
@@ -240,6 +240,7 @@ def exposed_ports(service: Mapping[str, Any]) -> set[int]:
     ports = {int(str(p).split("/")[0]) for p in service.get("expose", [])}
     for p in service.get("ports", []):
         container = p.get("target") if isinstance(p, Mapping) else str(p).split("/")[0].rsplit(":", 1)[-1]
+        assert container is not None, f"{p!r} has no target"
         ports.add(int(container))
     return ports
 
@@ -598,7 +599,8 @@ def test_every_otlp_endpoint_is_a_service_listening_on_that_port(compose: dict[s
     configs = {m.service: m.config for m in config_mounts(compose)}
     for source, what, endpoint in hops:
         host, port = split_host_port(endpoint)
-        (target,) = resolves_to(compose, host, source) or {None}
+        targets: Collection[str | None] = resolves_to(compose, host, source) or {None}
+        (target,) = targets
         assert target is not None, f"{source} ({what}): {host} is no service on its networks"
         config = load_yaml(configs[target]) if target in configs else None
         if is_collector_config(config):
@@ -650,7 +652,8 @@ def test_prometheus_targets_are_services_and_their_metrics_ports(
     scraped: set[str] = set()
     for job, target in targets:
         host, port = split_host_port(target)
-        (service,) = resolves_to(compose, host, prometheus) or {None}
+        services: Collection[str | None] = resolves_to(compose, host, prometheus) or {None}
+        (service,) = services
         assert service is not None, f"job {job}: {host} is no service Prometheus can reach"
         assert port in serves.get(service, set()), f"job {job}: {service} serves no metrics on {port}"
         scraped.add(service)
@@ -755,7 +758,7 @@ def test_analyzer_image_installs_every_module_the_collector_imports() -> None:
     demo extra) that is not brought by [project].dependencies and those extras is missing in the
     image, and ``otel-apm collector`` fails there (PyYAML, for --config, is the one to watch)."""
     try:
-        import tomllib
+        import tomllib  # type: ignore[import-not-found]  # mypy checks as Python 3.10 (pyproject), which has none
     except ImportError:  # Python 3.10
         if in_ci():
             raise

@@ -37,7 +37,7 @@ def test_the_metrics_report_the_same_compiled_and_in_python(
     and without an exception type, negative durations (dropped alike); a collection now and
     then between the traces."""
     require_native()
-    bounds = {"metrics_max_endpoints": 3, "metrics_max_statements": 3}
+    bounds: dict[str, Any] = {"metrics_max_endpoints": 3, "metrics_max_statements": 3}
     readers = InMemoryMetricReader(), InMemoryMetricReader()
     compiled, python = (
         MetricsEmitter(MeterProvider(metric_readers=[reader]), APMConfig(native_enabled=enabled, **bounds))
@@ -88,12 +88,17 @@ def test_statement_totals_add_as_the_python_loop() -> None:
     assert sorted(totals.values()) == [[5, 1], [10**6 + 3, 2]]
 
 
+def spoil_every_end(views: list[SpanView]) -> None:
+    for v in views:
+        v.end_ns = 3 * 2**61
+
+
 @pytest.mark.parametrize(
     "spoil",
     [
         lambda views: setattr(views[-1], "end_ns", float(views[-1].end_ns)),  # no int
         lambda views: setattr(views[-1], "end_ns", 2**64),  # past a long long
-        lambda views: [setattr(v, "end_ns", 3 * 2**61) for v in views],  # their sum past a long long
+        spoil_every_end,  # their sum past a long long
     ],
 )
 def test_statement_totals_decline_what_they_do_not_hold(spoil: Callable[[list[SpanView]], object]) -> None:

@@ -35,7 +35,6 @@ from otel_apm import model
 from otel_apm.collector.findings import key_value
 from otel_apm.ingest import otlp
 from otel_apm.ingest.otlp import (
-    ANALYZED_KEYS,
     UNKNOWN_SERVICE,
     IngestCounts,
     otlp_json_to_request,
@@ -45,7 +44,7 @@ from otel_apm.ingest.otlp import (
 )
 from otel_apm.ingest.sdk import SpanReader
 from otel_apm.model import SpanView
-from otel_apm.semconv import fill_attributes
+from otel_apm.semconv import ANALYZED_KEYS, fill_attributes
 
 TESTDATA = Path(__file__).parent / "testdata" / "otlp"
 TRACE_ID_HEX = "5b8efff798038103d269b633813fc60c"

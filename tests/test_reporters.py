@@ -33,7 +33,7 @@ from otel_apm.emit.webhook import SLACK_MAX_NOTICES, WebhookReporter, verify
 
 __all__ = ["sink", "start_collector"]  # fixtures used here, defined with the collector's tests
 
-FAST = {"webhook_backoff_s": 0.01, "webhook_backoff_max_s": 0.05, "webhook_timeout_s": 2.0}
+FAST: dict[str, Any] = {"webhook_backoff_s": 0.01, "webhook_backoff_max_s": 0.05, "webhook_timeout_s": 2.0}
 # A POST the sink holds ("block") must not time out while a loaded machine runs the test's requests.
 HELD_S = 30.0
 

@@ -27,6 +27,7 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, StatusCode, TraceFlags
 from opentelemetry.trace import Status as ApiStatus
+from opentelemetry.util.types import AttributeValue
 from sqlalchemy import Engine, create_engine, select, text
 from sqlalchemy.orm import Session
 
@@ -35,7 +36,7 @@ from otel_apm.demo.app import Author, add_authors
 from otel_apm.ingest import sdk
 from otel_apm.ingest.sdk import SpanReader
 from otel_apm.model import SpanView
-from otel_apm.semconv import ANALYZED_KEYS
+from otel_apm.semconv import ANALYZED_KEYS, filled_slots
 
 SERVICE = "sdkviews-svc"
 
@@ -305,7 +306,7 @@ def test_attributes_set_again_or_evicted_are_read_from_what_is_left() -> None:
     tracer = TracerProvider(span_limits=SpanLimits(max_span_attributes=3)).get_tracer("limits")
     spans = []
     for i in range(3):
-        first = {"custom": 1, "db.system": "sqlite", "db.statement": f"SELECT {i}"}
+        first: dict[str, AttributeValue] = {"custom": 1, "db.system": "sqlite", "db.statement": f"SELECT {i}"}
         span = tracer.start_span("q", kind=SpanKind.CLIENT, attributes=first)
         span.set_attribute("db.statement", "SELECT 9")  # removed, then added last
         span.set_attribute("server.address", "db.local")  # drops the oldest: custom
@@ -347,7 +348,7 @@ def test_a_field_missing_from_a_span_raises_attribute_error() -> None:
     span = client_span({"db.system": "x"})
     reader = compiled_reader(span)
     assert reader.read_all([span], SERVICE)[0].scope == "hypothesis"
-    del span._instrumentation_scope  # type: ignore[attr-defined]
+    del span._instrumentation_scope
     with pytest.raises(AttributeError):
         reader.read_all([span], SERVICE)
     with pytest.raises(AttributeError):
@@ -385,7 +386,7 @@ def test_the_keys_analyzed_are_those_of_the_set_given() -> None:
     span = client_span({"db.system": "x", "db.statement": "SELECT 1"})
 
     def category(keys: Any) -> str:
-        args = (SERVICE, keys, sdk._KIND, StatusCode.ERROR, module.Fills(10), sdk.filled_slots)
+        args = (SERVICE, keys, sdk._KIND, StatusCode.ERROR, module.Fills(10), filled_slots)
         views = module.read_sdk_spans([span], *args, sdk._read_exception, sdk._view_fields, BoundedList)
         return str(views[0].category)
 

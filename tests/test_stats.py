@@ -13,6 +13,7 @@ from conftest import SERVICE_NAME, OTel, in_forked_child, require_native, wait_u
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
+from opentelemetry.util.types import AttributeValue
 from test_collector import Collector, n_plus_one_trace, start_collector, tracer_provider
 
 from otel_apm.config import APMConfig, ConfigError
@@ -151,7 +152,7 @@ def test_endpoint_and_statement_statistics_from_real_spans(make_otel: Callable[.
     assert insert.slow == 50  # 40 ms each, over APM_SLOW_QUERY_THRESHOLD_MS
     # The same traffic is in every longer window.
     for window in ("hour", "day", "all"):
-        assert stats.snapshot(window).overall.count == 250  # type: ignore[arg-type]
+        assert stats.snapshot(window).overall.count == 250
 
 
 def test_runs_served_from_a_cache_count_in_their_statement(make_otel: Callable[..., OTel]) -> None:
@@ -164,7 +165,11 @@ def test_runs_served_from_a_cache_count_in_their_statement(make_otel: Callable[.
     root = otel.tracer.start_span("GET /users", kind=SpanKind.SERVER, start_time=base)
     ctx = trace.set_span_in_context(root)
     for i, hit in enumerate((False, True, False)):
-        attributes = {"db.system": "postgresql", "db.statement": USERS, "cache.hit": hit}
+        attributes: dict[str, AttributeValue] = {
+            "db.system": "postgresql",
+            "db.statement": USERS,
+            "cache.hit": hit,
+        }
         query = otel.tracer.start_span(
             "query", context=ctx, kind=SpanKind.CLIENT, start_time=base + i * 10**7, attributes=attributes
         )
@@ -172,7 +177,9 @@ def test_runs_served_from_a_cache_count_in_their_statement(make_otel: Callable[.
     root.end(end_time=base + 5 * 10**7)
     otel.flush()
     (select,) = stats.snapshot("minute").statements
-    assert (select.count, select.total_ms, select.max_ms) == (3, pytest.approx(6.0), pytest.approx(3.0))
+    assert select.count == 3
+    assert select.total_ms == pytest.approx(6.0)
+    assert select.max_ms == pytest.approx(3.0)
 
 
 class Clock:

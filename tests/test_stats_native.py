@@ -12,8 +12,9 @@ import math
 from array import array
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from conftest import native_load_error, require_native
@@ -61,7 +62,7 @@ def test_compiled_sketch_add_counts_as_python(alpha: float, max_buckets: int, va
     compiled = require_native().sketch_add
     python, ours = DDSketch(alpha, max_buckets), DDSketch(alpha, max_buckets)
     for value in values:
-        assert outcome(lambda v=value: compiled(ours, v)) == outcome(lambda v=value: python.add(v))
+        assert outcome(partial(compiled, ours, value)) == outcome(partial(python.add, value))
         assert state(ours) == state(python), value
 
 
@@ -92,7 +93,7 @@ def test_sketch_add_is_compiled_for_floats_and_python_for_the_rest(monkeypatch: 
     )
     compiled(far, 2.0)  # an offset past 64 bits
     doubles = DDSketch()
-    doubles._counts = array("d")
+    doubles._counts = cast(Any, array("d"))  # deliberately not the array("q") the type says
     compiled(doubles, 3.0)  # counts of another type
     assert called == [7, 2.0, 2.0, 3.0]
     assert far.to_dict()["bins"] == [[2**70 - 3, 1], [2**70, 1]]  # 2.0 folded into the lowest kept
@@ -253,7 +254,11 @@ def test_statistics_report_the_same_compiled_and_in_python(
     """Snapshots of every window and the closed minutes, with endpoints and statements past
     small bounds (the overflow entries), ticks and minutes closing, cross-service statements."""
     require_native()
-    bounds = {"stats_max_endpoints": 3, "stats_max_statements": 4, "stats_max_endpoints_per_statement": 2}
+    bounds: dict[str, Any] = {
+        "stats_max_endpoints": 3,
+        "stats_max_statements": 4,
+        "stats_max_endpoints_per_statement": 2,
+    }
     clocks = Clock(), Clock()
     compiled, python = (
         Statistics(APMConfig(native_enabled=enabled, slow_query_threshold_ms=300.0, **bounds), clock=clock)
@@ -267,7 +272,7 @@ def test_statistics_report_the_same_compiled_and_in_python(
         if number % 7 == 3:
             assert reports(compiled) == reports(python)
     for window in ("minute", "hour", "day", "all"):
-        assert repr(compiled.snapshot(window).to_dict()) == repr(python.snapshot(window).to_dict())  # type: ignore[arg-type]
+        assert repr(compiled.snapshot(window).to_dict()) == repr(python.snapshot(window).to_dict())
     assert [repr(r.to_dict()) for r in compiled.closed_minutes(final=True)] == [
         repr(r.to_dict()) for r in python.closed_minutes(final=True)
     ]
@@ -313,7 +318,7 @@ def test_tally_statements_hands_what_it_does_not_hold_to_the_python_loop(python_
     seen: set[str] = set()
     for loop, mapping, cap, python in (
         (compiled, groups, 20, False),
-        (compiled, MappingProxyType(groups), 20, True),
+        (compiled, cast(Any, MappingProxyType(groups)), 20, True),  # deliberately no dict (StatementGroups)
         (compiled, groups, 2**70, True),
         (rollup._tally_statements, groups, 20, True),
     ):

@@ -563,7 +563,11 @@ def shop_engine(tmp_path: Any) -> Iterator[Engine]:
 
     @event.listens_for(engine, "connect")
     def add_pause(dbapi_connection: Any, _: Any) -> None:
-        dbapi_connection.create_function("pause", 1, lambda ms: time.sleep(ms / 1000) or 0)
+        def pause(ms: float) -> int:
+            time.sleep(ms / 1000)
+            return 0
+
+        dbapi_connection.create_function("pause", 1, pause)
 
     seed(engine)
     yield engine
