@@ -27,7 +27,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, TypeGuard
 from urllib.parse import urlsplit
 
-import jsonschema  # type: ignore[import-untyped]  # no stubs for it in the venv (types-jsonschema)
+import jsonschema
 import pytest
 import yaml
 from conftest import in_ci
