@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import pytest
 from opentelemetry.context import Context
@@ -428,15 +428,25 @@ def instrument_requests() -> Iterator[Callable[[TracerProvider], None]]:
         instrumentor.uninstrument()
 
 
+class Instrumentor(Protocol):
+    """What ``instrument`` uses of an instrumentor: the module of BaseInstrumentor is marked
+    ``# type: ignore`` as a whole, so mypy does not see that class."""
+
+    @property
+    def is_instrumented_by_opentelemetry(self) -> bool: ...
+
+    def instrument(self, **kwargs: Any) -> object: ...
+
+    def uninstrument(self, **kwargs: Any) -> object: ...
+
+
 @pytest.fixture
 def instrument() -> Iterator[Callable[..., None]]:
     """``instrument(SomeInstrumentor(), tracer_provider=tp, **options)``: any instrumentor, with
     the options of its own (hooks, capture_parameters), undone after in reverse order."""
-    from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
+    done: list[Instrumentor] = []
 
-    done: list[BaseInstrumentor] = []
-
-    def run(instrumentor: BaseInstrumentor, **options: Any) -> None:
+    def run(instrumentor: Instrumentor, **options: Any) -> None:
         name = type(instrumentor).__name__
         assert not instrumentor.is_instrumented_by_opentelemetry, f"{name} left instrumented"
         instrumentor.instrument(**options)

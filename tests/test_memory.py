@@ -253,7 +253,8 @@ def test_memory_over_the_threshold_is_reported_once_per_episode_with_what_grew(
 ) -> None:
     otel = make_otel(memory_threshold_mb=1.0, heap_snapshot_on_high_memory=True, **FAST)
     monitor = monitor_of(otel)
-    stop, kept = threading.Event(), []
+    stop = threading.Event()
+    kept: list[bytes] = []
     thread = threading.Thread(target=grow_in_thread, args=(stop, kept))
     thread.start()
     try:
@@ -292,7 +293,8 @@ def test_profile_heap_on_demand_names_the_growing_line(
     make_otel: Callable[..., OTel], already_tracing: bool
 ) -> None:
     otel = make_otel(**FAST)
-    stop, kept = threading.Event(), []
+    stop = threading.Event()
+    kept: list[bytes] = []
     thread = threading.Thread(target=grow_in_thread, args=(stop, kept))
     if already_tracing:
         tracemalloc.start()

@@ -9,8 +9,9 @@ import gc
 import logging
 import threading
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from types import MethodType
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.util.types import AnyValue, Attributes, AttributeValue
 
 from otel_apm.config import ConfigError, Suppression
 from otel_apm.detectors.base import Detector, Finding
@@ -61,6 +63,12 @@ def roots(otel: OTel) -> list[ReadableSpan]:
     return [s for s in otel.spans() if s.parent is None]
 
 
+def present(attributes: Attributes) -> Mapping[str, AnyValue]:
+    """The attributes of a finding's span event or log record, which the SDK types as optional."""
+    assert attributes is not None
+    return attributes
+
+
 def test_children_are_exported_at_once_and_the_root_last_with_its_findings(otel: OTel) -> None:
     with otel.tracer.start_as_current_span("GET /authors", kind=SpanKind.SERVER) as root:
         for _ in range(5):
@@ -70,8 +78,8 @@ def test_children_are_exported_at_once_and_the_root_last_with_its_findings(otel:
     assert exported_root.context == root.get_span_context()
     assert exported_root.context.trace_flags.sampled
     events = [e for e in exported_root.events if e.name == EVENT_NAME]
-    assert [e.attributes["otel_apm.finding.type"] for e in events] == ["n_plus_one_query"]
-    assert events[0].attributes["otel_apm.finding.count"] == 5
+    assert [present(e.attributes)["otel_apm.finding.type"] for e in events] == ["n_plus_one_query"]
+    assert present(events[0].attributes)["otel_apm.finding.count"] == 5
 
 
 def test_a_span_ending_after_its_root_is_exported_and_counted(otel: OTel) -> None:
@@ -106,6 +114,7 @@ def test_past_max_traces_the_oldest_is_analyzed_as_it_is(make_otel: Callable[...
     stats = otel.stats()
     assert (stats["traces_evicted"], stats["traces_in_flight"]) == (1, 2)
     (finding,) = otel.events("n_plus_one_query")  # the evicted trace, analyzed without its root
+    assert finding.log_record.attributes is not None
     assert finding.log_record.attributes["otel_apm.finding.endpoint"] == "unknown"
     for root in open_roots:
         root.end()
@@ -271,9 +280,9 @@ def test_suppression_rules_apply_to_findings_about_the_process(make_otel: Callab
     otel = make_otel(suppressions=(Suppression(type="cpu_hot_spot", endpoint="POST /reindex"),))
     hot = process_finding(type="cpu_hot_spot", endpoint="POST /reindex", fingerprint="c0de")
     otel.processor.emit_findings([hot, dataclasses.replace(hot, endpoint="GET /orders", fingerprint="c0df")])
-    assert [e.log_record.attributes["otel_apm.finding.endpoint"] for e in otel.events("cpu_hot_spot")] == [
-        "GET /orders"
-    ]
+    assert [
+        present(e.log_record.attributes)["otel_apm.finding.endpoint"] for e in otel.events("cpu_hot_spot")
+    ] == ["GET /orders"]
     stats = otel.stats()
     assert (stats["findings"], stats["findings_suppressed"]) == (1, 1)
 
@@ -371,7 +380,7 @@ def test_threads_each_get_their_own_trace(otel: OTel) -> None:
         t.join()
     findings = otel.events("n_plus_one_query")
     assert len(findings) == 200
-    assert {f.log_record.attributes["otel_apm.finding.count"] for f in findings} == {5}
+    assert {present(f.log_record.attributes)["otel_apm.finding.count"] for f in findings} == {5}
     assert len(otel.spans()) == otel.counter.ended == 200 * 7
     stats = otel.stats()
     assert (stats["spans_late"], stats["traces_in_flight"]) == (0, 0)
@@ -390,10 +399,12 @@ def test_asyncio_tasks_each_get_their_own_trace(otel: OTel) -> None:
         await asyncio.gather(*(handler(i) for i in range(4)))
 
     asyncio.run(main())
-    counts = sorted(
-        f.log_record.attributes["otel_apm.finding.count"] for f in otel.events("n_plus_one_query")
-    )
-    assert counts == [5, 6, 7, 8]
+    counts: list[int] = []
+    for f in otel.events("n_plus_one_query"):
+        count = present(f.log_record.attributes)["otel_apm.finding.count"]
+        assert isinstance(count, int)
+        counts.append(count)
+    assert sorted(counts) == [5, 6, 7, 8]
 
 
 class Recorder(SpanProcessor):
@@ -525,25 +536,41 @@ def test_finding_severity_becomes_critical_past_the_factor(make_otel: Callable[.
     request(otel, n=9)
     request(otel, route="/big", n=10)
     severities = {
-        f.log_record.attributes["otel_apm.finding.endpoint"]: f.log_record.severity_text
+        present(f.log_record.attributes)["otel_apm.finding.endpoint"]: f.log_record.severity_text
         for f in otel.events()
     }
     assert severities == {"GET /authors": "WARNING", "GET /big": "CRITICAL"}
 
 
-OLD_DB = {"db.system": "postgresql", "db.statement": BOOKS, "net.peer.name": "db"}
-STABLE_DB = {"db.system.name": "postgresql", "db.query.text": BOOKS, "server.address": "db"}
-OLD_HTTP = {"http.method": "GET", "http.route": "/authors", "http.status_code": 200}
-STABLE_HTTP = {"http.request.method": "GET", "http.route": "/authors", "http.response.status_code": 200}
+OLD_DB: Mapping[str, AttributeValue] = {
+    "db.system": "postgresql",
+    "db.statement": BOOKS,
+    "net.peer.name": "db",
+}
+STABLE_DB: Mapping[str, AttributeValue] = {
+    "db.system.name": "postgresql",
+    "db.query.text": BOOKS,
+    "server.address": "db",
+}
+OLD_HTTP: Mapping[str, AttributeValue] = {
+    "http.method": "GET",
+    "http.route": "/authors",
+    "http.status_code": 200,
+}
+STABLE_HTTP: Mapping[str, AttributeValue] = {
+    "http.request.method": "GET",
+    "http.route": "/authors",
+    "http.response.status_code": 200,
+}
 
 
 def finding_with(
-    make_otel: Callable[..., OTel], http: dict[str, object], db: dict[str, object]
+    make_otel: Callable[..., OTel], http: Mapping[str, AttributeValue], db: Mapping[str, AttributeValue]
 ) -> dict[str, object]:
     otel = make_otel()
-    with otel.tracer.start_as_current_span("GET /authors", kind=SpanKind.SERVER, attributes=http):  # type: ignore[arg-type]
+    with otel.tracer.start_as_current_span("GET /authors", kind=SpanKind.SERVER, attributes=http):
         for _ in range(5):
-            with otel.tracer.start_as_current_span("SELECT", kind=SpanKind.CLIENT, attributes=db):  # type: ignore[arg-type]
+            with otel.tracer.start_as_current_span("SELECT", kind=SpanKind.CLIENT, attributes=db):
                 pass
     (event,) = otel.events("n_plus_one_query")
     return dict(event.log_record.attributes or {})
@@ -585,6 +612,7 @@ def test_a_long_trace_is_read_in_batches_and_analyzed_whole(
     otel = make_otel(export_mode=mode, sample_rate=1.0)
     request(otel, n=300)
     (finding,) = otel.events("n_plus_one_query")
+    assert finding.log_record.attributes is not None
     assert finding.log_record.attributes["otel_apm.finding.count"] == 300
     assert otel.stats()["spans_analyzed"] == 302
     assert len(otel.spans()) == 302
@@ -629,13 +657,15 @@ def test_a_findings_span_event_and_log_record_carry_the_same_ranked_attributes(o
     by, which grows as the same problem repeats."""
     request(otel)
     request(otel)
-    rates = []
+    rates: list[float] = []
     for root, record in zip(roots(otel), otel.events("n_plus_one_query"), strict=True):
         (event,) = [e for e in root.events if e.name == EVENT_NAME]
         assert event.attributes is not None and record.log_record.attributes is not None
         on_span = {k: tuple(v) if isinstance(v, list) else v for k, v in event.attributes.items()}
         assert on_span == dict(record.log_record.attributes)
-        rates.append(on_span["otel_apm.finding.rate_per_min"])
+        rate = on_span["otel_apm.finding.rate_per_min"]
+        assert isinstance(rate, (int, float))
+        rates.append(rate)
     assert 0 < rates[0] < rates[1]
 
 
@@ -648,7 +678,9 @@ def test_the_compiled_intake_takes_the_span_hooks_in_pass_through_only(
         type(getattr(passthrough, name).__self__).__name__ for name in ("on_start", "_on_ending", "on_end")
     }
     assert hooks == ({"Intake"} if native_enabled else {"APMSpanProcessor"})
-    assert type(tail.on_end.__self__).__name__ == "APMSpanProcessor"
+    on_end = tail.on_end
+    assert isinstance(on_end, MethodType)  # a bound method, the processor's own
+    assert type(on_end.__self__).__name__ == "APMSpanProcessor"
 
 
 def test_a_span_the_intake_does_not_know_goes_to_the_python_path(make_otel: Callable[..., OTel]) -> None:
@@ -720,7 +752,7 @@ def varied_request(otel: OTel, children: int) -> None:
             if shape < 3:
                 db_span(otel, f"SELECT * FROM t{shape} WHERE id = %s")
             elif shape == 3:
-                attrs = {
+                attrs: dict[str, AttributeValue] = {
                     "http.request.method": "GET",
                     "url.full": "http://svc/x",
                     "http.response.status_code": 500,

@@ -10,6 +10,7 @@ import weakref
 from collections.abc import Callable, Sequence
 
 from conftest import OTel, in_forked_child, wait_until
+from opentelemetry.sdk.metrics.export import NumberDataPoint
 from test_processor import request, roots
 
 from otel_apm.detectors import Finding
@@ -35,13 +36,14 @@ def test_a_closed_trace_waits_for_the_delay_then_goes_out_analyzed(make_otel: Ca
     metrics = otel.metric_reader.get_metrics_data()  # read as an exporter would, with no flush
     assert metrics is not None
     (waiting,) = [
-        m.data.data_points[0].value
+        m.data.data_points[0]
         for rm in metrics.resource_metrics
         for sm in rm.scope_metrics
         for m in sm.metrics
         if m.name == "otel_apm.processor.traces_waiting"
     ]
-    assert waiting == 1
+    assert isinstance(waiting, NumberDataPoint)  # a gauge's point, not a histogram's
+    assert waiting.value == 1
     wait_until(lambda: exported_roots(otel) == 1)  # no flush: the worker on its own
     (root,) = [s for s in otel.span_exporter.get_finished_spans() if s.parent is None]
     assert [e.name for e in root.events] == ["otel_apm.finding"]

@@ -14,9 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import jsonschema
+import jsonschema  # type: ignore[import-untyped, unused-ignore]  # no types-jsonschema in the dev extras
 import pytest
 import requests
+from apps.hot_service import BURN_ITERATIONS, burn, create_app
 from conftest import OTel, clean_environ, in_forked_child
 
 from otel_apm.config import APMConfig, ConfigError
@@ -32,9 +33,6 @@ SVG_NS = "{http://www.w3.org/2000/svg}"
 ROUNDS = 10
 # The tests sample faster than the always-on default (20 Hz) so that their short runs see enough.
 TEST_HZ = 100.0
-
-sys.path.insert(0, str(APPS))
-from hot_service import BURN_ITERATIONS, burn, create_app  # noqa: E402
 
 
 def _attrs(record: Any) -> dict[str, Any]:

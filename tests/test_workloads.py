@@ -274,7 +274,8 @@ def only(items: list[Any]) -> Any:
 def line_of(function: Callable[..., Any], marker: str) -> int:
     """The line of ``function`` whose text holds ``marker``: where a finding must point."""
     lines, first = inspect.getsourcelines(function)
-    return first + only([i for i, text in enumerate(lines) if marker in text])
+    index: int = only([i for i, text in enumerate(lines) if marker in text])
+    return first + index
 
 
 def assert_points_at(attrs: dict[str, Any], function: Callable[..., Any], marker: str) -> None:
