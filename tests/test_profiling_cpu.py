@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import jsonschema  # type: ignore[import-untyped, unused-ignore]  # no types-jsonschema in the dev extras
+import jsonschema
 import pytest
 import requests
 from apps.hot_service import BURN_ITERATIONS, burn, create_app
