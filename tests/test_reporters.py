@@ -452,9 +452,11 @@ def test_slack_format_is_an_incoming_webhook_message(
         make_otel, hook.url, webhook_format="slack", webhook_batch_size=500, webhook_timeout_s=HELD_S
     )
     request(otel, route="/first")
+    otel.flush()
     hook.blocked.wait(15)
     for i in range(SLACK_MAX_NOTICES + 5):
         request(otel, route=f"/a<b>&{i}")  # queued while the first POST is held: one big batch
+    otel.flush()  # every notice queued before the release, not still waiting for its analysis
     hook.release()
     wait_until(lambda: len(hook.deliveries()) == 3)
     bodies = [json.loads(r.body) for r in hook.deliveries().values()]
