@@ -29,6 +29,16 @@
 #include "native.h"
 #include "view.h"
 
+#if PY_VERSION_HEX < 0x030B0000
+/* PyFloat_Pack8 became public in 3.11; 3.10 exports the same function under its private name. */
+#define PyFloat_Pack8(x, p, le) _PyFloat_Pack8((x), (unsigned char *)(p), (le))
+#endif
+#if PY_VERSION_HEX >= 0x030D0000
+/* 3.13 moved this declaration to the internal headers; the function is still exported.  Left
+ * undeclared, C would take it to return an int and cut the hash to 32 bits. */
+PyAPI_FUNC(Py_hash_t) _Py_HashBytes(const void *, Py_ssize_t);
+#endif
+
 /* -- wire format --------------------------------------------------------------------------- */
 
 enum { WIRE_VARINT = 0, WIRE_FIXED64 = 1, WIRE_LEN = 2, WIRE_GROUP_START = 3, WIRE_GROUP_END = 4,

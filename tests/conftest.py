@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import ModuleType
 from typing import Any, Protocol, TypeVar
 
@@ -66,6 +67,19 @@ def clean_environ() -> dict[str, str]:
 
 def in_ci() -> bool:
     return os.environ.get("CI") == "true"
+
+
+def pyproject() -> dict[str, Any]:
+    """The repository's pyproject.toml, parsed; the test is skipped on Python 3.10, which has
+    no tomllib (under ``CI=true``, which runs 3.11, that is a failure)."""
+    try:
+        import tomllib  # type: ignore[import-not-found]  # mypy checks as Python 3.10 (pyproject), which has none
+    except ImportError:  # Python 3.10
+        if in_ci():
+            raise
+        pytest.skip("tomllib needs Python 3.11")
+    path = Path(__file__).resolve().parent.parent / "pyproject.toml"
+    return tomllib.loads(path.read_text(encoding="utf-8"))  # type: ignore[no-any-return]
 
 
 def require_server(name: str, probe: Callable[[], T], *, address: str = "") -> T:

@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 import jsonschema
 import pytest
 import yaml
-from conftest import in_ci
+from conftest import in_ci, pyproject
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -757,16 +757,10 @@ def test_analyzer_image_installs_every_module_the_collector_imports() -> None:
     (``pip install ".[postgres]"``): a module the package imports (the demo aside, which needs the
     demo extra) that is not brought by [project].dependencies and those extras is missing in the
     image, and ``otel-apm collector`` fails there (PyYAML, for --config, is the one to watch)."""
-    try:
-        import tomllib  # type: ignore[import-not-found]  # mypy checks as Python 3.10 (pyproject), which has none
-    except ImportError:  # Python 3.10
-        if in_ci():
-            raise
-        pytest.skip("tomllib needs Python 3.11")
+    project = pyproject()["project"]
     dockerfile = (ROOT / ANALYZER_DOCKERFILE).read_text(encoding="utf-8")
     installed = re.search(r'^RUN pip install "?\.(?:\[([a-z,]+)\])?"?(\s|$)', dockerfile, re.MULTILINE)
     assert installed, "the image installs `.`"
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     extras = installed.group(1).split(",") if installed.group(1) else []
     image = requirement_closure(
         [*project["dependencies"], *(r for e in extras for r in project["optional-dependencies"][e])]
