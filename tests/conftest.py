@@ -69,6 +69,12 @@ def in_ci() -> bool:
     return os.environ.get("CI") == "true"
 
 
+def code_function_name(qualname: str) -> str:
+    """The code.function.name of a function with this qualified name: on Python 3.10, whose code
+    objects have no co_qualname, its last part only."""
+    return qualname if sys.version_info >= (3, 11) else qualname.rsplit(".", 1)[-1]
+
+
 def pyproject() -> dict[str, Any]:
     """The repository's pyproject.toml, parsed; the test is skipped on Python 3.10, which has
     no tomllib (under ``CI=true``, which runs 3.11, that is a failure)."""

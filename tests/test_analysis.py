@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import OTel
+from conftest import OTel, code_function_name
 from opentelemetry.sdk.trace import SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -87,7 +87,7 @@ def test_findings_name_the_line_of_the_call(otel: OTel) -> None:
     (event,) = otel.events("n_plus_one_query")
     attrs = event.log_record.attributes or {}
     line = line_of(nested, "# THE CALL")
-    qualname = "test_findings_name_the_line_of_the_call.<locals>.nested"
+    qualname = code_function_name("test_findings_name_the_line_of_the_call.<locals>.nested")
     assert attrs[F + "code_location"] == f"{__file__}:{line}:{qualname}"
     assert (attrs["code.file.path"], attrs["code.line.number"], attrs["code.function.name"]) == (
         __file__,
@@ -121,7 +121,9 @@ def test_code_attributes_set_by_the_instrumentation_are_kept(otel: OTel) -> None
             SpanLimits(max_span_attributes=5),
             {
                 "db.statement": "select 1",
-                "code.function.name": "test_code_attributes_obey_the_span_limits.<locals>.test_span_limits",
+                "code.function.name": code_function_name(
+                    "test_code_attributes_obey_the_span_limits.<locals>.test_span_limits"
+                ),
             },
         ),
     ],

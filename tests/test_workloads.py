@@ -8,6 +8,7 @@ events from the in-memory log exporter, and metrics from the in-memory metric re
 from __future__ import annotations
 
 import inspect
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -263,7 +264,11 @@ def assert_names_the_lazy_load(attrs: dict[str, Any]) -> None:
     lazy_line = first + next(i for i, text in enumerate(lines) if "for b in a.books" in text)
     assert attrs["code.file.path"] == __file__
     assert attrs["code.line.number"] == lazy_line
-    assert str(attrs["code.function.name"]).startswith("list_authors")
+    name = str(attrs["code.function.name"])
+    if sys.version_info >= (3, 11):
+        assert name.startswith("list_authors")  # 3.11: list_authors.<locals>.<listcomp>; 3.12 inlines it
+    else:
+        assert name == "<listcomp>"  # a 3.10 code object has its own name only
 
 
 def only(items: list[Any]) -> Any:
