@@ -104,7 +104,9 @@ def _setting(
 class APMConfig:
     """Settings of the analyzer.  Build it with :meth:`from_env`; the constructor does no I/O."""
 
-    enabled: bool = _setting(True, "APM_ENABLED", doc="analyze spans at all")
+    enabled: bool = _setting(
+        True, "APM_ENABLED", doc="analyze spans at all; in-process, off too when OTEL_SDK_DISABLED=true"
+    )
     service_name: str = _setting(
         "",
         "APM_SERVICE_NAME",

@@ -196,6 +196,23 @@ def test_invalid_apm_setting_stops_start_up(sink: OTLPSink, tmp_path: Path) -> N
     assert not sink.spans()
 
 
+def test_otel_sdk_disabled_turns_the_analyzer_off_too(sink: OTLPSink, tmp_path: Path) -> None:
+    """OTEL_SDK_DISABLED=true makes the SDK's providers no-ops; the analyzer follows: no thread
+    of ours, nothing on the console (where the memory monitor or a finding would print), nothing
+    exported.  The same app without it runs our threads (the test's own control)."""
+    run = _run_app(sink, tmp_path, OTEL_SDK_DISABLED="true")
+    assert run.returncode == 0, run.stderr
+    assert run.report["span_ids"] == [], run.stdout  # the SDK made no span
+    assert not [t for t in run.report["threads"] if t.startswith("otel-apm")], run.report["threads"]
+    assert "[otel-apm]" not in run.stderr, run.stderr
+    # The process has exited: what its providers export at shutdown has been sent by then.
+    assert not sink.trace_requests and not sink.log_records() and not sink.metric_names()
+
+    run = _run_app(sink, tmp_path, OTEL_SDK_DISABLED="false")
+    assert run.returncode == 0, run.stderr
+    assert {"otel-apm-analysis", "otel-apm-memory"} <= set(run.report["threads"]), run.report["threads"]
+
+
 def test_traces_exporter_none_still_analyzes(sink: OTLPSink, tmp_path: Path) -> None:
     run = _run_app(sink, tmp_path, OTEL_TRACES_EXPORTER="none")
     assert run.returncode == 0, run.stderr

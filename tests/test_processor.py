@@ -500,6 +500,20 @@ def test_disabled_is_pure_pass_through(make_otel: Callable[..., OTel]) -> None:
     assert otel.stats()["traces_analyzed"] == 0
 
 
+def test_otel_sdk_disabled_disables_a_hand_registered_processor(
+    make_otel: Callable[..., OTel], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the SDK's providers then hand out no-op tracers: no worker, monitor or reporter of ours."""
+    before = set(threading.enumerate())
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "True")  # read as the SDK reads it: case-insensitively
+    otel = make_otel(memory_monitor_enabled=True, console_enabled=True)
+    assert otel.processor.config.enabled is False
+    assert otel.processor.memory_monitor is None and otel.processor.emitters == ()
+    assert [t.name for t in set(threading.enumerate()) - before] == []
+    request(otel, n=10)
+    assert otel.spans() == () and otel.stats()["traces_analyzed"] == 0
+
+
 def test_console_prints_a_fingerprint_once_per_interval(
     make_otel: Callable[..., OTel], capsys: pytest.CaptureFixture[str]
 ) -> None:

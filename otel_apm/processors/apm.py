@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import dis
 import logging
+import os
 import random
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -78,6 +79,11 @@ def _does_nothing(method: Callable[..., Any]) -> bool:
     )
 
 
+def _sdk_disabled() -> bool:
+    """OTEL_SDK_DISABLED=true, read as the SDK's providers read it."""
+    return os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
+
+
 class APMSpanProcessor(SpanProcessor):
     """Wraps the export processor (or none, to analyze only).
 
@@ -108,6 +114,10 @@ class APMSpanProcessor(SpanProcessor):
             config = APMConfig.from_env(**settings)
         elif settings:
             config = dataclasses.replace(config, **settings)
+        if config.enabled and _sdk_disabled():
+            # The SDK's providers are no-ops then; so are we: no worker, no monitor, no reporter
+            # of our own printing or posting findings about a process that asked for no telemetry.
+            config = dataclasses.replace(config, enabled=False)
         self.config = config
         self._enabled = config.enabled
         self._next = span_processor

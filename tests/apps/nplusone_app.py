@@ -10,7 +10,8 @@ opentelemetry-instrument loaded makes the DB spans.
 To tell the test which spans it made, it adds an in-memory exporter to the global tracer
 provider and prints, as one JSON line on stdout at the end::
 
-    {"span_ids": [...], "trace_id": "...", "root_span_id": "...", "provider": "TracerProvider"}
+    {"span_ids": [...], "trace_id": "...", "root_span_id": "...", "provider": "TracerProvider",
+     "threads": [the names of the threads alive at the end], ...}
 
 The database path comes from argv[1], else NPLUSONE_DB, else a temporary file.  With
 NPLUSONE_LEAVE_OPEN=1 the request span is never ended: the process exits with it open.
@@ -22,6 +23,7 @@ import json
 import os
 import sys
 import tempfile
+import threading
 
 from opentelemetry import metrics, trace
 from opentelemetry._logs import get_logger_provider
@@ -101,6 +103,7 @@ def main() -> int:
                 "titles": titles,
                 "provider": type(provider).__name__,
                 "root_ended": not leave_open,
+                "threads": sorted(t.name for t in threading.enumerate()),
             }
         ),
         flush=True,
