@@ -46,6 +46,7 @@ POSTGRES_USERS = ("postgres", "root")
 MARIADB_ADDRESS = "127.0.0.1:3306"
 MARIADB_DATABASE = "test"
 MARIADB_USER = "root"
+REDIS_ADDRESS = "127.0.0.1:6379"
 CONNECT_TIMEOUT_S = 2
 
 
@@ -184,6 +185,24 @@ def _probe_mariadb() -> str:
 def mariadb_url() -> str:
     """``mysql+pymysql://root@127.0.0.1:3306/test``; skips (fails in CI) when unreachable."""
     return require_server("MariaDB", _probe_mariadb, address=MARIADB_ADDRESS)
+
+
+def _probe_redis() -> Any:
+    """A client of the Redis server, once it answered PING."""
+    import redis
+
+    host, port = REDIS_ADDRESS.split(":")
+    client = redis.Redis(host=host, port=int(port), socket_connect_timeout=CONNECT_TIMEOUT_S)
+    client.ping()
+    return client
+
+
+@pytest.fixture(scope="session")
+def redis_client() -> Iterator[Any]:
+    """A ``redis.Redis`` client of 127.0.0.1:6379; skips (fails in CI) when unreachable."""
+    client = require_server("Redis", _probe_redis, address=REDIS_ADDRESS)
+    yield client
+    client.close()
 
 
 # -- the OTel pipeline ---------------------------------------------------------------------------

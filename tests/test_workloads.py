@@ -66,6 +66,16 @@ def list_authors(engine: Engine, loader: str) -> list[dict[str, Any]]:
         return [{"name": a.name, "books": [b.title for b in a.books]} for a in authors]
 
 
+def list_authors_with_views(engine: Engine, cache: Any, prefix: str) -> list[tuple[str, int]]:
+    """Each author's page views, read from Redis one author at a time, beside the lazy load of
+    their books: an N+1 with a cache read between its queries, as an app caching per row has."""
+    with Session(engine) as session:
+        return [
+            (a.name, int(cache.get(f"{prefix}:views:{a.id}") or 0) + len(a.books))
+            for a in session.scalars(select(Author).order_by(Author.id))
+        ]
+
+
 EXPECTED_AUTHORS = [
     {"name": f"author {a}", "books": [f"book {a}.{b}" for b in range(BOOKS_PER_AUTHOR)]}
     for a in range(AUTHORS)
@@ -528,6 +538,45 @@ def test_n_plus_one_on_a_database_server(
 
     exported_root = only([s for s in trace_spans if s.context.span_id == root_ctx.span_id])
     assert finding_span_events(exported_root) == [attrs]
+
+
+def test_n_plus_one_with_a_redis_read_per_row(
+    otel: OTel,
+    sqlite_engine: Engine,
+    redis_client: Any,
+    instrument_sqlalchemy: Callable[..., None],
+    instrument: Callable[..., None],
+) -> None:
+    """The Redis instrumentation's spans (db.system redis) are cache reads, not DB siblings: one
+    between each lazy load does not break the N+1's run, and none is counted in it."""
+    from opentelemetry.instrumentation.redis import RedisInstrumentor
+
+    prefix = f"otel-apm-test:{uuid.uuid4().hex}"
+    redis_client.set(f"{prefix}:views:1", 7)
+    instrument_sqlalchemy([sqlite_engine], otel.tracer_provider)
+    instrument(RedisInstrumentor(), tracer_provider=otel.tracer_provider)
+    try:
+        with otel.tracer.start_as_current_span(
+            "GET /authors/views",
+            kind=SpanKind.SERVER,
+            attributes={"http.request.method": "GET", "http.route": "/authors/views"},
+        ) as root:
+            rows = list_authors_with_views(sqlite_engine, redis_client, prefix)
+    finally:
+        redis_client.delete(f"{prefix}:views:1")
+    assert rows[0] == ("author 0", 7 + BOOKS_PER_AUTHOR) and len(rows) == AUTHORS
+
+    trace_spans = spans_of_trace(otel, root.get_span_context().trace_id)
+    cache_spans = [s for s in trace_spans if (s.attributes or {}).get("db.system") == "redis"]
+    book_spans = [s for s in trace_spans if "FROM books" in statement_of(s)]
+    assert len(cache_spans) == len(book_spans) == AUTHORS
+    kinds = ["cache" if s in cache_spans else "books" for s in trace_spans if s in cache_spans + book_spans]
+    assert kinds == ["cache", "books"] * AUTHORS  # a cache read between each two lazy loads
+
+    attrs = attrs_of(only(otel.events("n_plus_one_query")))
+    assert attrs[F + "count"] == AUTHORS
+    assert attrs["db.query.text"] == BOOKS_BY_AUTHOR
+    assert list(attrs[F + "span_ids"]) == [hex_id(s) for s in book_spans]
 
 
 @pytest.mark.parametrize("loader", ["selectin", "joined"])
