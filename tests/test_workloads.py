@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import requests
+from conftest import code_function_name
 from flask import Flask, jsonify
 from flask.typing import ResponseReturnValue
 from opentelemetry.sdk._logs import ReadableLogRecord
@@ -278,7 +279,7 @@ def assert_names_the_lazy_load(attrs: dict[str, Any]) -> None:
     if sys.version_info >= (3, 11):
         assert name.startswith("list_authors")  # 3.11: list_authors.<locals>.<listcomp>; 3.12 inlines it
     else:
-        assert name == "<listcomp>"  # a 3.10 code object has its own name only
+        assert name == code_function_name("list_authors.<locals>.<listcomp>") == "<listcomp>"
 
 
 def only(items: list[Any]) -> Any:
