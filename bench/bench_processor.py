@@ -23,6 +23,12 @@ LoggerProvider's force_flush() (finding events) and one metric collection.  The 
 stays on for every variant (allocation is part of the cost); gc.collect() runs before each round,
 outside the timing.  Queues are sized so nothing is dropped, and the exporters' counts are checked.
 
+Exporter (--exporter): ``noop`` (the default) exports to a SpanExporter that only counts, so the
+baseline is the SDK's work alone and our part its largest share; ``otlp`` exports every variant's
+spans with the SDK's OTLP/HTTP exporter to a sink in another process that reads each request and
+answers 200, over a real socket: the pipeline an application runs, whose encoding and sending on the
+batch thread count in each variant's CPU (the sink's own CPU is its process's, not counted).
+
 Memory: K local traces are opened (roots still open) and each gets its 22 children ended, with the
 APM processor wrapping a processor that does nothing; tracemalloc's traced memory with the roots
 open is compared with the same after the roots end, and with the same procedure under the bare
@@ -34,6 +40,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import gc
+import multiprocessing
 import pstats
 import statistics
 import sys
@@ -43,10 +50,13 @@ import tracemalloc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from multiprocessing.connection import Connection
 from typing import Any
 
 import workload
 from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk._logs import LoggerProvider, ReadableLogRecord
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExporter, LogRecordExportResult
 from opentelemetry.sdk.metrics import MeterProvider
@@ -96,6 +106,51 @@ class NoopLogRecordExporter(LogRecordExporter):
         return True
 
 
+class CountingOTLPSpanExporter(OTLPSpanExporter):
+    """The SDK's OTLP/HTTP span exporter, counting the spans the sink accepted."""
+
+    def __init__(self, endpoint: str) -> None:
+        super().__init__(endpoint=endpoint)
+        self.exported = 0
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        result = super().export(spans)
+        if result is SpanExportResult.SUCCESS:
+            self.exported += len(spans)
+        return result
+
+
+class _SinkHandler(BaseHTTPRequestHandler):
+    """Reads an OTLP/HTTP request whole and answers 200 with an empty (valid) response."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive, as the exporter's session expects
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def _sink_main(conn: Connection) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _SinkHandler)
+    conn.send(server.server_address[1])
+    server.serve_forever()
+
+
+def start_sink() -> tuple[multiprocessing.process.BaseProcess, str]:
+    """The OTLP/HTTP sink for --exporter otlp, in a process of its own: (process, traces URL)."""
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_sink_main, args=(child,), daemon=True)
+    proc.start()
+    return proc, f"http://127.0.0.1:{parent.recv()}/v1/traces"
+
+
 class NothingProcessor(SpanProcessor):
     """A span processor that does nothing (the SpanProcessor base methods are all no-ops)."""
 
@@ -103,6 +158,7 @@ class NothingProcessor(SpanProcessor):
 # --workload chooses these; --set adds settings to variants b and c (an ablation).
 overrides: dict[str, Any] = {}
 db_calls: DbCalls = WORKLOADS["nplusone"]
+sink_url: str | None = None  # --exporter otlp: where every variant's spans go
 findings_per_trace = 1
 tail_rate = 0.1
 
@@ -166,7 +222,7 @@ class Variant:
     key: str
     label: str
     provider: TracerProvider
-    span_exporter: NoopSpanExporter
+    span_exporter: NoopSpanExporter | CountingOTLPSpanExporter
     apm: APMSpanProcessor | None = None
     logger_provider: LoggerProvider | None = None
     log_exporter: NoopLogRecordExporter | None = None
@@ -197,6 +253,10 @@ class Variant:
             self.logger_provider.shutdown()
 
 
+def _span_exporter() -> NoopSpanExporter | CountingOTLPSpanExporter:
+    return NoopSpanExporter() if sink_url is None else CountingOTLPSpanExporter(sink_url)
+
+
 def _bsp(exporter: SpanExporter, queue: int) -> BatchSpanProcessor:
     # The queue holds a whole round, so no span is dropped (a drop is cheaper than an export and
     # logs a warning per span); the batch size and delay are the SDK's defaults.
@@ -204,14 +264,14 @@ def _bsp(exporter: SpanExporter, queue: int) -> BatchSpanProcessor:
 
 
 def make_baseline(queue: int) -> Variant:
-    exporter = NoopSpanExporter()
+    exporter = _span_exporter()
     provider = TracerProvider(resource=RESOURCE)
     provider.add_span_processor(_bsp(exporter, queue))
     return Variant("a", "baseline: BatchSpanProcessor", provider, exporter)
 
 
 def make_ours(key: str, label: str, queue: int, **settings: Any) -> Variant:
-    exporter = NoopSpanExporter()
+    exporter = _span_exporter()
     log_exporter = NoopLogRecordExporter()
     logger_provider = LoggerProvider(resource=RESOURCE)
     logger_provider.add_log_record_processor(BatchLogRecordProcessor(log_exporter, max_queue_size=queue))
@@ -486,6 +546,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="nplusone",
         help="nplusone: every trace has an N+1 finding (worst case for emission); clean: none",
     )
+    parser.add_argument(
+        "--exporter",
+        choices=("noop", "otlp"),
+        default="noop",
+        help="noop: spans exported to a counter (the SDK's work alone); otlp: the SDK's OTLP/HTTP "
+        "exporter to a sink process over a real socket",
+    )
     add_set_argument(parser)
     parser.add_argument(
         "--compare",
@@ -503,7 +570,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     override(args.set)
     compare = settings_of(args.compare) if args.compare else None
-    global db_calls, findings_per_trace, tail_rate
+    global db_calls, findings_per_trace, tail_rate, sink_url
+    if args.exporter == "otlp":
+        _, sink_url = start_sink()
     db_calls = WORKLOADS[args.workload]
     if args.workload == "clean":
         tail_rate = 1.0
@@ -518,7 +587,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"timing: {args.rounds} rounds x {args.traces} traces x {SPANS_PER_TRACE} spans per variant, "
         f"interleaved {args.variants} ({f'turns of {args.chunk} traces' if args.chunk else 'whole rounds'}) "
         f"after {args.warmup} warm-up traces each; GC on for all; "
-        f"workload {args.workload}",
+        f"workload {args.workload}; exporter {args.exporter}",
         file=sys.stderr,
         flush=True,
     )
