@@ -47,8 +47,9 @@ WARMUP = 200
 
 
 def recorded_trace(workload: str, config: APMConfig) -> Sequence[ReadableSpan]:
-    """The ended spans of one of the workload's traces, recorded through our processor (so with
-    their code.* attributes) after the warm-up."""
+    """The ended spans of one of the workload's traces, recorded through our processor after the
+    warm-up (with their code.* attributes only under --set code_attributes_min_ms=0: the
+    workload's calls are fast)."""
     bp.db_calls = WORKLOADS[workload]
     exporter = InMemorySpanExporter()
     provider = TracerProvider(resource=bp.RESOURCE)
@@ -90,8 +91,8 @@ def finding_steps(workload: str, traces: int) -> None:
 def reading(variant: str, workload: str, traces: int) -> None:
     """Variants r and n: only the reading of a trace's ended spans into views, as the processor
     reads them at the root's end (``SpanReader.read_all``), ``traces`` times over one trace's
-    spans recorded through the processor (so with their code.* attributes, unless --set
-    code_location_enabled=false): r by the Python reader, n by the compiled one
+    spans recorded through the processor (as :func:`recorded_trace` says): r by the Python
+    reader, n by the compiled one
     (csrc/sdkviews.c).  Only the reads are counted (one reduce() call)."""
     config = APMConfig(memory_monitor_enabled=False, console_enabled=False, **bp.overrides)
     spans = recorded_trace(workload, config)

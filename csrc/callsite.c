@@ -1,6 +1,7 @@
 /* The call-site walk of otel_apm/ingest/callsite.py (CallSite.record) in C.
  *
- * For every CLIENT span the processor names the first application frame on the stack.  Python's
+ * For every CLIENT span the processor names the first application frame on the stack, kept by
+ * span id in callsite.pending until the span is read (see otel_apm/ingest/callsite.py).  Python's
  * frame.f_back materializes a frame object for every frame it walks (an ORM puts 15 to 40
  * frames between the application and the span's start), and the walk, the attribute checks and
  * the add into the span were the largest part of the processor's cost on a clean trace.  Here
@@ -11,10 +12,10 @@
  *   - which file is the application's is decided by callsite.is_app() alone, the one
  *     classification; its memo (callsite._is_app, filename -> bool) is read here directly and
  *     is_app() is called only for a filename it does not hold yet;
- *   - the attributes go straight into the SDK's dict when add_attributes() would put them
- *     there; otherwise add_attributes() adds them, and a span that keeps no plain dict at all
- *     (not the SDK we know) goes to callsite.record() whole;
- *   - MAX_DEPTH, MAX_SITES and the attribute names are read from the Python module.
+ *   - a site is the same (attributes, location) tuple as CallSite.site makes, its location by
+ *     semconv.code_location, and goes into callsite.pending as record() puts it; a span that
+ *     keeps no plain dict of attributes (not the SDK we know) goes to callsite.record() whole;
+ *   - MAX_DEPTH, MAX_SITES, MAX_PENDING and the attribute names are read from the Python module.
  *
  * The interpreter's frame layout is internal and changes between versions (3.12 moved fields,
  * 3.13 renamed f_code to f_executable): this part is compiled for the version it was checked
@@ -41,20 +42,19 @@
 static PyObject *key_file;       /* CODE_FILE_PATH ("code.file.path") */
 static PyObject *key_line;       /* CODE_LINE_NUMBER */
 static PyObject *key_function;   /* CODE_FUNCTION_NAME */
-static PyObject *add_attributes; /* otel_apm.ingest.sdk.add_attributes */
+static PyObject *code_location;  /* otel_apm.semconv.code_location */
 static int max_depth;            /* callsite.MAX_DEPTH */
 static Py_ssize_t max_sites;     /* callsite.MAX_SITES */
+static Py_ssize_t max_pending;   /* callsite.MAX_PENDING */
 
-/* The span's BoundedAttributes and what add_attributes() reads of it, read where the instances
- * keep them (fields.h): by getattr, these five cost 950 instructions a span (callgrind). */
-enum { F_ATTRIBUTES, F_DICT, F_IMMUTABLE, F_MAXLEN, F_MAX_VALUE_LEN, F_END_TIME, F_COUNT };
+/* The span's BoundedAttributes dict, its end time and its context, read where the instances keep
+ * them (fields.h): by getattr, such fields cost some 200 instructions each (callgrind). */
+enum { F_ATTRIBUTES, F_DICT, F_END_TIME, F_CONTEXT, F_COUNT };
 static struct apm_field fields[F_COUNT] = {
     [F_ATTRIBUTES] = {.text = "_attributes"},
     [F_DICT] = {.text = "_dict"},
-    [F_IMMUTABLE] = {.text = "_immutable"},
-    [F_MAXLEN] = {.text = "maxlen"},
-    [F_MAX_VALUE_LEN] = {.text = "max_value_len"},
     [F_END_TIME] = {.text = "_end_time"}, /* of the span: what the SDK's is_recording() returns */
+    [F_CONTEXT] = {.text = "_context"},
 };
 
 /* The SDK's Span.is_recording, ``self._end_time is None``: a span whose class has it is
@@ -64,14 +64,14 @@ static PyObject *sdk_is_recording;
 /* Interned attribute names. */
 static PyObject *str_is_recording, *str_is_app, *str_record, *str_is_app_memo;
 
-/* One application line seen: the attributes of (code object, instruction).  The entry holds the
+/* One application line seen: the site of (code object, instruction).  The entry holds the
  * code object, so its address cannot be reused by another while the entry lives: the same
  * reasoning as CallSite._sites, keyed by id(code) for the same reason (hashing a code object
  * hashes its bytecode and constants). */
 typedef struct {
     PyCodeObject *code; /* strong reference; NULL marks a free slot */
     int index;          /* the instruction, in code units from the start of the bytecode */
-    PyObject *attrs;    /* strong reference: the dict of code.* attributes */
+    PyObject *site;     /* strong reference: (dict of code.* attributes, "path:line:function") */
 } site;
 
 /* The last answers for a few filenames, found by the string's address: an ORM puts 15 to 40
@@ -90,6 +90,7 @@ typedef struct {
     PyObject *callsite; /* the Python CallSite: is_app() and record() */
     PyObject *is_app;   /* its memo, callsite._is_app: filename -> bool */
     PyObject *callers;  /* callsite.callers: a tuple of code objects whose frames the walk skips */
+    PyObject *pending;  /* callsite.pending: span id -> site */
     recent_file recent[RECENT_FILES];
     site *sites;        /* open addressing, linear probing; capacity a power of two */
     Py_ssize_t capacity;
@@ -122,7 +123,7 @@ static site *site_slot(site *sites, Py_ssize_t capacity, PyCodeObject *code, int
 static void sites_release(site *sites, Py_ssize_t capacity) {
     for (Py_ssize_t i = 0; i < capacity; i++) {
         Py_XDECREF(sites[i].code);
-        Py_XDECREF(sites[i].attrs);
+        Py_XDECREF(sites[i].site);
     }
     PyMem_Free(sites);
 }
@@ -249,9 +250,9 @@ static PyObject *line_number(_PyInterpreterFrame *frame) {
     return PyLong_FromLong(line);
 }
 
-/* The code.* attributes of the first application frame (new reference), Py_None when there is
- * none within MAX_DEPTH frames, NULL with an exception: CallSite.attributes. */
-static PyObject *attributes(Recorder *self) {
+/* The site of the first application frame (new reference), Py_None when there is none within
+ * MAX_DEPTH frames, NULL with an exception: CallSite.site. */
+static PyObject *find_site(Recorder *self) {
     int error;
     _PyInterpreterFrame *frame = app_frame(self, &error);
     if (frame == NULL) {
@@ -265,8 +266,7 @@ static PyObject *attributes(Recorder *self) {
     if (self->sites != NULL) {
         site *hit = site_slot(self->sites, self->capacity, code, index);
         if (hit->code != NULL) {
-            Py_INCREF(hit->attrs);
-            return hit->attrs;
+            return Py_NewRef(hit->site);
         }
     }
     PyObject *line = line_number(frame);
@@ -282,58 +282,31 @@ static PyObject *attributes(Recorder *self) {
         return NULL;
     }
     Py_DECREF(line);
+    PyObject *location = PyObject_CallOneArg(code_location, attrs);
+    PyObject *found = location == NULL ? NULL : PyTuple_Pack(2, attrs, location);
+    Py_DECREF(attrs);
+    Py_XDECREF(location);
+    if (found == NULL) {
+        return NULL;
+    }
     site *released;
     Py_ssize_t released_capacity;
     if (sites_reserve(self, &released, &released_capacity) < 0) {
-        Py_CLEAR(attrs);
+        Py_CLEAR(found);
     } else {
         site *slot = site_slot(self->sites, self->capacity, code, index);
         Py_INCREF(code);
-        Py_INCREF(attrs);
-        *slot = (site){code, index, attrs};
+        Py_INCREF(found);
+        *slot = (site){code, index, found};
         self->count++;
     }
     if (released != NULL) {
         sites_release(released, released_capacity);
     }
-    return attrs;
+    return found;
 }
 
 /* -- record ------------------------------------------------------------------------------- */
-
-/* span._attributes's plain dict, as plain_attributes() reads it (a new reference), or NULL when
- * the span does not keep one, with an exception only for an error other than a missing
- * attribute.  *direct says whether add_attributes() would write into that dict itself (mutable,
- * no value-length limit, maxlen None or an int), and *maxlen is that limit (-1 for none). */
-static PyObject *plain_dict(PyObject *span, int *direct, Py_ssize_t *maxlen) {
-    *direct = 0;
-    *maxlen = -1;
-    PyObject *raw = apm_field_get(span, &fields[F_ATTRIBUTES]);
-    PyObject *inner = raw ? apm_field_get(raw, &fields[F_DICT]) : NULL;
-    if (inner == NULL || !PyDict_CheckExact(inner)) {
-        Py_XDECREF(raw);
-        Py_XDECREF(inner);
-        if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
-            PyErr_Clear();
-        }
-        return NULL;
-    }
-    PyObject *immutable = apm_field_get(raw, &fields[F_IMMUTABLE]);
-    PyObject *limit = immutable ? apm_field_get(raw, &fields[F_MAXLEN]) : NULL;
-    PyObject *value_limit = limit ? apm_field_get(raw, &fields[F_MAX_VALUE_LEN]) : NULL;
-    Py_DECREF(raw);
-    *direct = value_limit != NULL && immutable == Py_False && value_limit == Py_None &&
-              (limit == Py_None || PyLong_CheckExact(limit));
-    if (*direct && limit != Py_None) {
-        *maxlen = PyLong_AsSsize_t(limit);
-        *direct = *maxlen >= 0;
-    }
-    Py_XDECREF(immutable);
-    Py_XDECREF(limit);
-    Py_XDECREF(value_limit);
-    PyErr_Clear(); /* whatever stopped the direct write, add_attributes() handles it as it does */
-    return inner;
-}
 
 /* ``span.is_recording()``: 1, 0, or -1 with an exception set. */
 static int is_recording(PyObject *span) {
@@ -350,46 +323,46 @@ static int is_recording(PyObject *span) {
 
 /* record(span): CallSite.record (see the top of this file). */
 static PyObject *record(Recorder *self, PyObject *span) {
-    int direct;
-    Py_ssize_t maxlen;
-    PyObject *inner = plain_dict(span, &direct, &maxlen);
-    if (inner == NULL) {
-        if (PyErr_Occurred()) {
+    PyObject *raw = apm_field_get(span, &fields[F_ATTRIBUTES]);
+    PyObject *inner = raw ? apm_field_get(raw, &fields[F_DICT]) : NULL;
+    Py_XDECREF(raw);
+    if (inner == NULL || !PyDict_CheckExact(inner)) {
+        Py_XDECREF(inner);
+        if (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_AttributeError)) {
             return NULL;
         }
+        PyErr_Clear();
         /* Not the SDK we know: the Python version, whose sys._getframe(1) is the same frame, as
          * calling from C adds no Python frame. */
         return PyObject_CallMethodOneArg(self->callsite, str_record, span);
     }
-    PyObject *result = NULL;
     int has = PyDict_Contains(inner, key_file);
-    if (has != 0) {
-        result = has < 0 ? NULL : Py_NewRef(Py_None); /* the instrumentation's are kept */
-        goto done;
-    }
-    PyObject *attrs = attributes(self);
-    if (attrs == NULL || attrs == Py_None) {
-        result = attrs;
-        goto done;
-    }
-    int recording = 0;
-    if (direct) {
-        /* add_attributes: without room for all of ours, none (the SDK would evict its oldest) */
-        if (maxlen >= 0 && PyDict_GET_SIZE(inner) + PyDict_GET_SIZE(attrs) > maxlen) {
-            result = Py_NewRef(Py_None);
-            goto added;
-        }
-        recording = is_recording(span);
-    }
-    if (recording > 0) {
-        result = PyDict_Update(inner, attrs) < 0 ? NULL : Py_NewRef(Py_None);
-    } else if (recording == 0) { /* a limit to apply, or the span ended: the SDK's own rules */
-        result = PyObject_CallFunctionObjArgs(add_attributes, span, attrs, NULL);
-    }
-added:
-    Py_DECREF(attrs);
-done:
     Py_DECREF(inner);
+    if (has != 0) {
+        return has < 0 ? NULL : Py_NewRef(Py_None); /* the instrumentation's are read as they are */
+    }
+    int recording = is_recording(span);
+    if (recording <= 0) {
+        return recording < 0 ? NULL : Py_NewRef(Py_None);
+    }
+    PyObject *found = find_site(self);
+    if (found == NULL || found == Py_None) {
+        return found;
+    }
+    PyObject *context = apm_field_get(span, &fields[F_CONTEXT]);
+    PyObject *result = NULL;
+    if (context != NULL && (!PyTuple_Check(context) || PyTuple_GET_SIZE(context) < 2)) {
+        PyErr_SetString(PyExc_TypeError, "CallSiteRecorder: the span's _context is not a SpanContext");
+    } else if (context != NULL) {
+        if (PyDict_GET_SIZE(self->pending) >= max_pending) {
+            PyDict_Clear(self->pending);
+        }
+        if (PyDict_SetItem(self->pending, PyTuple_GET_ITEM(context, 1), found) == 0) {
+            result = Py_NewRef(Py_None);
+        }
+    }
+    Py_XDECREF(context);
+    Py_DECREF(found);
     return result;
 }
 
@@ -419,15 +392,27 @@ static PyObject *recorder_new(PyTypeObject *type, PyObject *args, PyObject *kwar
         }
         return NULL;
     }
+    PyObject *pending = PyObject_GetAttrString(callsite, "pending");
+    if (pending == NULL || !PyDict_CheckExact(pending)) {
+        Py_DECREF(memo);
+        Py_DECREF(callers);
+        if (pending != NULL) {
+            Py_DECREF(pending);
+            PyErr_SetString(PyExc_TypeError, "CallSiteRecorder: callsite.pending is not a dict");
+        }
+        return NULL;
+    }
     Recorder *self = (Recorder *)type->tp_alloc(type, 0);
     if (self == NULL) {
         Py_DECREF(memo);
         Py_DECREF(callers);
+        Py_DECREF(pending);
         return NULL;
     }
     self->callsite = Py_NewRef(callsite);
     self->is_app = memo;
     self->callers = callers;
+    self->pending = pending;
     return (PyObject *)self;
 }
 
@@ -445,14 +430,15 @@ static void recorder_dealloc(Recorder *self) {
     Py_XDECREF(self->callsite);
     Py_XDECREF(self->is_app);
     Py_XDECREF(self->callers);
+    Py_XDECREF(self->pending);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
 static PyMethodDef recorder_methods[] = {
     {"record", (PyCFunction)record, METH_O,
-     "record(span): CallSite.record(span), walking the interpreter's frames: the code.* "
-     "attributes of the first application frame above the caller's caller, added to the span "
-     "being started unless it has code.file.path already or has no room for them."},
+     "record(span): CallSite.record(span), walking the interpreter's frames: the site of the "
+     "first application frame above the caller's caller, kept in callsite.pending by the span's "
+     "id unless the span has code.file.path already or has ended."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -500,7 +486,8 @@ int apm_callsite_init(PyObject *module) {
     }
     long depth = positive_constant(callsite, "MAX_DEPTH", 1L << 20);
     long sites = depth < 0 ? -1 : positive_constant(callsite, "MAX_SITES", 1L << 24);
-    key_file = sites < 0 ? NULL : PyObject_GetAttrString(callsite, "CODE_FILE_PATH");
+    long pending = sites < 0 ? -1 : positive_constant(callsite, "MAX_PENDING", 1L << 30);
+    key_file = pending < 0 ? NULL : PyObject_GetAttrString(callsite, "CODE_FILE_PATH");
     key_line = key_file ? PyObject_GetAttrString(callsite, "CODE_LINE_NUMBER") : NULL;
     key_function = key_line ? PyObject_GetAttrString(callsite, "CODE_FUNCTION_NAME") : NULL;
     Py_DECREF(callsite);
@@ -509,13 +496,14 @@ int apm_callsite_init(PyObject *module) {
     }
     max_depth = (int)depth;
     max_sites = (Py_ssize_t)sites;
-    PyObject *sdk = PyImport_ImportModule("otel_apm.ingest.sdk");
-    if (sdk == NULL) {
+    max_pending = (Py_ssize_t)pending;
+    PyObject *semconv = PyImport_ImportModule("otel_apm.semconv");
+    if (semconv == NULL) {
         return -1;
     }
-    add_attributes = PyObject_GetAttrString(sdk, "add_attributes");
-    Py_DECREF(sdk);
-    PyTypeObject *span_type = add_attributes ? apm_class_of("opentelemetry.sdk.trace", "Span") : NULL;
+    code_location = PyObject_GetAttrString(semconv, "code_location");
+    Py_DECREF(semconv);
+    PyTypeObject *span_type = code_location ? apm_class_of("opentelemetry.sdk.trace", "Span") : NULL;
     if (span_type == NULL) {
         return -1;
     }

@@ -14,6 +14,10 @@
  * same view in the same place, but the trace then holds no SDK span (about 2.8 kB each, against
  * some 300 B a view), and the span is read while it is still in the cache.
  *
+ * The call site the processor's CallSite kept for a client span (code_pending, by span id) goes
+ * into that view as it is read, and a span ending slow enough for its code.* attributes is handed
+ * to the processor's Python method that adds them (_add_code_attributes): for the rest, a lookup.
+ *
  * Pass-through mode only: tail mode holds spans under a lock and stays in Python.
  */
 #define PY_SSIZE_T_CLEAN
@@ -21,9 +25,11 @@
 
 #include "fields.h"
 #include "native.h"
+#include "view.h"
 
 enum { NEXT_ON_START, NEXT_ON_ENDING, NEXT_ON_END, OPEN, ASSEMBLER, CLIENT_KIND, RECORD_CALLSITE,
-       CALLSITE_FAILED, SLOW_ON_START, SLOW_ON_END, READ_SETUP, FIELD_COUNT };
+       CALLSITE_FAILED, SLOW_ON_START, SLOW_ON_END, READ_SETUP, CODE_PENDING, CODE_MIN_NS,
+       ADD_CODE_ATTRIBUTES, FIELD_COUNT };
 
 static char *FIELD_NAMES[FIELD_COUNT + 1] = {
     "next_on_start", /* the wrapped processor's bound methods, or None */
@@ -37,6 +43,9 @@ static char *FIELD_NAMES[FIELD_COUNT + 1] = {
     "slow_on_start",   /* the processor's Python work at a span start after next.on_start */
     "slow_on_end",     /* the processor's Python on_end, whole */
     "read_setup",      /* SpanReader.setup: what csrc/sdkviews.c reads a span's view with */
+    "code_pending",    /* CallSite.pending: span id -> (code.* attributes, location), or None */
+    "code_min_ns",     /* the duration from which a client span gets its code.* attributes */
+    "add_code_attributes", /* the processor's Python method that adds them to an ending span */
     NULL,
 };
 
@@ -47,6 +56,7 @@ typedef struct {
      * resource are read into their views as they end, with this service (strong, or NULL). */
     PyObject *resource;
     PyObject *service;
+    long long code_min_ns;
 } Intake;
 
 /* The fields read: the span's, its LocalTrace's and the assembler's, where the instances keep
@@ -56,7 +66,7 @@ typedef struct {
  * own (one entry read on both classes would learn again at every call). */
 enum field_id {
     F_START_PARENT, F_START_KIND, F_PARENT, F_CONTEXT, F_RESOURCE, F_SPANS, F_VIEWS, F_READ, F_CHECK_AT,
-    F_CLOSED, F_SHARE, F_COUNT
+    F_CLOSED, F_SHARE, F_ENDING_CONTEXT, F_ENDING_START, F_ENDING_END, F_COUNT
 };
 static struct apm_field fields[F_COUNT] = {
     [F_START_PARENT] = {.text = "_parent"}, [F_START_KIND] = {.text = "_kind"},
@@ -64,6 +74,9 @@ static struct apm_field fields[F_COUNT] = {
     [F_RESOURCE] = {.text = "_resource"}, [F_SPANS] = {.text = "spans"},    [F_VIEWS] = {.text = "views"},
     [F_READ] = {.text = "read"},        [F_CHECK_AT] = {.text = "check_at"}, [F_CLOSED] = {.text = "closed"},
     [F_SHARE] = {.text = "_share"},
+    /* the span as _on_ending sees it: the SDK's Span, not the ReadableSpan on_end gets */
+    [F_ENDING_CONTEXT] = {.text = "_context"}, [F_ENDING_START] = {.text = "_start_time"},
+    [F_ENDING_END] = {.text = "_end_time"},
 };
 static PyObject *parent_context_kwnames; /* ("parent_context",) */
 
@@ -93,15 +106,25 @@ static void intake_dealloc(Intake *self) {
 
 static int intake_init(Intake *self, PyObject *args, PyObject *kwargs) {
     PyObject *given[FIELD_COUNT];
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "$OOOOOOOOOOO:Intake", FIELD_NAMES, &given[0],
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "$OOOOOOOOOOOOOO:Intake", FIELD_NAMES, &given[0],
                                      &given[1], &given[2], &given[3], &given[4], &given[5],
-                                     &given[6], &given[7], &given[8], &given[9], &given[10])) {
+                                     &given[6], &given[7], &given[8], &given[9], &given[10],
+                                     &given[11], &given[12], &given[13])) {
         return -1;
     }
     if (!PyDict_CheckExact(given[OPEN])) {
         PyErr_SetString(PyExc_TypeError, "Intake: open must be a dict");
         return -1;
     }
+    if (given[CODE_PENDING] != Py_None && !PyDict_CheckExact(given[CODE_PENDING])) {
+        PyErr_SetString(PyExc_TypeError, "Intake: code_pending must be a dict or None");
+        return -1;
+    }
+    long long min_ns = PyLong_AsLongLong(given[CODE_MIN_NS]);
+    if (min_ns == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    self->code_min_ns = min_ns;
     for (int i = 0; i < FIELD_COUNT; i++) {
         Py_INCREF(given[i]);
         Py_XSETREF(self->f[i], given[i]);
@@ -212,11 +235,55 @@ static PyObject *intake_on_start(Intake *self, PyObject *const *args, Py_ssize_t
     return call1(self->f[SLOW_ON_START], span);
 }
 
+/* Whether the ending span has a call site pending and lasted code_min_ns: 1, 0, or -1 with an
+ * exception set (an object this does not know: the Python method judges it). */
+static int code_attributes_due(Intake *self, PyObject *span) {
+    PyObject *context = apm_field_get(span, &fields[F_ENDING_CONTEXT]);
+    if (context == NULL) {
+        return -1;
+    }
+    int due = 0;
+    if (!PyTuple_Check(context) || PyTuple_GET_SIZE(context) < 2) {
+        due = -1;
+        PyErr_SetString(PyExc_TypeError, "not a SpanContext");
+    } else {
+        PyObject *site = PyDict_GetItemWithError(self->f[CODE_PENDING], PyTuple_GET_ITEM(context, 1));
+        if (site == NULL) {
+            due = PyErr_Occurred() ? -1 : 0;
+        } else {
+            PyObject *start = apm_field_get(span, &fields[F_ENDING_START]);
+            PyObject *end = start == NULL ? NULL : apm_field_get(span, &fields[F_ENDING_END]);
+            long long s = end == NULL ? -1 : PyLong_AsLongLong(start);
+            long long e = s == -1 && PyErr_Occurred() ? -1 : PyLong_AsLongLong(end);
+            due = e == -1 && PyErr_Occurred() ? -1 : e - s >= self->code_min_ns;
+            Py_XDECREF(start);
+            Py_XDECREF(end);
+        }
+    }
+    Py_DECREF(context);
+    return due;
+}
+
 static PyObject *intake_on_ending(Intake *self, PyObject *span) {
-    if (self->f[NEXT_ON_ENDING] == Py_None) {
+    if (self->f[NEXT_ON_ENDING] != Py_None) {
+        PyObject *r = call1(self->f[NEXT_ON_ENDING], span);
+        if (r == NULL) {
+            return NULL;
+        }
+        Py_DECREF(r);
+    }
+    PyObject *pending = self->f[CODE_PENDING];
+    if (pending == Py_None || PyDict_GET_SIZE(pending) == 0) {
         Py_RETURN_NONE;
     }
-    return call1(self->f[NEXT_ON_ENDING], span);
+    int due = code_attributes_due(self, span);
+    if (due == 0) {
+        Py_RETURN_NONE;
+    }
+    if (due < 0) {
+        PyErr_Clear(); /* the Python method decides, and contains, what to do */
+    }
+    return call1(self->f[ADD_CODE_ATTRIBUTES], span);
 }
 
 /* A field of a LocalTrace or the assembler as a C long, or -1 with an exception set. */
@@ -257,6 +324,36 @@ static PyObject *view_now(Intake *self, PyObject *span) {
     return view;
 }
 
+/* The span's pending call site, taken from code_pending, into its view when the attributes read
+ * gave it none (a fast call: no code.* attributes): 0, or -1 with an exception set (the view
+ * unchanged, the site still pending).  Runs no Python code: the key is an int, and the site's
+ * tuple outlives its removal (CallSite keeps every site it hands out). */
+static int take_code(Intake *self, PyObject *view, PyObject *span_id) {
+    PyObject *pending = self->f[CODE_PENDING];
+    if (pending == Py_None || PyDict_GET_SIZE(pending) == 0) {
+        return 0;
+    }
+    PyObject *site = PyDict_GetItemWithError(pending, span_id); /* borrowed */
+    if (site == NULL) {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    if (!PyTuple_CheckExact(site) || PyTuple_GET_SIZE(site) != 2) {
+        PyErr_SetString(PyExc_TypeError, "code_pending holds (attributes, location) tuples");
+        return -1;
+    }
+    PyObject *location = Py_NewRef(PyTuple_GET_ITEM(site, 1));
+    if (PyDict_DelItem(pending, span_id) < 0) {
+        Py_DECREF(location);
+        return -1;
+    }
+    if (apm_view_get(view, APM_VIEW_CODE) == Py_None) {
+        apm_view_set(view, APM_VIEW_CODE, location);
+    } else {
+        Py_DECREF(location);
+    }
+    return 0;
+}
+
 /* File a local child span whose trace is open and below its checkpoint, the case
  * LocalAssembler._file answers "added": 1 filed, 0 not this case (nothing changed), -1 an
  * exception (nothing changed).  When nothing of the trace is unread, the span is read into its
@@ -271,9 +368,13 @@ static int file_common_case(Intake *self, PyObject *span) {
         Py_DECREF(context);
         return 0;
     }
+    if (PyTuple_GET_SIZE(context) < 2) {
+        Py_DECREF(context);
+        return 0;
+    }
     PyObject *lt = PyDict_GetItemWithError(self->f[OPEN], PyTuple_GET_ITEM(context, 0)); /* borrowed */
-    Py_DECREF(context);
     if (lt == NULL) {
+        Py_DECREF(context);
         return PyErr_Occurred() ? -1 : 0; /* late: the Python path counts it */
     }
     Py_INCREF(lt);
@@ -320,7 +421,10 @@ static int file_common_case(Intake *self, PyObject *span) {
             int kept = still(lt, F_CLOSED, Py_False) + still(lt, F_SPANS, spans) + still(lt, F_VIEWS, views);
             long check_now = kept == 3 ? long_attr(lt, F_CHECK_AT) : -1;
             if (PyList_GET_SIZE(spans) == read && PyList_GET_SIZE(views) + 1 < check_now) {
-                result = PyList_Append(views, view) < 0 ? -1 : 1;
+                result = take_code(self, view, PyTuple_GET_ITEM(context, 1));
+                if (result == 0) {
+                    result = PyList_Append(views, view) < 0 ? -1 : 1;
+                }
             } else if (PyErr_Occurred()) {
                 result = -1;
             }
@@ -339,6 +443,7 @@ done:
     Py_XDECREF(spans);
     Py_XDECREF(closed);
     Py_DECREF(lt);
+    Py_DECREF(context);
     return result;
 }
 

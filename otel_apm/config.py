@@ -286,7 +286,15 @@ class APMConfig:
     code_location_enabled: bool = _setting(
         True,
         "APM_CODE_LOCATION_ENABLED",
-        doc="record the application frame of each DB and HTTP client call as code.* attributes",
+        doc="find the application frame of each DB and HTTP client call, for the findings and, on "
+        "slow calls, as code.* attributes",
+    )
+    code_attributes_min_ms: float = _setting(
+        100.0,
+        "APM_CODE_ATTRIBUTES_MIN_MS",
+        minimum=0.0,
+        doc="client spans at least this long are exported with their code.* attributes (the "
+        "findings name every call's line either way); 0 adds them to every client span",
     )
     native_enabled: bool = _setting(
         True,

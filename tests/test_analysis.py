@@ -8,6 +8,7 @@ import dataclasses
 import gc
 import inspect
 import sys
+import time
 from array import array
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 from conftest import OTel, code_function_name
+from opentelemetry import trace
 from opentelemetry.sdk.trace import SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -63,7 +65,8 @@ def line_of(function: Callable[..., object], marker: str) -> int:
 # -- code location -------------------------------------------------------------------------------
 
 
-def test_client_spans_carry_the_application_frame_that_made_the_call(otel: OTel) -> None:
+def test_client_spans_carry_the_application_frame_that_made_the_call(make_otel: Callable[..., OTel]) -> None:
+    otel = make_otel(code_attributes_min_ms=0)  # every client span exported with its code.*
     request(otel)
     db = [s for s in otel.spans() if s.kind is SpanKind.CLIENT]
     assert len(db) == 7
@@ -72,6 +75,47 @@ def test_client_spans_carry_the_application_frame_that_made_the_call(otel: OTel)
     assert attrs["code.function.name"] == "query"  # the first frame outside the SDK and otel_apm
     server = next(s for s in otel.spans() if s.kind is SpanKind.SERVER)
     assert "code.file.path" not in (server.attributes or {})  # only DB and HTTP client calls
+
+
+def timed_query(otel: OTel, seconds: float) -> None:
+    attributes = {"db.system": "postgresql", "db.statement": BOOKS}
+    with otel.tracer.start_as_current_span("SELECT", kind=SpanKind.CLIENT, attributes=attributes):
+        time.sleep(seconds)
+
+
+@pytest.mark.parametrize("native_enabled", [True, False], ids=["compiled", "python"])
+def test_only_slow_calls_are_exported_with_their_code_attributes(make_otel: Callable[..., OTel]) -> None:
+    """Three code.* attributes on every client span cost the OTLP exporter more than the rest of
+    the processor (bench/README.md, session 11): the span keeps them from
+    APM_CODE_ATTRIBUTES_MIN_MS on, and the findings name the line of every call either way."""
+    otel = make_otel(code_attributes_min_ms=30)
+    for _ in range(2):  # the second as the compiled intake reads spans: as they end
+        with otel.tracer.start_as_current_span("GET /x", kind=SpanKind.SERVER):
+            load_books(otel, 5)
+            timed_query(otel, 0.04)
+    spans = [s for s in otel.spans() if s.kind is SpanKind.CLIENT]
+    assert [s.end_time - s.start_time >= 30_000_000 for s in spans] == ([False] * 5 + [True]) * 2  # type: ignore[operator]
+    names = [(s.attributes or {}).get("code.function.name") for s in spans]
+    assert names == ([None] * 5 + ["timed_query"]) * 2
+    events = otel.events("n_plus_one_query")  # of the five fast ones
+    assert [(e.log_record.attributes or {})[F + "code_location"] for e in events] == [
+        f"{__file__}:{line_of(query, 'start_as_current_span')}:query"
+    ] * 2
+    assert otel.processor._code_pending == {}  # every site taken by its span's view
+
+
+@pytest.mark.parametrize("native_enabled", [True, False], ids=["compiled", "python"])
+def test_the_site_of_a_span_that_is_never_analyzed_is_let_go(otel: OTel) -> None:
+    """A client span that ends after its root (late) is exported, not read: its site must not
+    stay behind in the processor's map."""
+    root = otel.tracer.start_span("GET /x", kind=SpanKind.SERVER)
+    with trace.use_span(root, end_on_exit=False):
+        late = otel.tracer.start_span("SELECT", kind=SpanKind.CLIENT, attributes={"db.statement": BOOKS})
+    assert list(otel.processor._code_pending or ()) == [late.get_span_context().span_id]
+    root.end()
+    late.end()
+    assert otel.processor.stats()["spans_late"] == 1
+    assert otel.processor._code_pending == {}
 
 
 def test_findings_name_the_line_of_the_call(otel: OTel) -> None:
@@ -131,7 +175,9 @@ def test_code_attributes_set_by_the_instrumentation_are_kept(otel: OTel) -> None
 def test_code_attributes_obey_the_span_limits(limits: SpanLimits, expected: dict[str, object]) -> None:
     exporter = InMemorySpanExporter()
     provider = TracerProvider(span_limits=limits)
-    provider.add_span_processor(APMSpanProcessor(SimpleSpanProcessor(exporter), console_enabled=False))
+    provider.add_span_processor(
+        APMSpanProcessor(SimpleSpanProcessor(exporter), console_enabled=False, code_attributes_min_ms=0)
+    )
     tracer = provider.get_tracer("tests")
 
     def test_span_limits() -> None:

@@ -68,12 +68,14 @@ def require_compiled_walk() -> ModuleType:
 @pytest.fixture
 def both(make_otel: Callable[..., OTel]) -> Callable[[Work], list[Site]]:
     """``both(work)``: run ``work`` in a pipeline with the compiled walk, then in one with the
-    Python walk; the sites they recorded, which must be the same."""
+    Python walk; the sites they recorded, which must be the same.  Every client span is exported
+    with its code.* attributes here (APM_CODE_ATTRIBUTES_MIN_MS=0), so each site found is seen."""
     module = require_compiled_walk()
     assert getattr(recorder(CallSite(), module), "__self__", None).__class__ is module.CallSiteRecorder
 
     def run(work: Work) -> list[Site]:
-        compiled, python = make_otel(native_enabled=True), make_otel(native_enabled=False)
+        compiled = make_otel(native_enabled=True, code_attributes_min_ms=0)
+        python = make_otel(native_enabled=False, code_attributes_min_ms=0)
         work(compiled)
         work(python)
         assert sites(compiled) == sites(python)
@@ -263,7 +265,12 @@ def test_span_limits(limits: SpanLimits, expected: dict[str, object], compiled: 
     exporter = InMemorySpanExporter()
     provider = TracerProvider(span_limits=limits)
     provider.add_span_processor(
-        APMSpanProcessor(SimpleSpanProcessor(exporter), console_enabled=False, native_enabled=compiled)
+        APMSpanProcessor(
+            SimpleSpanProcessor(exporter),
+            console_enabled=False,
+            native_enabled=compiled,
+            code_attributes_min_ms=0,
+        )
     )
     start_client_span_with_statement(provider.get_tracer("tests"))
     provider.shutdown()
@@ -287,7 +294,7 @@ def test_what_is_not_a_span_fails_alike() -> None:
 def test_a_span_is_asked_whether_it_records_unless_its_class_answers_as_the_sdks() -> None:
     """The compiled walk reads the end time where the SDK's Span.is_recording() would; a span
     class with an is_recording() of its own is asked, as the Python version asks every span.
-    Either way an ended span gets nothing, and a recording one the call's site."""
+    Either way an ended span gets nothing, and a recording one the call's site, pending by its id."""
     module = require_compiled_walk()
     tracer = TracerProvider().get_tracer("tests")
     asked: list[str] = []
@@ -297,7 +304,8 @@ def test_a_span_is_asked_whether_it_records_unless_its_class_answers_as_the_sdks
             asked.append(self.name)
             return bool(super().is_recording())
 
-    for record in (CallSite().record, recorder(CallSite(), module)):
+    for callsite, compiled in ((CallSite(), False), (CallSite(), True)):
+        record = recorder(callsite, module) if compiled else callsite.record
         ended = tracer.start_span("ended", kind=SpanKind.CLIENT)
         ended.end()
         own = tracer.start_span("own", kind=SpanKind.CLIENT)
@@ -305,6 +313,8 @@ def test_a_span_is_asked_whether_it_records_unless_its_class_answers_as_the_sdks
         assert isinstance(ended, Span) and isinstance(own, Span)  # the SDK's, whose attributes are read
         for span in (ended, own):
             record(span)
-        assert CODE_FILE_PATH not in (ended.attributes or {})
-        assert (own.attributes or {})[CODE_FILE_PATH] == __file__
+        assert ended.context.span_id not in callsite.pending
+        attrs, location = callsite.pending[own.context.span_id]
+        assert attrs[CODE_FILE_PATH] == __file__ and location.startswith(f"{__file__}:")
+        assert CODE_FILE_PATH not in (own.attributes or {})  # the span itself is not written
     assert asked == ["own", "own"]

@@ -5,6 +5,12 @@ must change is the first frame below them that is the application's own: not the
 library, not an installed package, not otel_apm.  Each file is classified once; the walk itself
 is a few attribute reads per frame (its cost is measured in bench/bench_callsite.py).
 
+The line found is kept aside by span id (``CallSite.pending``), not written into the span: the
+processor gives it to the span's view when it reads the span, and adds the code.* attributes to
+the exported span only when the call was slow (APM_CODE_ATTRIBUTES_MIN_MS).  Three attributes on
+every client span cost the OTLP exporter about 8 µs a span to encode, three times the rest of the
+processor (bench/README.md, session 11); Sentry's query source is kept for slow queries alike.
+
 :func:`recorder` picks the compiled twin of :meth:`CallSite.record` (csrc/callsite.c) when the
 extension has it: it walks the interpreter's frames without making a frame object for each.
 """
@@ -21,7 +27,8 @@ from types import CodeType, FrameType, ModuleType
 from opentelemetry.sdk.trace import Span
 
 import otel_apm
-from otel_apm.ingest.sdk import add_attributes, plain_attributes
+from otel_apm.ingest.sdk import plain_attributes
+from otel_apm.semconv import code_location
 
 # semantic conventions 1.33+: the stable code.* names
 CODE_FILE_PATH = "code.file.path"
@@ -30,6 +37,13 @@ CODE_FUNCTION_NAME = "code.function.name"
 
 MAX_DEPTH = 128  # frames walked before giving up: a recursion must not make a span expensive
 MAX_SITES = 4096  # application lines whose attributes are kept, past which the memo starts over
+# Started client spans whose line waits to be read: far more than a process has open at once, so
+# reaching it means spans that never end (or are never read); the waiting lines are then let go.
+MAX_PENDING = 65536
+
+# A call site: its code.* attributes and the same as the view's "path:line:function" (one object
+# per line, shared by every span it starts).
+Site = tuple[dict[str, str | int], str]
 
 
 def _library_roots() -> tuple[str, ...]:
@@ -58,7 +72,10 @@ class CallSite:
         # object's id, as hashing a code object hashes its bytecode and constants each time; the
         # entry holds the code object, so the id cannot be reused while it is remembered.
         # Bounded: call sites are few, but code built at run time could mint them without end.
-        self._sites: dict[tuple[int, int], tuple[CodeType, dict[str, str | int]]] = {}
+        self._sites: dict[tuple[int, int], tuple[CodeType, Site]] = {}
+        # The site of each started client span, by span id, until the processor reads the span.
+        # A dict the compiled recorder writes into too: never rebound.
+        self.pending: dict[int, Site] = {}
 
     def is_app(self, filename: str) -> bool:
         known = self._is_app.get(filename)
@@ -96,40 +113,42 @@ class CallSite:
             return None
         return found.f_code.co_filename, found.f_lineno, qualname(found.f_code)
 
-    def attributes(self, frame: FrameType | None) -> dict[str, str | int] | None:
-        """The code.* attributes of the first application frame from ``frame`` up; the same dict
-        for every call from one line, which callers copy from and never change."""
+    def site(self, frame: FrameType | None) -> Site | None:
+        """The site of the first application frame from ``frame`` up; the same tuple for every
+        call from one line, which callers never change."""
         found = self._app_frame(frame)
         if found is None:
             return None
         # Keyed by the instruction offset: f_lineno decodes the line table on every read, which
         # cost more than the rest of the walk (measured), while one offset is one line.
         code, key = found.f_code, (id(found.f_code), found.f_lasti)
-        site = self._sites.get(key)
-        if site is None:
+        known = self._sites.get(key)
+        if known is None:
             if len(self._sites) >= MAX_SITES:
                 self._sites.clear()
-            site = self._sites[key] = (
-                code,
-                {
-                    CODE_FILE_PATH: code.co_filename,
-                    CODE_LINE_NUMBER: found.f_lineno,
-                    CODE_FUNCTION_NAME: qualname(code),
-                },
-            )
-        return site[1]
+            attrs: dict[str, str | int] = {
+                CODE_FILE_PATH: code.co_filename,
+                CODE_LINE_NUMBER: found.f_lineno,
+                CODE_FUNCTION_NAME: qualname(code),
+            }
+            known = self._sites[key] = (code, (attrs, code_location(attrs) or ""))
+        return known[1]
 
     def record(self, span: Span) -> None:
-        """Add to ``span``, being started, the code.* attributes of the first application frame
-        from the caller of ``record`` up (past it when it is one of ``callers``), unless the
-        instrumentation set them itself."""
-        if CODE_FILE_PATH not in plain_attributes(span):
+        """Keep in ``pending`` the site of the first application frame from the caller of
+        ``record`` up (past it when it is one of ``callers``) for ``span``, being started, unless
+        the instrumentation set code.* attributes itself (they are read as they are) or the span
+        has ended."""
+        if CODE_FILE_PATH not in plain_attributes(span) and span.is_recording():
             frame: FrameType | None = sys._getframe(1)
             if frame is not None and any(frame.f_code is code for code in self.callers):
                 frame = frame.f_back
-            found = self.attributes(frame)
+            found = self.site(frame)
             if found is not None:
-                add_attributes(span, found)
+                pending = self.pending
+                if len(pending) >= MAX_PENDING:
+                    pending.clear()
+                pending[span.context.span_id] = found
 
 
 def recorder(callsite: CallSite, compiled: ModuleType | None) -> Callable[[Span], None]:

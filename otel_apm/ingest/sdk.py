@@ -43,30 +43,28 @@ def plain_attributes(span: ReadableSpan) -> Mapping[str, Any]:
     return span.attributes or _EMPTY
 
 
-def add_attributes(span: Span, attrs: Mapping[str, str | int]) -> None:
-    """Add our attributes to a span being started, never at the cost of the instrumentation's.
+def add_on_ending(span: Span, attrs: Mapping[str, str | int]) -> None:
+    """Add our attributes to a span in the processors' ``_on_ending`` hook.
 
-    A full attribute dict makes the SDK drop its *oldest* entries, which would be the statement
-    or the URL: without room for all of ours, none is added.  ``Span.set_attributes`` takes two
-    locks and cleans every value (1.5 µs for the three code.* attributes, a tenth of a span's
-    cost); at on_start the span is not yet shared and our values are plain str and int, so with
-    no value-length limit to apply, the write goes straight into the SDK's dict.
+    The SDK has marked the span's attributes read-only by then (``set_attributes`` would only
+    warn), yet no processor has been handed the ended span: what is added here is what every
+    exporter sees, as if it had been added while the span ran.  The SDK's own rules hold: without
+    room for all of ours, none is added (a full dict evicts its oldest entry, the statement or
+    the URL), and a value-length limit cuts the strings.  A span that is not the SDK's we know
+    gets nothing: it has ended, and its own methods refuse.
     """
     sdk: Any = span
     try:
         raw = sdk._attributes
-        inner, immutable, maxlen, max_value_len = raw._dict, raw._immutable, raw.maxlen, raw.max_value_len
+        inner, maxlen, max_value_len = raw._dict, raw.maxlen, raw.max_value_len
     except AttributeError:
-        inner = immutable = maxlen = max_value_len = None
-    if type(inner) is not dict or immutable is not False:
-        span.set_attributes(attrs)  # not the SDK we know: its own method, its own rules
         return
-    if maxlen is not None and len(inner) + len(attrs) > maxlen:
+    if type(inner) is not dict or (maxlen is not None and len(inner) + len(attrs) > maxlen):
         return
-    if max_value_len is None and span.is_recording():
+    if max_value_len is None:
         inner.update(attrs)
     else:
-        span.set_attributes(attrs)
+        inner.update({k: v[:max_value_len] if isinstance(v, str) else v for k, v in attrs.items()})
 
 
 def _view_public(span: ReadableSpan, service: str) -> model.SpanView:

@@ -40,8 +40,8 @@ from otel_apm.detectors.base import Detector, Finding
 from otel_apm.emit import Emitter, reporters, shutdown_emitters
 from otel_apm.emit.events import EventEmitter
 from otel_apm.emit.span_events import with_finding_events
-from otel_apm.ingest.callsite import CallSite, recorder
-from otel_apm.ingest.sdk import SpanReader
+from otel_apm.ingest.callsite import CallSite, Site, recorder
+from otel_apm.ingest.sdk import SpanReader, add_on_ending
 from otel_apm.model import SpanView, Trace, endpoint_of
 from otel_apm.native import native
 from otel_apm.processors.batch import BatchAnalysis
@@ -144,11 +144,15 @@ class APMSpanProcessor(SpanProcessor):
         self._reader = SpanReader(self._native)
         self._compiled_intake: Any = None  # the compiled Intake, when it takes the span hooks
         self._intake_resource: Resource | None = None  # whose spans it reads as they end
-        # code.* attributes naming the application line of each DB or HTTP call (CallSite.record)
+        # The application line of each DB or HTTP call (CallSite.record), by span id until the
+        # span is read; slow calls also get it as code.* attributes as they end.
         self._record_callsite: Callable[[Span], None] | None = None
+        self._code_pending: dict[int, Site] | None = None
+        self._code_min_ns = int(config.code_attributes_min_ms * 1e6)
         if config.code_location_enabled:
             callsite = CallSite(callers=(APMSpanProcessor.on_start.__code__,))
             self._record_callsite = recorder(callsite, self._native)
+            self._code_pending = callsite.pending
         self._resource: Resource | None = None
         self._service = config.service_name or "unknown_service"
         self._counts = dict.fromkeys(
@@ -234,9 +238,25 @@ class APMSpanProcessor(SpanProcessor):
             self._failed("intake", exc)
 
     def _on_ending(self, span: Span) -> None:
-        """The SDK's hook before a span ends (still writable); ours to pass on, not to use."""
+        """The SDK's hook as a span ends, before any processor is handed it: passed on, and the
+        moment a slow call gets its code.* attributes."""
         if self._next_on_ending is not None:
             self._next_on_ending(span)
+        if self._code_pending:
+            try:
+                self._add_code_attributes(span)
+            except Exception as exc:
+                self._failed("intake", exc)
+
+    def _add_code_attributes(self, span: Span) -> None:
+        """A client span of at least APM_CODE_ATTRIBUTES_MIN_MS is exported with its call
+        site's code.* attributes, which a trace UI shows beside the slow call.  Its site stays
+        pending: the view reads the attributes, and the read lets the site go."""
+        pending = self._code_pending
+        site = None if pending is None else pending.get(span.context.span_id)
+        start, end = span.start_time, span.end_time
+        if site is not None and start is not None and end is not None and end - start >= self._code_min_ns:
+            add_on_ending(span, site[0])
 
     def _install_native_intake(self) -> None:
         """In pass-through mode, let the compiled :class:`otel_apm._native.Intake` take the SDK's
@@ -258,6 +278,9 @@ class APMSpanProcessor(SpanProcessor):
             slow_on_start=self._on_root_start,
             slow_on_end=MethodType(APMSpanProcessor.on_end, self),  # the class's, not shadowed
             read_setup=self._reader.setup,
+            code_pending=self._code_pending,
+            code_min_ns=self._code_min_ns,
+            add_code_attributes=self._add_code_attributes,
         )
         self._compiled_intake = intake
         vars(self).update(on_start=intake.on_start, _on_ending=intake._on_ending, on_end=intake.on_end)
@@ -374,6 +397,12 @@ class APMSpanProcessor(SpanProcessor):
                 resource.attributes.get(SERVICE_NAME) or "unknown_service"
             )
         views = self._reader.read_all(spans, self._service)
+        pending = self._code_pending
+        if pending:
+            for view in views:
+                site = pending.pop(view.span_id, None)
+                if site is not None and view.code is None:
+                    view.code = site[1]
         intake = self._compiled_intake
         if intake is not None and resource is not self._intake_resource and self._reader.compiled:
             # The compiled reader agreed with the Python one: the intake may read this resource's
@@ -388,6 +417,8 @@ class APMSpanProcessor(SpanProcessor):
 
     def _late_or_truncated(self, outcome: str, trace_id: int, span: ReadableSpan) -> Sequence[ReadableSpan]:
         self._count("spans_" + outcome)
+        if self._code_pending:  # never read: its site is let go here
+            self._code_pending.pop(span.context.span_id, None)
         if outcome == "late" and trace_id in self._dropped:
             self._count("spans_sampled_out")
             return _NONE
