@@ -83,12 +83,15 @@ def timed_query(otel: OTel, seconds: float) -> None:
         time.sleep(seconds)
 
 
+@pytest.mark.parametrize("mode", ["passthrough", "tail"])
 @pytest.mark.parametrize("native_enabled", [True, False], ids=["compiled", "python"])
-def test_only_slow_calls_are_exported_with_their_code_attributes(make_otel: Callable[..., OTel]) -> None:
+def test_only_slow_calls_are_exported_with_their_code_attributes(
+    make_otel: Callable[..., OTel], mode: str
+) -> None:
     """Three code.* attributes on every client span cost the OTLP exporter more than the rest of
     the processor (bench/README.md, session 11): the span keeps them from
     APM_CODE_ATTRIBUTES_MIN_MS on, and the findings name the line of every call either way."""
-    otel = make_otel(code_attributes_min_ms=30)
+    otel = make_otel(code_attributes_min_ms=30, export_mode=mode)
     for _ in range(2):  # the second as the compiled intake reads spans: as they end
         with otel.tracer.start_as_current_span("GET /x", kind=SpanKind.SERVER):
             load_books(otel, 5)

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import OTel, require_native
+from conftest import OTel, in_forked_child, require_native
 from opentelemetry.instrumentation.requests import RequestsInstrumentor
 from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 from opentelemetry.sdk.trace import Span, SpanLimits, TracerProvider
@@ -29,6 +29,7 @@ from otel_apm.ingest.callsite import (
     CODE_FUNCTION_NAME,
     CODE_LINE_NUMBER,
     MAX_DEPTH,
+    MAX_PENDING,
     CallSite,
     recorder,
 )
@@ -318,3 +319,28 @@ def test_a_span_is_asked_whether_it_records_unless_its_class_answers_as_the_sdks
         assert attrs[CODE_FILE_PATH] == __file__ and location.startswith(f"{__file__}:")
         assert CODE_FILE_PATH not in (own.attributes or {})  # the span itself is not written
     assert asked == ["own", "own"]
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["c", "python"])
+def test_the_sites_waiting_are_bounded(compiled: bool) -> None:
+    """Spans that start and never end (an application's leak, or a span this processor never
+    sees end) must not grow the map without end: at MAX_PENDING it starts over."""
+    callsite = CallSite()
+    record = recorder(callsite, require_compiled_walk()) if compiled else callsite.record
+    tracer = TracerProvider().get_tracer("tests")
+    spans = [tracer.start_span("SELECT", kind=SpanKind.CLIENT) for _ in range(MAX_PENDING + 1)]
+    for span in spans:
+        assert isinstance(span, Span)  # the SDK's
+        record(span)
+    assert list(callsite.pending) == [spans[-1].get_span_context().span_id]
+
+
+def test_a_forked_child_forgets_the_parents_waiting_sites() -> None:
+    """The parent's spans end in the parent: a child (gunicorn --preload) starts with none."""
+    callsite = CallSite()
+    span = TracerProvider().get_tracer("tests").start_span("SELECT", kind=SpanKind.CLIENT)
+    assert isinstance(span, Span)  # the SDK's
+    callsite.record(span)
+    assert len(callsite.pending) == 1
+    in_forked_child(lambda: not callsite.pending)
+    assert len(callsite.pending) == 1

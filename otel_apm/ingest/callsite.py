@@ -27,6 +27,7 @@ from types import CodeType, FrameType, ModuleType
 from opentelemetry.sdk.trace import Span
 
 import otel_apm
+from otel_apm.contain import in_forked_children
 from otel_apm.ingest.sdk import plain_attributes
 from otel_apm.semconv import code_location
 
@@ -74,8 +75,13 @@ class CallSite:
         # Bounded: call sites are few, but code built at run time could mint them without end.
         self._sites: dict[tuple[int, int], tuple[CodeType, Site]] = {}
         # The site of each started client span, by span id, until the processor reads the span.
-        # A dict the compiled recorder writes into too: never rebound.
+        # A dict the compiled recorder writes into too: never rebound, only emptied.
         self.pending: dict[int, Site] = {}
+        in_forked_children(self._forget_pending)
+
+    def _forget_pending(self) -> None:
+        """In a forked child: the parent's spans end in the parent, whose sites these are."""
+        self.pending.clear()
 
     def is_app(self, filename: str) -> bool:
         known = self._is_app.get(filename)
