@@ -108,6 +108,19 @@ def test_only_slow_calls_are_exported_with_their_code_attributes(
 
 
 @pytest.mark.parametrize("native_enabled", [True, False], ids=["compiled", "python"])
+def test_a_failure_adding_the_code_attributes_stays_ours(make_otel: Callable[..., OTel]) -> None:
+    """The attributes are added as the span ends, on the application's thread: whatever goes
+    wrong there is contained and counted, and the span still ends, is exported and analyzed."""
+    otel = make_otel(code_attributes_min_ms=0)
+    with otel.tracer.start_as_current_span("GET /x", kind=SpanKind.SERVER):
+        with otel.tracer.start_as_current_span("SELECT", kind=SpanKind.CLIENT) as span:
+            span._attributes.maxlen = "not a number"  # type: ignore[attr-defined]
+    assert [s.name for s in otel.spans()] == ["SELECT", "GET /x"]
+    stats = otel.stats()
+    assert stats["errors_intake"] == 1 and stats["spans_analyzed"] == 2
+
+
+@pytest.mark.parametrize("native_enabled", [True, False], ids=["compiled", "python"])
 def test_the_site_of_a_span_that_is_never_analyzed_is_let_go(otel: OTel) -> None:
     """A client span that ends after its root (late) is exported, not read: its site must not
     stay behind in the processor's map."""

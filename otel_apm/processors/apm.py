@@ -243,20 +243,26 @@ class APMSpanProcessor(SpanProcessor):
         if self._next_on_ending is not None:
             self._next_on_ending(span)
         if self._code_pending:
-            try:
-                self._add_code_attributes(span)
-            except Exception as exc:
-                self._failed("intake", exc)
+            self._add_code_attributes(span)
 
     def _add_code_attributes(self, span: Span) -> None:
         """A client span of at least APM_CODE_ATTRIBUTES_MIN_MS is exported with its call
         site's code.* attributes, which a trace UI shows beside the slow call.  Its site stays
-        pending: the view reads the attributes, and the read lets the site go."""
-        pending = self._code_pending
-        site = None if pending is None else pending.get(span.context.span_id)
-        start, end = span.start_time, span.end_time
-        if site is not None and start is not None and end is not None and end - start >= self._code_min_ns:
-            add_on_ending(span, site[0])
+        pending: the view reads the attributes, and the read lets the site go.  Called by the
+        compiled intake too, for the spans it found due: a failure is contained here."""
+        try:
+            pending = self._code_pending
+            site = None if pending is None else pending.get(span.context.span_id)
+            start, end = span.start_time, span.end_time
+            if (
+                site is not None
+                and start is not None
+                and end is not None
+                and end - start >= self._code_min_ns
+            ):
+                add_on_ending(span, site[0])
+        except Exception as exc:
+            self._failed("intake", exc)
 
     def _install_native_intake(self) -> None:
         """In pass-through mode, let the compiled :class:`otel_apm._native.Intake` take the SDK's
