@@ -329,8 +329,8 @@ static PyObject *view_now(Intake *self, PyObject *span) {
 
 /* The span's pending call site, taken from code_pending, into its view when the attributes read
  * gave it none (a fast call: no code.* attributes): 0, or -1 with an exception set (the view
- * unchanged, the site still pending).  Runs no Python code: the key is an int, and the site's
- * tuple outlives its removal (CallSite keeps every site it hands out). */
+ * unchanged, the site still pending).  Runs no Python code: the key is an int, and removing
+ * the entry frees at most the site's tuple of a dict and strings (the location is held first). */
 static int take_code(Intake *self, PyObject *view, PyObject *span_id) {
     PyObject *pending = self->f[CODE_PENDING];
     if (pending == Py_None || PyDict_GET_SIZE(pending) == 0) {

@@ -112,9 +112,11 @@ def test_a_failure_adding_the_code_attributes_stays_ours(make_otel: Callable[...
     """The attributes are added as the span ends, on the application's thread: whatever goes
     wrong there is contained and counted, and the span still ends, is exported and analyzed."""
     otel = make_otel(code_attributes_min_ms=0)
-    with otel.tracer.start_as_current_span("GET /x", kind=SpanKind.SERVER):
-        with otel.tracer.start_as_current_span("SELECT", kind=SpanKind.CLIENT) as span:
-            span._attributes.maxlen = "not a number"  # type: ignore[attr-defined]
+    with (
+        otel.tracer.start_as_current_span("GET /x", kind=SpanKind.SERVER),
+        otel.tracer.start_as_current_span("SELECT", kind=SpanKind.CLIENT) as span,
+    ):
+        span._attributes.maxlen = "not a number"  # type: ignore[attr-defined]
     assert [s.name for s in otel.spans()] == ["SELECT", "GET /x"]
     stats = otel.stats()
     assert stats["errors_intake"] == 1 and stats["spans_analyzed"] == 2
