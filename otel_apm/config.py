@@ -376,9 +376,9 @@ class APMConfig:
         200,
         "APM_ANALYSIS_DELAY_MS",
         minimum=0,
-        doc="pass-through mode: longest a closed local trace waits to be analyzed with others on a "
-        "worker thread (in batches the analysis runs at about half its cost a trace, warm); 0 "
-        "analyzes each trace on the thread that ends its root, as it ends",
+        doc="longest a closed local trace waits to be analyzed with others on a worker thread (in "
+        "batches the analysis runs at about half its cost a trace, warm; tail mode decides its "
+        "export there); 0 analyzes each trace on the thread that ends its root, as it ends",
     )
     analysis_batch_size: int = _setting(
         64,

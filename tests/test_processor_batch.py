@@ -1,6 +1,6 @@
-"""Closed traces analyzed in batches on a worker thread (pass-through mode): when a root goes
-out without anyone flushing, the bound on waiting traces, flush and shutdown, fork, and the
-modes that analyze each trace as its root ends (APM_ANALYSIS_DELAY_MS=0, tail)."""
+"""Closed traces analyzed in batches on a worker thread: when a root goes out without anyone
+flushing, the bound on waiting traces, flush and shutdown, fork, tail mode's decisions with the
+late spans of a waiting trace, and analysis as each root ends (APM_ANALYSIS_DELAY_MS=0)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ import weakref
 from collections.abc import Callable, Sequence
 
 from conftest import OTel, in_forked_child, wait_until
+from opentelemetry import trace
 from opentelemetry.sdk.metrics.export import NumberDataPoint
-from test_processor import request, roots
+from opentelemetry.trace import SpanKind
+from test_processor import AUTHORS, BOOKS, db_span, request, roots
 
 from otel_apm.detectors import Finding
 from otel_apm.model import Trace
@@ -114,10 +116,11 @@ def test_delay_zero_analyzes_each_trace_as_its_root_ends(make_otel: Callable[...
     assert otel.processor.stats()["traces_analyzed"] == 1
 
 
-def test_tail_mode_decides_each_trace_as_its_root_ends(make_otel: Callable[..., OTel]) -> None:
-    """Its keep-or-drop must be made before any late span of the trace arrives."""
+def test_tail_mode_without_a_delay_decides_each_trace_as_its_root_ends(
+    make_otel: Callable[..., OTel],
+) -> None:
     before = workers()
-    otel = make_otel(export_mode="tail", sample_rate=0.0)
+    otel = make_otel(export_mode="tail", sample_rate=0.0, analysis_delay_ms=0)
     assert workers() == before
     request(otel, n=6)
     request(otel, n=2)
@@ -181,3 +184,35 @@ def test_a_batch_lets_each_trace_without_findings_go_before_the_next_is_analyzed
     assert lifetimes.alive_before[:3] == [0, 0, 0]  # each clean trace reported with none before it alive
     assert exported_roots(otel) == 5
     assert otel.processor.stats()["traces_analyzed"] == 5
+
+
+def request_ending_before_a_child(otel: OTel, n: int) -> int:
+    """``request`` with one more child, which ends after the root: a late span.  Its trace id."""
+    root = otel.tracer.start_span("GET /authors", kind=SpanKind.SERVER, attributes={"http.route": "/authors"})
+    with trace.use_span(root, end_on_exit=True):
+        db_span(otel, AUTHORS)
+        for _ in range(n):
+            db_span(otel, BOOKS)
+        late = otel.tracer.start_span("render")
+    late.end()
+    return root.get_span_context().trace_id
+
+
+def test_tail_mode_decides_on_the_worker_with_the_late_spans_of_a_waiting_trace(
+    make_otel: Callable[..., OTel],
+) -> None:
+    """Tail mode analyzes in batches too (at half the cost a trace) and decides each trace's
+    export there: a span that ends after its root while the trace waits for its batch is held
+    with it, and goes out or is dropped with it, never orphaned."""
+    before = workers()
+    otel = make_otel(export_mode="tail", sample_rate=0.0, analysis_delay_ms=600_000, analysis_batch_size=100)
+    assert workers() == before + 1
+    kept = request_ending_before_a_child(otel, n=6)  # an N+1: kept
+    request_ending_before_a_child(otel, n=2)  # clean: dropped at rate 0
+    assert len(otel.span_exporter.get_finished_spans()) == 0  # both wait for their batch
+    assert otel.processor.stats()["traces_waiting"] == 2
+    spans = otel.spans()  # flushed: the batch runs
+    assert {s.context.trace_id for s in spans} == {kept}
+    assert len(spans) == 9  # the root, 7 queries and the late child
+    stats = otel.stats()
+    assert (stats["spans_late"], stats["spans_sampled_out"]) == (2, 5)

@@ -4,9 +4,10 @@
 
 Pass-through mode (default): every span goes on to the wrapped processor as it ends, unchanged,
 except the local root, which goes on after analysis carrying the findings as span events.
-Tail mode: a local trace's spans are held until its root ends, then exported whole when the
-trace has a finding, an error or overflowed our bounds, and otherwise with probability
-``sample_rate``.  Either way every trace is analyzed.
+Tail mode: a local trace's spans are held until its root ends and its batch is analyzed, then
+exported whole when the trace has a finding, an error or overflowed our bounds, and otherwise
+with probability ``sample_rate``; a span ending after its root goes with its trace's decision.
+Either way every trace is analyzed.
 
 Nothing raised inside analysis or emission reaches the application: it is caught, logged once
 per kind and counted (``stats()`` and the ``otel_apm.processor.*`` metrics).
@@ -169,12 +170,15 @@ class APMSpanProcessor(SpanProcessor):
         )
         self._failures = FailureLog(_log)
         self._dropped: dict[int, None] = {}  # tail mode: recently dropped trace ids, oldest first
+        # Tail mode: closed traces waiting for their batch's decision, by id; a late span of one
+        # joins its held spans and goes out, or not, with them.
+        self._awaiting: dict[int, LocalTrace[ReadableSpan]] = {}
         self._shutdown = False
         self._lock = threading.Lock()
-        # Pass-through analyzes closed traces in batches on a worker; tail mode decides each
-        # trace's export as its root ends, before any late span of it arrives.
+        # Closed traces are analyzed in batches on a worker (in tail mode, their export decided
+        # there too); APM_ANALYSIS_DELAY_MS=0 analyzes each as its root ends.
         self._batch: BatchAnalysis[_Closed] | None = None
-        if config.enabled and not self._tail and config.analysis_delay_ms > 0:
+        if config.enabled and config.analysis_delay_ms > 0:
             self._batch = BatchAnalysis(
                 self._finish_batch,
                 lambda exc: self._failed("analysis", exc),
@@ -390,6 +394,9 @@ class APMSpanProcessor(SpanProcessor):
             self._profiler.threads.ended(ctx.span_id, root_view.service, endpoint_of(root_view))
         lt.views.append(root_view)
         if self._batch is not None:
+            if self._tail:
+                with self._lock:
+                    self._awaiting[lt.trace_id] = lt
             self._batch.put((lt, root_view, span))
             return _NONE
         return self._finish([(lt, root_view, span)])
@@ -425,7 +432,15 @@ class APMSpanProcessor(SpanProcessor):
         self._count("spans_" + outcome)
         if self._code_pending:  # never read: its site is let go here
             self._code_pending.pop(span.context.span_id, None)
-        if outcome == "late" and trace_id in self._dropped:
+        if outcome != "late" or not self._tail:
+            return (span,)
+        with self._lock:
+            waiting = self._awaiting.get(trace_id)
+            if waiting is not None:
+                waiting.spans.append(span)  # held with its trace, whose export is not decided yet
+                return _NONE
+            dropped = trace_id in self._dropped
+        if dropped:
             self._count("spans_sampled_out")
             return _NONE
         return (span,)
@@ -483,24 +498,29 @@ class APMSpanProcessor(SpanProcessor):
                 root = with_finding_events(root, findings)
             except Exception as exc:
                 self._failed("emit", exc)
-        out: list[ReadableSpan] = lt.spans if self._tail else []
-        lt.spans = []
-        if root is not None:
-            out.append(root)
-        if not self._tail or root is None:
-            return out
-        if (
-            findings
+        if not self._tail:
+            lt.spans = []
+            return [] if root is None else [root]
+        keep = (
+            root is None
+            or findings
             or lt.truncated
             or any(v.error for v in lt.views)
             or random.random() < self.config.sample_rate
-        ):
-            return out
-        # Remembered, so the trace's late spans follow it out rather than arrive orphaned.
+        )
+        # One step under the lock: a late span of the trace either joined the held spans taken
+        # here (the trace was still awaiting) or finds the trace among the dropped.
         with self._lock:
-            self._dropped[lt.trace_id] = None
-            if len(self._dropped) > _MAX_DROPPED_REMEMBERED:
-                del self._dropped[next(iter(self._dropped))]
+            self._awaiting.pop(lt.trace_id, None)
+            out, lt.spans = lt.spans, []
+            if not keep:  # remembered, so the trace's later spans follow it out, not orphaned
+                self._dropped[lt.trace_id] = None
+                if len(self._dropped) > _MAX_DROPPED_REMEMBERED:
+                    del self._dropped[next(iter(self._dropped))]
+        if root is not None:
+            out.append(root)
+        if keep:
+            return out
         self._count("spans_sampled_out", len(out))
         return _NONE
 
