@@ -367,11 +367,7 @@ static int file_common_case(Intake *self, PyObject *span) {
     if (context == NULL) {
         return -1;
     }
-    if (!PyTuple_Check(context) || PyTuple_GET_SIZE(context) < 1) {
-        Py_DECREF(context);
-        return 0;
-    }
-    if (PyTuple_GET_SIZE(context) < 2) {
+    if (!PyTuple_Check(context) || PyTuple_GET_SIZE(context) < 2) { /* trace id, span id */
         Py_DECREF(context);
         return 0;
     }
