@@ -253,17 +253,14 @@ class APMSpanProcessor(SpanProcessor):
         """A client span of at least APM_CODE_ATTRIBUTES_MIN_MS is exported with its call
         site's code.* attributes, which a trace UI shows beside the slow call.  Its site stays
         pending: the view reads the attributes, and the read lets the site go.  Called by the
-        compiled intake too, for the spans it found due: a failure is contained here."""
+        compiled intake too, for the spans it found due: a failure is contained here.  The
+        duration is asked first, as the intake asks it: most calls are faster."""
         try:
-            pending = self._code_pending
-            site = None if pending is None else pending.get(span.context.span_id)
-            start, end = span.start_time, span.end_time
-            if (
-                site is not None
-                and start is not None
-                and end is not None
-                and end - start >= self._code_min_ns
-            ):
+            start, end, pending = span.start_time, span.end_time, self._code_pending
+            if start is None or end is None or end - start < self._code_min_ns or pending is None:
+                return
+            site = pending.get(span.context.span_id)
+            if site is not None:
                 add_on_ending(span, site[0])
         except Exception as exc:
             self._failed("intake", exc)
