@@ -470,6 +470,13 @@ class APMConfig:
     span_events_enabled: bool = _setting(
         True, "APM_SPAN_EVENTS_ENABLED", doc="attach findings to the local root as span events"
     )
+    events_interval_s: float = _setting(
+        0.0,
+        "APM_EVENTS_INTERVAL_S",
+        minimum=0.0,
+        doc="0: every finding is an OTel event; else a new problem is one in full, then its repeats "
+        "one per interval carrying their count (span events and metrics still get every finding)",
+    )
     stats_enabled: bool = _setting(
         True,
         "APM_STATS_ENABLED",

@@ -22,12 +22,13 @@ from otlp_sink import OTLPSink, attributes
 from test_autoinstrument import _run_app
 from test_cli import run
 from test_collector import Collector, n_plus_one_trace, sink, start_collector, tracer_provider
-from test_processor import db_span, process_finding, request
+from test_processor import db_span, process_finding, request, roots
 from webhook_sink import WebhookSink
 
 from otel_apm import APMConfig, ConfigError
 from otel_apm.collector.config import load_config
 from otel_apm.emit import reporters
+from otel_apm.emit.attributes import EVENT_NAME, OCCURRENCES
 from otel_apm.emit.metrics import MetricsEmitter
 from otel_apm.emit.webhook import SLACK_MAX_NOTICES, WebhookReporter, verify
 
@@ -230,6 +231,90 @@ def test_console_is_rate_limited_and_says_how_much_it_held_back(
     assert lines[0].startswith("[otel-apm] 3 more suppressed in the last")
     assert "APM_CONSOLE_MAX_PER_INTERVAL" in lines[0]
     assert lines[1].startswith("[otel-apm] WARNING n_plus_one_query test-svc 'GET /r4'")
+
+
+# -- OTel events (APM_EVENTS_INTERVAL_S) ------------------------------------------------------------------
+
+
+def finding_points(otel: OTel) -> int:
+    return sum(p.value for p in otel.data_points("otel_apm.findings"))
+
+
+def test_by_default_every_finding_is_an_event(make_otel: Callable[..., OTel]) -> None:
+    otel = make_otel(slow_query_threshold_ms=60_000)
+    traces = [request(otel) for _ in range(3)]
+    events = otel.events("n_plus_one_query")
+    assert [e.log_record.trace_id for e in events] == traces
+    assert all(OCCURRENCES not in (e.log_record.attributes or {}) for e in events)
+    otel.shutdown()
+    assert len(otel.events("n_plus_one_query")) == 3  # nothing held for the shutdown
+
+
+def test_events_announce_a_problem_once_then_summarize_its_repeats_at_shutdown(
+    make_otel: Callable[..., OTel],
+) -> None:
+    otel = make_otel(events_interval_s=3600, slow_query_threshold_ms=60_000)
+    first = request(otel, n=6)
+    later = [request(otel, n=8) for _ in range(3)]
+    (new,) = otel.events("n_plus_one_query")
+    announced = new.log_record
+    assert announced.trace_id == first and announced.attributes is not None
+    assert announced.attributes[OCCURRENCES] == 1
+    assert str(announced.body).startswith("N+1 queries: 6 x SELECT on books")
+    # The repeats are still findings everywhere else: on their root spans and in the metrics.
+    assert [len(r.events) for r in roots(otel)] == [1, 1, 1, 1]
+    assert finding_points(otel) == 4
+    otel.shutdown()
+    again, summary = otel.events("n_plus_one_query")
+    assert again.log_record.trace_id == first
+    record = summary.log_record
+    attrs = record.attributes
+    assert attrs is not None
+    assert attrs[OCCURRENCES] == 3
+    assert attrs["otel_apm.finding.fingerprint"] == announced.attributes["otel_apm.finding.fingerprint"]
+    assert record.trace_id == later[-1]  # the latest occurrence: an example trace to open
+    assert f"{record.span_id:016x}" == attrs["otel_apm.finding.span_ids"][0]  # type: ignore[index]
+    assert 0 <= attrs["otel_apm.finding.window_s"] < 3600  # type: ignore[operator]
+    assert 0 <= attrs["otel_apm.finding.impact_p95_ms"] <= attrs["otel_apm.finding.impact_max_ms"]  # type: ignore[operator]
+    assert record.timestamp is not None and record.timestamp >= announced.timestamp  # type: ignore[operator]
+    assert re.match(r"n_plus_one_query test-svc 'GET /authors': 3 more in the last \d+ s", str(record.body))
+
+
+def test_events_summarize_once_per_interval(make_otel: Callable[..., OTel]) -> None:
+    interval = 0.5  # long enough for the requests before the sleep to fall in one window
+    otel = make_otel(events_interval_s=interval, slow_query_threshold_ms=60_000)
+    for _ in range(4):
+        request(otel)
+    otel.flush()
+    time.sleep(interval)  # let the window close; what is checked below does not depend on speed
+    last = request(otel)
+    new, summary = otel.events("n_plus_one_query")
+    assert [e.log_record.attributes[OCCURRENCES] for e in (new, summary)] == [1, 4]  # type: ignore[index]
+    assert summary.log_record.trace_id == last
+    otel.shutdown()
+    assert len(otel.events("n_plus_one_query")) == 2  # the last window was summarized already
+
+
+def test_the_collector_summarizes_events_too(
+    start_collector: Callable[..., Collector], sink: OTLPSink
+) -> None:
+    collector = start_collector(sink.endpoint, analysis__events_interval_s=3600)
+    provider, _ = tracer_provider(OTLPSpanExporter(endpoint=collector.grpc_endpoint, insecure=True))
+    for _ in range(3):
+        n_plus_one_trace(provider)
+    provider.shutdown()
+    wait_until(lambda: collector.value('findings_total{type="n_plus_one_query"}') == 3)
+
+    def occurrences() -> list[Any]:
+        return [
+            attributes(record.attributes).get(OCCURRENCES)
+            for _, record in sink.log_records()
+            if record.event_name == EVENT_NAME
+        ]
+
+    wait_until(lambda: occurrences() == [1])
+    assert collector.shutdown()
+    assert occurrences() == [1, 2]
 
 
 # -- webhook: delivery -------------------------------------------------------------------------------------

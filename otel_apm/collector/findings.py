@@ -35,8 +35,8 @@ from opentelemetry.util.types import AttributeValue
 
 from otel_apm.collector.forwarder import Forwarder
 from otel_apm.detectors.base import Finding
-from otel_apm.emit.attributes import EVENT_NAME, finding_attributes
-from otel_apm.emit.events import SCOPE, SEVERITY, offending_span
+from otel_apm.emit.attributes import EVENT_NAME
+from otel_apm.emit.events import SCOPE, SEVERITY, Event, event_digest, events_of, offending_span
 from otel_apm.model import Trace
 from otel_apm.native import native
 from otel_apm.version import __version__
@@ -159,8 +159,10 @@ class FindingEvents:
         resource: Mapping[str, AttributeValue],
         per_request: int,
         native_enabled: bool = True,
+        interval_s: float = 0.0,
     ) -> None:
         self._forwarder = forwarder
+        self._digest = event_digest(interval_s)
         self._per_request = per_request
         compiled = native(native_enabled)
         self._compiled = None if compiled is None else compiled.log_record
@@ -173,30 +175,33 @@ class FindingEvents:
         self._keys: dict[str, bytes] = {}  # the key fields of the other attributes
 
     def emit(self, trace: Trace | None, findings: Sequence[Finding]) -> None:
-        if not findings:
+        if not findings and self._digest is None:
             return
         end_ns = trace.root.end_ns if trace is not None and trace.root is not None else 0
+        self._write(events_of(self._digest, findings), end_ns)
+        if len(self._records) >= self._per_request:
+            self.flush()
+
+    def _write(self, events: Sequence[Event], end_ns: int) -> None:
         # The same record prefix and suffix for every finding of the trace.
         head = _TIME + _FIXED64(end_ns) if end_ns else b""
         tail = _OBSERVED_TIME + _FIXED64(time.time_ns()) + _EVENT_NAME_FIELD
         records = self._records
         compiled = self._compiled
-        for finding in findings:
+        for finding, body, attributes, timestamp in events:
             severity = _SEVERITY_FIELDS[finding.severity]
             span = offending_span(finding)
             link = b""
             if span is not None:
                 trace_id, span_id = span[0].to_bytes(16, "big"), span[1].to_bytes(8, "big")
                 link = _SAMPLED + _TRACE_ID + b"\x10" + trace_id + _SPAN_ID + b"\x08" + span_id
-            attributes = finding_attributes(finding)
+            start = head if timestamp is None else _TIME + _FIXED64(timestamp)
             record = None
             if compiled is not None:
-                record = compiled(head, severity, finding.title, attributes, link, tail)
+                record = compiled(start, severity, body, attributes, link, tail)
             if record is None:
-                record = self._record(head, severity, finding.title, attributes, link, tail)
+                record = self._record(start, severity, body, attributes, link, tail)
             records.append(record)
-        if len(records) >= self._per_request:
-            self.flush()
 
     def _record(
         self,
@@ -228,9 +233,13 @@ class FindingEvents:
         parts.append(tail)
         return _delimited(_LOG_RECORDS, b"".join(parts))
 
-    def flush(self) -> None:
+    def flush(self, final: bool = False) -> None:
         """Queue the records collected so far as one request.  They go past the queue's bound:
-        the bound pushes back on clients, and these records come from spans already admitted."""
+        the bound pushes back on clients, and these records come from spans already admitted.
+        ``final`` (the last batch before shutdown) adds the summaries of the repeats not yet
+        summarized (APM_EVENTS_INTERVAL_S)."""
+        if final and self._digest is not None:
+            self._write(self._digest.events((), everything=True), 0)
         records = self._records
         if not records:
             return

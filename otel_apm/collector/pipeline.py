@@ -221,13 +221,13 @@ class Pipeline:
                 continue
             self._analyze_all(traces)
 
-    def _analyze_all(self, traces: Sequence[Trace]) -> None:
+    def _analyze_all(self, traces: Sequence[Trace], final: bool = False) -> None:
         with self._analysis_lock:
             for trace in traces:
                 self._analyze(trace)
             for emitter in self._batched:
                 try:
-                    emitter.flush()
+                    emitter.flush(final)
                 except Exception as exc:
                     self.failures.record(f"emit {type(emitter).__name__}", exc)
 
@@ -264,16 +264,16 @@ class Pipeline:
             self._thread = None
         if not self.analyzing:
             return True
+        traces: Sequence[Trace] = ()
         try:
             with self._lock:
                 traces = self.assembler.drain()
-        except Exception as exc:
+        except Exception as exc:  # what it held is lost; the events' last summaries are not
             self.failures.record("assembly", exc)
-            return True
         done = threading.Event()
 
         def run() -> None:
-            self._analyze_all(traces)
+            self._analyze_all(traces, final=True)
             done.set()
 
         threading.Thread(target=run, name="otel-apm-drain", daemon=True).start()
@@ -347,6 +347,7 @@ class Emission:
                     resource.attributes,
                     downstream.events_per_request,
                     config.analysis.native_enabled,
+                    config.analysis.events_interval_s,
                 )
             )
 

@@ -63,7 +63,11 @@ def run_demo(db: str, otlp_endpoint: str | None) -> int:
     if otlp_endpoint:
         export, logger_provider, meter_provider = _otlp_pipeline(otlp_endpoint, resource)
     tally = _Tally()
-    emitters: list[Emitter] = [EventEmitter(logger_provider), tally, *reporters(config, meter_provider)]
+    emitters: list[Emitter] = [
+        EventEmitter(logger_provider, config.events_interval_s),
+        tally,
+        *reporters(config, meter_provider),
+    ]
     processor = APMSpanProcessor(
         BatchSpanProcessor(export) if export else None,
         config,

@@ -51,6 +51,9 @@ _TOTAL_MS, _MAX_MS, _RECOMMENDATION = (
     PREFIX + n for n in ("total_duration_ms", "max_duration_ms", "recommendation")
 )
 _IMPACT_MS, _RATE, _SERVICES = (PREFIX + n for n in ("impact_ms", "rate_per_min", "services"))
+# What an event stands for under APM_EVENTS_INTERVAL_S (absent: the one finding it describes).
+OCCURRENCES, WINDOW_S = PREFIX + "occurrences", PREFIX + "window_s"
+IMPACT_P95_MS, IMPACT_MAX_MS = PREFIX + "impact_p95_ms", PREFIX + "impact_max_ms"
 _EVIDENCE = PREFIX + "evidence."
 # Evidence names (a detector's own, a few dozen in all) joined with _EVIDENCE, as they recur in
 # every finding of their detector; bounded all the same, in case one ever named its evidence

@@ -1,42 +1,119 @@
 """Findings as OTel events: log records with an event name, in the trace's context.
 
 Any OTLP backend stores them beside the trace and can jump from the event to the span.
+
+By default every finding is an event.  The same N+1 in every request to its endpoint then
+writes one log record per request: a backend bills each, and in-process each costs the SDK's
+log record (its attributes cleaned one by one) on the application's CPU.  With
+APM_EVENTS_INTERVAL_S the events follow the reporters' policy (:mod:`otel_apm.emit.digest`), as
+the Collector's log deduplication processor does for logs: a new problem is an event in full,
+and its repeats one event per interval, the latest occurrence's with how many it stands for.
+The root span of every trace still carries its findings as span events, and the metrics still
+count each one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 
 from opentelemetry._logs import LoggerProvider, SeverityNumber, get_logger
 from opentelemetry.context import Context
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
+from opentelemetry.util.types import AttributeValue
 
 from otel_apm.detectors.base import Finding
-from otel_apm.emit.attributes import EVENT_NAME, finding_attributes
+from otel_apm.emit.attributes import (
+    EVENT_NAME,
+    IMPACT_MAX_MS,
+    IMPACT_P95_MS,
+    OCCURRENCES,
+    WINDOW_S,
+    finding_attributes,
+)
+from otel_apm.emit.digest import Digest, Summary
 from otel_apm.model import Trace
 from otel_apm.version import __version__
 
 SEVERITY = {"warning": SeverityNumber.WARN, "critical": SeverityNumber.ERROR}
 SCOPE = "otel_apm"  # the instrumentation scope of the events
 
+# One event to write: the finding it links to and takes its severity from, its body, its
+# attributes, and its time (None: the end of the trace it was found in).
+Event = tuple[Finding, str, Mapping[str, AttributeValue], int | None]
+
+
+class EventDigest:
+    """Which events to write under APM_EVENTS_INTERVAL_S; shared by both deployments' emitters.
+
+    Every event it selects carries ``occurrences``: 1 for a new problem, the count of repeats
+    for a summary, which also says its window and the repeats' impact (p95 and max).  A summary
+    is linked to its latest occurrence's span, an example trace to open, and is timed when it
+    is written.  The repeats not yet summarized are written by ``events(..., everything=True)``
+    at shutdown."""
+
+    def __init__(self, interval_s: float) -> None:
+        self._digest = Digest(interval_s)
+
+    def events(self, findings: Sequence[Finding], *, everything: bool = False) -> list[Event]:
+        now = time.monotonic()
+        new = self._digest.observe(findings, now) if findings else ()
+        events: list[Event] = [(f, f.title, {**finding_attributes(f), OCCURRENCES: 1}, None) for f in new]
+        for summary in self._digest.due(now, everything=everything):
+            events.append((summary.latest, summary.describe(), _summary_attributes(summary), time.time_ns()))
+        return events
+
+
+def event_digest(interval_s: float) -> EventDigest | None:
+    """APM_EVENTS_INTERVAL_S's digest; None for 0, an event per finding."""
+    return EventDigest(interval_s) if interval_s > 0 else None
+
+
+def events_of(digest: EventDigest | None, findings: Sequence[Finding]) -> list[Event]:
+    """The events to write for one trace's findings."""
+    if digest is None:
+        return [(f, f.title, finding_attributes(f), None) for f in findings]
+    return digest.events(findings)
+
+
+def _summary_attributes(summary: Summary) -> dict[str, AttributeValue]:
+    return {
+        **finding_attributes(summary.latest),
+        OCCURRENCES: summary.occurrences,
+        WINDOW_S: round(summary.window_s, 3),
+        IMPACT_P95_MS: summary.impact_p95_ms,
+        IMPACT_MAX_MS: summary.impact_max_ms,
+    }
+
 
 class EventEmitter:
     """Emits through the global LoggerProvider unless given one; the API's proxy logger picks up
     a provider installed after this emitter was built, so start-up order does not matter."""
 
-    def __init__(self, logger_provider: LoggerProvider | None = None) -> None:
+    def __init__(self, logger_provider: LoggerProvider | None = None, interval_s: float = 0.0) -> None:
         self._logger = get_logger(SCOPE, __version__, logger_provider=logger_provider)
+        self._digest = event_digest(interval_s)
 
     def emit(self, trace: Trace | None, findings: Sequence[Finding]) -> None:
+        if not findings and self._digest is None:
+            return
         end_ns = trace.root.end_ns if trace is not None and trace.root is not None else None
-        for finding in findings:
+        self._write(events_of(self._digest, findings), end_ns)
+
+    def shutdown(self, timeout_s: float) -> None:
+        """Write the repeats not yet summarized, so a short run's events count every finding."""
+        if self._digest is not None:
+            self._write(self._digest.events((), everything=True), None)
+
+    def _write(self, events: list[Event], end_ns: int | None) -> None:
+        for finding, body, attributes, timestamp in events:
             self._logger.emit(
-                timestamp=end_ns,
+                timestamp=end_ns if timestamp is None else timestamp,
                 context=_context_of(finding),
                 severity_number=SEVERITY[finding.severity],
                 severity_text=finding.severity.upper(),
-                body=finding.title,
-                attributes=finding_attributes(finding),
+                body=body,
+                attributes=attributes,
                 event_name=EVENT_NAME,
             )
 

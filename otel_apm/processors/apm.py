@@ -139,7 +139,10 @@ class APMSpanProcessor(SpanProcessor):
             config.check_combination()  # a mistake is said now, not when analysis is turned on
             emitters = []  # pure pass-through: no reporter thread, no store connection
         elif emitters is None:
-            emitters = [EventEmitter(logger_provider), *reporters(config, meter_provider)]
+            emitters = [
+                EventEmitter(logger_provider, config.events_interval_s),
+                *reporters(config, meter_provider),
+            ]
         self._emitters = tuple(emitters)
         self._native = native(config.native_enabled)
         self._reader = SpanReader(self._native)
