@@ -239,7 +239,7 @@ class FindingEvents:
         ``final`` (the last batch before shutdown) adds the summaries of the repeats not yet
         summarized (APM_EVENTS_INTERVAL_S)."""
         if final and self._digest is not None:
-            self._write(self._digest.events((), everything=True), 0)
+            self._write(events_of(self._digest, (), everything=True), 0)
         records = self._records
         if not records:
             return

@@ -43,37 +43,28 @@ SCOPE = "otel_apm"  # the instrumentation scope of the events
 Event = tuple[Finding, str, Mapping[str, AttributeValue], int | None]
 
 
-class EventDigest:
-    """Which events to write under APM_EVENTS_INTERVAL_S; shared by both deployments' emitters.
-
-    Every event it selects carries ``occurrences``: 1 for a new problem, the count of repeats
-    for a summary, which also says its window and the repeats' impact (p95 and max).  A summary
-    is linked to its latest occurrence's span, an example trace to open, and is timed when it
-    is written.  The repeats not yet summarized are written by ``events(..., everything=True)``
-    at shutdown."""
-
-    def __init__(self, interval_s: float) -> None:
-        self._digest = Digest(interval_s)
-
-    def events(self, findings: Sequence[Finding], *, everything: bool = False) -> list[Event]:
-        now = time.monotonic()
-        new = self._digest.observe(findings, now) if findings else ()
-        events: list[Event] = [(f, f.title, {**finding_attributes(f), OCCURRENCES: 1}, None) for f in new]
-        for summary in self._digest.due(now, everything=everything):
-            events.append((summary.latest, summary.describe(), _summary_attributes(summary), time.time_ns()))
-        return events
+def event_digest(interval_s: float) -> Digest | None:
+    """APM_EVENTS_INTERVAL_S's digest, shared in kind by both deployments' emitters; None for 0,
+    an event per finding."""
+    return Digest(interval_s) if interval_s > 0 else None
 
 
-def event_digest(interval_s: float) -> EventDigest | None:
-    """APM_EVENTS_INTERVAL_S's digest; None for 0, an event per finding."""
-    return EventDigest(interval_s) if interval_s > 0 else None
+def events_of(digest: Digest | None, findings: Sequence[Finding], *, everything: bool = False) -> list[Event]:
+    """The events to write for one trace's findings (``everything``: and every repeat not yet
+    summarized, at shutdown).
 
-
-def events_of(digest: EventDigest | None, findings: Sequence[Finding]) -> list[Event]:
-    """The events to write for one trace's findings."""
+    Under a digest every event carries ``occurrences``: 1 for a new problem, the count of
+    repeats for a summary, which also says its window and the repeats' impact (p95 and max).  A
+    summary is linked to its latest occurrence's span, an example trace to open, and is timed
+    when it is written."""
     if digest is None:
         return [(f, f.title, finding_attributes(f), None) for f in findings]
-    return digest.events(findings)
+    now = time.monotonic()
+    new = digest.observe(findings, now) if findings else ()
+    events: list[Event] = [(f, f.title, {**finding_attributes(f), OCCURRENCES: 1}, None) for f in new]
+    for summary in digest.due(now, everything=everything):
+        events.append((summary.latest, summary.describe(), _summary_attributes(summary), time.time_ns()))
+    return events
 
 
 def _summary_attributes(summary: Summary) -> dict[str, AttributeValue]:
@@ -103,7 +94,7 @@ class EventEmitter:
     def shutdown(self, timeout_s: float) -> None:
         """Write the repeats not yet summarized, so a short run's events count every finding."""
         if self._digest is not None:
-            self._write(self._digest.events((), everything=True), None)
+            self._write(events_of(self._digest, (), everything=True), None)
 
     def _write(self, events: list[Event], end_ns: int | None) -> None:
         for finding, body, attributes, timestamp in events:
